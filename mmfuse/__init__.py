@@ -1,0 +1,3 @@
+"""mmfuse: multimodal (image + text) fusion models from one command line."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,215 @@
+"""Typed settings for data, models, training and decoding, with a validated JSON round-trip.
+
+Override order everywhere: dataclass defaults < a JSON config file (``--config``) < command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mmfuse.errors import MmfuseError
+
+CONFIG_FORMAT_VERSION = 1
+C = TypeVar("C")
+
+
+@dataclass
+class ShapesConfig:
+    """Options of the built-in ``shapes`` source (``mmfuse prepare-data shapes``)."""
+
+    train_images: int = 6000
+    val_images: int = 250
+    test_images: int = 500
+    image_size: int = 64
+    seed: int = 0
+
+    def validate(self) -> None:
+        for split in ("train", "val", "test"):
+            count = getattr(self, f"{split}_images")
+            if count < 1:
+                raise MmfuseError(f"--{split}-images must be >= 1, got {count}")
+        if not 32 <= self.image_size <= 1024:
+            raise MmfuseError(f"--image-size must be between 32 and 1024, got {self.image_size}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a captioner: image encoder -> fusion -> text decoder.
+
+    Attributes:
+        encoder: image encoder name (registry ``IMAGE_ENCODERS``).
+        fusion: fusion strategy name (registry ``FUSIONS``).
+        decoder: caption decoder name (registry ``DECODERS``).
+        image_size: side of the square input images (0 = take the data set's).
+        feature_dim: width of the image features (grid and global vector).
+        embed_dim: word embedding width.
+        hidden_dim: recurrent decoder state width.
+        num_layers: stacked decoder layers.
+        dropout: dropout on embeddings and decoder outputs.
+    """
+
+    encoder: str = "small_cnn"
+    fusion: str = "concat"
+    decoder: str = "lstm"
+    image_size: int = 0
+    feature_dim: int = 256
+    embed_dim: int = 128
+    hidden_dim: int = 256
+    num_layers: int = 1
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        _positive(self, "feature_dim", "embed_dim", "hidden_dim", "num_layers")
+        if self.image_size < 0:
+            raise MmfuseError(f"image_size must be >= 0, got {self.image_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise MmfuseError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DecodeConfig:
+    """How captions are generated: greedy when ``beam_size`` is 1, beam search otherwise."""
+
+    beam_size: int = 1
+    max_length: int = 32
+
+    def validate(self) -> None:
+        _positive(self, "beam_size", "max_length")
+
+    def override(self, beam_size: int | None = None, max_length: int | None = None) -> "DecodeConfig":
+        """A validated copy with the given settings replaced (``None`` keeps the current one)."""
+        cfg = DecodeConfig(beam_size if beam_size is not None else self.beam_size,
+                           max_length if max_length is not None else self.max_length)
+        cfg.validate()
+        return cfg
+
+
+@dataclass
+class TrainConfig:
+    """One training run (teacher-forced cross-entropy, validation by generated captions).
+
+    Attributes:
+        data: workspace data set name.
+        run: run name (empty = ``<data>-<fusion>-<timestamp>``).
+        epochs: passes over the training images.
+        batch_size: images per step (each brings up to ``captions_per_image`` captions).
+        captions_per_image: references used per image per step (sampled when there are more).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        grad_clip: max gradient norm (0 = no clipping).
+        seed: seed of every random number generator involved.
+        device: ``auto``, ``cpu`` or ``cuda`` (``cuda:N``).
+        select_metric: validation metric that picks the best checkpoint.
+        overwrite: replace an existing run of the same name.
+    """
+
+    data: str = "shapes"
+    run: str = ""
+    epochs: int = 12
+    batch_size: int = 32
+    captions_per_image: int = 5
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    seed: int = 0
+    device: str = "auto"
+    select_metric: str = "bleu4"
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        _positive(self, "epochs", "batch_size", "captions_per_image")
+        if self.lr <= 0:
+            raise MmfuseError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise MmfuseError("weight_decay and grad_clip must be >= 0")
+        if self.select_metric not in ("bleu1", "bleu2", "bleu3", "bleu4"):
+            raise MmfuseError(f"select_metric must be one of bleu1..bleu4, got {self.select_metric!r}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; written as ``config.json`` beside its weights."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    format_version: int = CONFIG_FORMAT_VERSION
+
+    def validate(self) -> None:
+        if self.format_version > CONFIG_FORMAT_VERSION:
+            raise MmfuseError(
+                f"config format version {self.format_version} is newer than this mmfuse "
+                f"understands ({CONFIG_FORMAT_VERSION}); upgrade mmfuse"
+            )
+        self.model.validate()
+        self.train.validate()
+        self.decode.validate()
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value < 1:
+            raise MmfuseError(f"{name} must be >= 1, got {value}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain JSON-ready dict of a config dataclass (nested ones included)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[C], data: Any, where: str = "config") -> C:
+    """Build ``cls`` from a dict, rejecting unknown keys and values of the wrong type."""
+    if not isinstance(data, dict):
+        raise MmfuseError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise MmfuseError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
+    values = {key: _coerce(hints[key], value, f"{where}.{key}") for key, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    expected = _plain_types(hint)
+    if isinstance(value, bool) and bool not in expected:
+        raise MmfuseError(f"{where}: expected {_names(expected)}, got a boolean")
+    if isinstance(value, int) and float in expected and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected):
+        raise MmfuseError(f"{where}: expected {_names(expected)}, got {type(value).__name__}")
+    return value
+
+
+def _plain_types(hint: Any) -> tuple[type, ...]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(t for t in typing.get_args(hint))
+    return (hint,)
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a ``--config`` JSON file into a dict of sections (validated when merged)."""
+    from mmfuse.workspace import read_json
+
+    data = read_json(path, "config file")
+    if not isinstance(data, dict):
+        raise MmfuseError(f"config file {path}: expected a JSON object")
+    return data
+
+
+def merge(cfg: C, overrides: dict[str, Any], where: str) -> C:
+    """A copy of ``cfg`` with ``overrides`` applied (validated like :func:`from_dict`)."""
+    merged = {**to_dict(cfg), **overrides}
+    return from_dict(type(cfg), merged, where)

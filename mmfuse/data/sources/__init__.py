@@ -1,0 +1,54 @@
+"""Data set sources: one module per format, each registered in ``SOURCES`` by its CLI name.
+
+A source yields :class:`RawSample` records; :func:`mmfuse.data.prepare.prepare_data` turns them into
+the workspace data set format, the same for every source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
+
+from mmfuse.registry import Registry
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class RawSample:
+    """One image with its reference captions, before tokenization.
+
+    Attributes:
+        split: ``train``, ``val`` or ``test``.
+        id: unique id within the data set (used in file names and results).
+        image: the RGB image.
+        captions: reference captions, raw text.
+    """
+
+    split: str
+    id: str
+    image: "Image.Image"
+    captions: list[str] = field(default_factory=list)
+
+
+class Source(Protocol):
+    """What every registered source provides."""
+
+    task: str
+
+    def options(self) -> dict[str, Any]:
+        """The resolved options, recorded in the data set's manifest."""
+
+    def count(self, split: str) -> int:
+        """How many samples :meth:`samples` will yield for ``split`` (for progress bars)."""
+
+    def samples(self) -> Iterator[RawSample]:
+        """Every sample, split by split."""
+
+
+SOURCES: Registry[Source] = Registry("data source")
+
+from mmfuse.data.sources import shapes as _shapes  # noqa: E402,F401  (fills SOURCES)

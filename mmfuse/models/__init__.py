@@ -1,0 +1,1 @@
+"""Model parts (encoders, fusions, decoders), each kind in its own registry, and the captioner."""

@@ -1,0 +1,83 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON. Nothing is pickled.
+
+A run directory holds ``config.json`` (the resolved :class:`~mmfuse.config.RunConfig`),
+``vocab.json`` and ``best.safetensors`` / ``last.safetensors`` (weights + string metadata).
+Tensors are saved from CPU, so a checkpoint written on a GPU loads anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from mmfuse.config import RunConfig, from_dict
+from mmfuse.data.vocab import Vocab
+from mmfuse.errors import MmfuseError
+from mmfuse.models.captioner import Captioner, build_captioner
+from mmfuse.workspace import atomic_write_bytes, read_json
+
+WEIGHT_FILES = ("best", "last")
+
+
+def save_weights(path: Path, model: nn.Module, metadata: dict[str, str]) -> None:
+    """Write the model's tensors (moved to CPU) atomically, with string ``metadata``."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, on CPU; a missing or damaged file is a clear error."""
+    try:
+        return st_load(path.read_bytes())
+    except FileNotFoundError:
+        raise MmfuseError(f"weights file is missing: {path}") from None
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise MmfuseError(f"weights file is damaged or not safetensors: {path}: {exc}") from None
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata stored in a safetensors file's header."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+@dataclass
+class LoadedRun:
+    """A trained run ready for inference."""
+
+    config: RunConfig
+    vocab: Vocab
+    model: Captioner
+    weights: Path
+
+
+def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild a run's model from its JSON config and safetensors weights, in eval mode."""
+    config = from_dict(RunConfig, read_json(run_dir / "config.json", "run config"), "run config")
+    config.validate()
+    vocab = Vocab.from_json(read_json(run_dir / "vocab.json", "run vocabulary"))
+    weights = _pick_weights(run_dir, which)
+    model = build_captioner(config.model, len(vocab))
+    try:
+        model.load_state_dict(read_weights(weights), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise MmfuseError(f"weights {weights} do not match the run's config: {first}") from None
+    return LoadedRun(config, vocab, model.to(device).eval(), weights)
+
+
+def _pick_weights(run_dir: Path, which: str) -> Path:
+    if which not in WEIGHT_FILES:
+        raise MmfuseError(f"checkpoint must be one of {', '.join(WEIGHT_FILES)}, got {which!r}")
+    path = run_dir / f"{which}.safetensors"
+    if not path.is_file():
+        raise MmfuseError(f"run {run_dir.name!r} has no {which} weights yet ({path} is missing; did training finish an epoch?)")
+    return path
