@@ -25,7 +25,7 @@ from mmfuse import __version__
 from mmfuse.config import DecodeConfig, ModelConfig, RunConfig, ShapesConfig, TrainConfig
 from mmfuse.errors import MmfuseError
 
-_DEBUG = {"on": bool(os.environ.get("MMFUSE_DEBUG"))}
+_DEBUG = {"on": False}  # set per invocation by --debug or $MMFUSE_DEBUG
 
 
 def _fail(message: str, code: int) -> None:
@@ -37,6 +37,7 @@ class MmfuseGroup(TyperGroup):
     """Turns every expected failure into one clear stderr line and an exit code."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        _DEBUG["on"] = bool(os.environ.get("MMFUSE_DEBUG"))
         try:
             rv = super().main(args, prog_name or "mmfuse", complete_var, standalone_mode=False, **extra)
         except click_errors.UsageError as exc:
@@ -184,7 +185,8 @@ def train_cmd(
     epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = _TRAIN.epochs,
     batch_size: Annotated[int, typer.Option(help="Images per step (each with all its captions, up to --captions-per-image).")] = _TRAIN.batch_size,
     captions_per_image: Annotated[int, typer.Option(help="Reference captions used per image per step.")] = _TRAIN.captions_per_image,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = _TRAIN.lr,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = _TRAIN.lr,
+    lr_schedule: Annotated[str, typer.Option(help="Learning-rate schedule: cosine (decay to 0, per step) or constant.")] = _TRAIN.lr_schedule,
     seed: Annotated[int, typer.Option(help="Random seed (weights init, data order).")] = _TRAIN.seed,
     device: Device_ = _TRAIN.device,
     run: Annotated[str, typer.Option(help="Run name (default: <data>-<fusion>-<timestamp>).", show_default=False)] = _TRAIN.run,
@@ -209,7 +211,7 @@ def train_cmd(
         model=_explicit(ctx, fusion=fusion, encoder=encoder, decoder=decoder, feature_dim=feature_dim,
                         embed_dim=embed_dim, hidden_dim=hidden_dim),
         train=_explicit(ctx, data=data, epochs=epochs, batch_size=batch_size, captions_per_image=captions_per_image,
-                        lr=lr, seed=seed, device=device, run=run, overwrite=overwrite),
+                        lr=lr, lr_schedule=lr_schedule, seed=seed, device=device, run=run, overwrite=overwrite),
         decode=_explicit(ctx, max_length=max_length),
     )
 

@@ -99,7 +99,8 @@ class TrainConfig:
         epochs: passes over the training images.
         batch_size: images per step (each brings up to ``captions_per_image`` captions).
         captions_per_image: references used per image per step (sampled when there are more).
-        lr: AdamW learning rate.
+        lr: AdamW peak learning rate.
+        lr_schedule: ``cosine`` (decay to 0 over the run, per step) or ``constant``.
         weight_decay: AdamW weight decay.
         grad_clip: max gradient norm (0 = no clipping).
         seed: seed of every random number generator involved.
@@ -114,6 +115,7 @@ class TrainConfig:
     batch_size: int = 32
     captions_per_image: int = 5
     lr: float = 2e-3
+    lr_schedule: str = "cosine"
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     seed: int = 0
@@ -127,6 +129,8 @@ class TrainConfig:
             raise MmfuseError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise MmfuseError("weight_decay and grad_clip must be >= 0")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise MmfuseError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
         if self.select_metric not in ("bleu1", "bleu2", "bleu3", "bleu4"):
             raise MmfuseError(f"select_metric must be one of bleu1..bleu4, got {self.select_metric!r}")
 

@@ -31,14 +31,23 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise MmfuseError(f"cannot read image {path}: {exc}") from None
 
 
-def image_transform(size: int):
-    """PIL RGB image -> float tensor (3, size, size), normalised with :data:`MEAN`/:data:`STD`."""
+def resize_transform(size: int):
+    """PIL RGB image -> uint8 tensor (3, size, size): the part worth caching."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
+
+
+def normalize_transform():
+    """uint8 tensor (3, S, S) -> float tensor in the model's input range (:data:`MEAN`/:data:`STD`)."""
     import torch
     from torchvision.transforms import v2
 
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize((size, size), antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(MEAN, STD),
-    ])
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+
+
+def image_transform(size: int):
+    """PIL RGB image -> float tensor (3, size, size), normalised with :data:`MEAN`/:data:`STD`."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([resize_transform(size), normalize_transform()])

@@ -99,6 +99,13 @@ def _create_run_dir(workspace: Workspace, cfg: RunConfig, vocab_json: dict[str, 
     return run_dir
 
 
+def _scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate schedule: cosine decay to 0 over ``total_steps``, or constant."""
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
 class _Loop:
     """State of one training run (model, optimiser, data) and its epoch loop."""
 
@@ -110,6 +117,7 @@ class _Loop:
         self.loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, generator=generator,
                                  collate_fn=train_set.collate, drop_last=False)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * len(self.loader))
         self.val_decode = DecodeConfig(beam_size=1, max_length=cfg.decode.max_length)
 
     def run(self, on_epoch: EpochHook | None) -> TrainResult:
@@ -153,6 +161,7 @@ class _Loop:
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.optimizer.step()
+        self.scheduler.step()
         return float(loss.detach())
 
     def validate(self) -> dict[str, float]:

@@ -17,7 +17,9 @@ from torch.utils.data import Dataset
 from mmfuse.data.prepare import FORMAT_VERSION
 from mmfuse.data.vocab import PAD_ID, Vocab
 from mmfuse.errors import MmfuseError
-from mmfuse.images import image_transform, load_rgb
+from mmfuse.images import image_transform, load_rgb, normalize_transform, resize_transform
+
+CACHE_LIMIT_BYTES = 2 * 2**30  # decoded training images are kept in memory up to this size
 from mmfuse.workspace import read_json
 
 
@@ -76,6 +78,9 @@ def _parse(root: Path, line: str, path: Path, lineno: int) -> Record:
 class CaptionDataset(Dataset):
     """Images with all their encoded references; ``collate`` samples K references per image.
 
+    Decoded, resized images (uint8) are kept in memory after their first use when the whole split
+    fits in :data:`CACHE_LIMIT_BYTES`, so later epochs skip PNG decoding.
+
     Args:
         records: the split's records.
         vocab: maps tokens to ids.
@@ -87,7 +92,10 @@ class CaptionDataset(Dataset):
     def __init__(self, records: list[Record], vocab: Vocab, image_size: int, captions_per_image: int = 5, seed: int = 0):
         self.records = records
         self.encoded = [[vocab.encode(t) for t in r.tokens] for r in records]
-        self.transform = image_transform(image_size)
+        self.resize = resize_transform(image_size)
+        self.normalize = normalize_transform()
+        fits = len(records) * 3 * image_size**2 <= CACHE_LIMIT_BYTES
+        self.cache: list[torch.Tensor | None] | None = [None] * len(records) if fits else None
         self.k = captions_per_image
         self.seed = seed
         self.epoch = 0
@@ -99,7 +107,16 @@ class CaptionDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, list[list[int]], int]:
-        return self.transform(load_rgb(self.records[i].image)), self.encoded[i], i
+        return self.normalize(self._pixels(i)), self.encoded[i], i
+
+    def _pixels(self, i: int) -> torch.Tensor:
+        """uint8 (3, S, S), from the cache when possible."""
+        if self.cache is not None and self.cache[i] is not None:
+            return self.cache[i]
+        pixels = self.resize(load_rgb(self.records[i].image))
+        if self.cache is not None:
+            self.cache[i] = pixels
+        return pixels
 
     def collate(self, batch: list[tuple[torch.Tensor, list[list[int]], int]]) -> dict[str, torch.Tensor]:
         """-> images (B, 3, S, S), tokens (M, T) padded, image_index (M,)."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mmfuse.config import ModelConfig
-from mmfuse.data.vocab import PAD_ID
+from mmfuse.data.vocab import BOS_ID, PAD_ID
 from mmfuse.models.decoders import DECODERS
 from mmfuse.models.encoders import IMAGE_ENCODERS, ImageFeatures
 from mmfuse.models.fusion import FUSIONS
@@ -56,10 +56,18 @@ class Captioner(nn.Module):
     def step(self, features: ImageFeatures, last: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """One decoding step: last tokens (B,) -> log-probabilities (B, V), new state."""
         logits, state = self.decode(features, last.unsqueeze(1), state)  # (B, 1, V)
-        return torch.log_softmax(logits[:, -1].float(), dim=-1), state
+        return generation_log_probs(logits[:, -1]), state
 
     def reorder_state(self, state: Any, index: torch.Tensor) -> Any:
         return self.decoder.reorder_state(state, index)
+
+
+def generation_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of the next word (..., V) when generating: ``<pad>`` and ``<bos>`` are never emitted."""
+    logits = logits.float().clone()
+    logits[..., PAD_ID] = float("-inf")
+    logits[..., BOS_ID] = float("-inf")
+    return torch.log_softmax(logits, dim=-1)
 
 
 def check_parts(cfg: ModelConfig) -> None:

@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WS := workspace
+MMFUSE := $(BIN)/mmfuse -w $(WS)
+
+.PHONY: demo test install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# A stamp per install flavour, redone when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(MMFUSE) prepare-data shapes
+	$(MMFUSE) train --data shapes --fusion concat --run demo --overwrite
+	$(MMFUSE) evaluate --run demo --show 5
+	@echo "--- mmfuse caption on five test images (path<TAB>caption on stdout):"
+	@ls $(WS)/datasets/shapes/images/test/*.png | head -5 | $(MMFUSE) caption - --run demo --beam-size 3
+
+test: install-dev
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(WS) .pytest_cache

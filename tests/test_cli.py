@@ -1,0 +1,100 @@
+"""The command line end to end on a tiny set, its help, and the config override order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from mmfuse import cli
+from mmfuse.config import RunConfig
+from tests.conftest import TINY, invoke
+
+
+def test_pipeline_end_to_end(workspace: Path) -> None:
+    """prepare-data -> train -> evaluate -> caption on a tiny set, in well under a minute."""
+    assert invoke("prepare-data", "shapes", *TINY).exit_code == 0
+    res = invoke("train", "--epochs", "2", "--run", "e2e", "--batch-size", "16", "--hidden-dim", "32", "--feature-dim", "32")
+    assert res.exit_code == 0, res.stderr
+    run = workspace / "runs" / "e2e"
+    assert {"config.json", "vocab.json", "best.safetensors", "last.safetensors", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    assert all(0.0 <= x["val_bleu4"] <= 1.0 and x["train_loss"] > 0 for x in lines)
+    assert lines[1]["train_loss"] < lines[0]["train_loss"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["hidden_dim"] == 32 and config["model"]["image_size"] == 64
+
+    res = invoke("evaluate", "--run", "e2e", "--json")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert set(report["metrics"]) == {"bleu1", "bleu2", "bleu3", "bleu4"}
+    assert report["num_images"] == 8 and len(report["captions"]) == 8
+    assert json.loads((run / "eval-test.json").read_text())["metrics"] == report["metrics"]
+
+    images = sorted((workspace / "datasets/shapes/images/test").glob("*.png"))[:3]
+    res = invoke("caption", "-", "--run", "e2e", input="\n".join(map(str, images)) + "\n")
+    assert res.exit_code == 0, res.stderr
+    rows = [line.split("\t") for line in res.stdout.splitlines()]
+    assert [r[0] for r in rows] == [str(p) for p in images]
+    by_path = {Path(c["image"]).name: c["caption"] for c in report["captions"]}
+    assert [r[1] for r in rows] == [by_path[p.name] for p in images]  # same model, same greedy captions
+
+    res = invoke("caption", str(images[0]), "--run", "e2e", "--json", "--beam-size", "3")
+    record = json.loads(res.stdout)
+    assert record["path"] == str(images[0]) and record["beam_size"] == 3 and isinstance(record["caption"], str)
+
+
+def test_evaluate_beam_one_equals_greedy_default(trained: Path) -> None:
+    a = json.loads(invoke("evaluate", "-w", str(trained), "--run", "r", "--json", "--split", "val").stdout)
+    b = json.loads(invoke("evaluate", "-w", str(trained), "--run", "r", "--json", "--split", "val", "--beam-size", "1").stdout)
+    assert a["captions"] == b["captions"]
+
+
+def _commands() -> dict[str, typer.main.TyperCommand]:
+    return typer.main.get_command(cli.app).commands  # type: ignore[attr-defined]
+
+
+def test_every_option_is_documented() -> None:
+    commands = _commands()
+    assert set(commands) == {"prepare-data", "train", "evaluate", "caption"}
+    for name, command in commands.items():
+        assert command.help, name
+        for param in command.params:
+            assert getattr(param, "help", None), f"{name} {param.name} has no help"
+        assert invoke(name, "--help").exit_code == 0
+
+
+def test_help_lists_registry_choices() -> None:
+    res = invoke("train", "--help")
+    assert "concat" in res.stdout and "small_cnn" in res.stdout and "lstm" in res.stdout
+
+
+def test_top_level_help_does_not_import_torch_or_spacy() -> None:
+    code = ("import sys; from typer.testing import CliRunner; from mmfuse.cli import app; "
+            "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output; "
+            "heavy = [m for m in ('torch', 'spacy', 'torchvision', 'nltk') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_config_file_is_overridden_by_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """defaults < --config file < command-line flags, as seen by the core."""
+    seen: list[RunConfig] = []
+
+    def fake_train(workspace, cfg, on_epoch=None):
+        seen.append(cfg)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr("mmfuse.training.train", fake_train)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"train": {"epochs": 7, "lr": 0.01}, "model": {"hidden_dim": 64}}))
+    assert invoke("train", "--config", str(path), "--epochs", "3").exit_code == 0
+    cfg = seen[0]
+    assert cfg.train.epochs == 3  # flag beats file
+    assert cfg.train.lr == 0.01 and cfg.model.hidden_dim == 64  # file beats default
+    assert cfg.train.batch_size == RunConfig().train.batch_size  # default stays
