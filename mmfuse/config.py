@@ -22,7 +22,7 @@ C = TypeVar("C")
 class ShapesConfig:
     """Options of the built-in ``shapes`` source (``mmfuse prepare-data shapes``)."""
 
-    train_images: int = 6000
+    train_images: int = 12000
     val_images: int = 250
     test_images: int = 500
     image_size: int = 64
@@ -111,9 +111,9 @@ class TrainConfig:
 
     data: str = "shapes"
     run: str = ""
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 32
-    captions_per_image: int = 5
+    captions_per_image: int = 1
     lr: float = 2e-3
     lr_schedule: str = "cosine"
     weight_decay: float = 0.0

@@ -126,7 +126,7 @@ def _draw(rng: np.random.Generator, size: int, objects: list[ShapeObject], noisy
     base = rng.uniform(90, 200) + rng.uniform(-15, 15, size=3)
     canvas = np.broadcast_to(base, (size, size, 3)).astype(np.float64)
     if noisy:
-        canvas = canvas + rng.normal(0, 20, size=(size, size, 3))
+        canvas = canvas + rng.normal(0, 10, size=(size, size, 3))
     for obj in objects:
         colour = np.array(COLOURS[obj.colour], dtype=np.float64) + rng.uniform(-15, 15, size=3)
         alpha = _mask(obj, size)[..., None]
@@ -144,8 +144,7 @@ def _mask(obj: ShapeObject, size: int) -> np.ndarray:
     if obj.shape == "circle":
         draw.ellipse((cx - h, cy - h, cx + h, cy + h), fill=255)
     elif obj.shape == "square":
-        q = h * 0.85  # a square of the same half-size looks much bigger than the circle
-        draw.rectangle((cx - q, cy - q, cx + q, cy + q), fill=255)
+        draw.rectangle((cx - h, cy - h, cx + h, cy + h), fill=255)
     else:
         draw.polygon([(cx, cy - h), (cx - h, cy + h * 0.8), (cx + h, cy + h * 0.8)], fill=255)
     return np.asarray(big.reduce(s), dtype=np.float64) / 255.0
