@@ -3,13 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 WS := workspace
-MMFUSE := $(BIN)/mmfuse -w $(WS)
+MMFUSE := $(BIN)/mmfuse
 
 .PHONY: demo test install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 
 # A stamp per install flavour, redone when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
@@ -24,11 +23,11 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(MMFUSE) prepare-data shapes
-	$(MMFUSE) train --data shapes --fusion concat --run demo --overwrite
-	$(MMFUSE) evaluate --run demo --show 5
+	$(MMFUSE) prepare-data shapes -w $(WS)
+	$(MMFUSE) train --data shapes --fusion concat --run demo --overwrite -w $(WS)
+	$(MMFUSE) evaluate --run demo --show 5 -w $(WS)
 	@echo "--- mmfuse caption on five test images (path<TAB>caption on stdout):"
-	@ls $(WS)/datasets/shapes/images/test/*.png | head -5 | $(MMFUSE) caption - --run demo --beam-size 3
+	@ls $(WS)/datasets/shapes/images/test/*.png | head -5 | $(MMFUSE) caption - --run demo --beam-size 3 -w $(WS)
 
 test: install-dev
 	$(BIN)/python -m pytest -q

@@ -58,13 +58,6 @@ def test_missing_and_damaged_weights(tmp_path: Path) -> None:
         load_run(run)
 
 
-def test_cuda_checkpoint_tensors_are_saved_from_cpu(tmp_path: Path) -> None:
-    """save_weights moves tensors to CPU first, so files carry no device; they load with map to CPU."""
-    model = build_captioner(ModelConfig(image_size=32, feature_dim=8, embed_dim=4, hidden_dim=8), 6)
-    save_weights(tmp_path / "w.safetensors", model, {})
-    assert all(t.device.type == "cpu" for t in load_file(tmp_path / "w.safetensors").values())
-
-
 def test_config_json_round_trip_and_validation() -> None:
     cfg = RunConfig(model=ModelConfig(fusion="concat", hidden_dim=64), train=TrainConfig(epochs=3, lr=0.01))
     assert from_dict(RunConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
