@@ -153,23 +153,16 @@ def prepare_data_cmd(
 ) -> None:
     """Turn a data source into a workspace data set (images, tokenized captions, vocabulary).
 
-    Example: mmfuse prepare-data shapes --train-images 6000 --seed 0
+    Example: mmfuse prepare-data shapes --train-images 12000 --seed 0
     """
     from mmfuse.data.prepare import prepare_data
-    from mmfuse.ui import console, progress
+    from mmfuse.ui import LazyProgress, console
     from mmfuse.workspace import Workspace
 
     options = _explicit(ctx, train_images=train_images, val_images=val_images, test_images=test_images,
                         image_size=image_size, seed=seed)
-    with progress() as bar:
-        tasks: dict[str, Any] = {}
-
-        def on_progress(split: str, done: int, total: int) -> None:
-            if split not in tasks:
-                tasks[split] = bar.add_task(split, total=total, info="")
-            bar.update(tasks[split], completed=done)
-
-        result = prepare_data(Workspace.open(workspace), source, options, name, min_count, on_progress)
+    with LazyProgress() as bar:
+        result = prepare_data(Workspace.open(workspace), source, options, name, min_count, bar.update)
     m = result.manifest
     counts = ", ".join(f"{s} {c['images']} images / {c['captions']} captions" for s, c in m["splits"].items())
     console().print(f"data set [bold]{m['name']}[/] at {result.path}: {counts}; vocabulary {m['vocab_size']} words")
@@ -200,7 +193,7 @@ def train_cmd(
 ) -> None:
     """Train a captioner: image encoder -> fusion -> decoder; keeps the best epoch by validation BLEU-4.
 
-    Example: mmfuse train --data shapes --fusion concat --epochs 12 --run demo
+    Example: mmfuse train --data shapes --fusion concat --epochs 8 --run demo
     """
     from mmfuse.training import train
     from mmfuse.ui import console
@@ -279,8 +272,9 @@ def _print_report(report: dict[str, Any], show: int) -> None:
     from mmfuse.ui import console
 
     d = report["decode"]
-    table = Table(title=f"{report['run']} on {report['data']}/{report['split']} ({report['num_images']} images, "
-                        f"beam {d['beam_size']}, epoch {report['epoch']})")
+    console().print(f"[bold]{report['run']}[/] on {report['data']}/{report['split']}: {report['num_images']} images, "
+                    f"beam size {d['beam_size']}, {report['checkpoint']} weights (epoch {report['epoch']})")
+    table = Table()
     for name in report["metrics"]:
         table.add_column(name.upper().replace("BLEU", "BLEU-"), justify="right")
     table.add_row(*(f"{v:.4f}" for v in report["metrics"].values()))

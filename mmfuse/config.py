@@ -159,7 +159,7 @@ def _positive(cfg: Any, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         if value < 1:
-            raise MmfuseError(f"{name} must be >= 1, got {value}")
+            raise MmfuseError(f"{name} (--{name.replace('_', '-')}) must be >= 1, got {value}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -5,13 +5,39 @@ from __future__ import annotations
 from functools import lru_cache
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TaskID, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 @lru_cache(maxsize=1)
 def console() -> Console:
     """The stderr console (results go to stdout, never through this)."""
     return Console(stderr=True, highlight=False)
+
+
+class LazyProgress:
+    """A :func:`progress` that appears only once something reports progress.
+
+    Used where validation may still fail: an error then prints its one line and nothing else.
+    """
+
+    def __init__(self) -> None:
+        self._bar: Progress | None = None
+        self._tasks: dict[str, TaskID] = {}
+
+    def update(self, name: str, completed: int, total: int | None = None) -> None:
+        if self._bar is None:
+            self._bar = progress()
+            self._bar.start()
+        if name not in self._tasks:
+            self._tasks[name] = self._bar.add_task(name, total=total, info="")
+        self._bar.update(self._tasks[name], completed=completed)
+
+    def __enter__(self) -> "LazyProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
 
 
 def progress() -> Progress:
