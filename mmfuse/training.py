@@ -76,7 +76,8 @@ def _resolve(workspace: Workspace, cfg: RunConfig) -> RunConfig:
     model = cfg.model if cfg.model.image_size else replace(cfg.model, image_size=int(manifest.get("image_size") or 224))
     run = cfg.train.run or f"{cfg.train.data}-{cfg.model.fusion}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = replace(cfg, model=model, train=replace(cfg.train, run=run))
-    workspace.run_dir(run)  # validates the name
+    if workspace.run_dir(run).exists() and not cfg.train.overwrite:
+        raise MmfuseError(f"run {run!r} already exists in {workspace.root / 'runs'}; pass --overwrite or choose another --run")
     return cfg
 
 
@@ -89,9 +90,7 @@ def _load_data(data_dir: Path, cfg: RunConfig, vocab) -> tuple[CaptionDataset, l
 
 def _create_run_dir(workspace: Workspace, cfg: RunConfig, vocab_json: dict[str, Any]) -> Path:
     run_dir = workspace.run_dir(cfg.train.run)
-    if run_dir.exists():
-        if not cfg.train.overwrite:
-            raise MmfuseError(f"run {cfg.train.run!r} already exists in {run_dir.parent}; pass --overwrite or choose another --run")
+    if run_dir.exists():  # _resolve refused this unless --overwrite
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     atomic_write_json(run_dir / "vocab.json", vocab_json)
