@@ -191,7 +191,7 @@ def train_cmd(
     config: Annotated[Optional[Path], typer.Option(help="JSON file with 'model', 'train', 'decode' sections; flags override it.", show_default=False)] = None,
     workspace: Workspace_ = None,
 ) -> None:
-    """Train a captioner: image encoder -> fusion -> decoder; keeps the best epoch by validation BLEU-4.
+    """Train a captioner: image encoder -> fusion -> decoder; keeps the best epoch by validation CIDEr-D.
 
     Example: mmfuse train --data shapes --fusion concat --epochs 8 --run demo
     """
@@ -211,6 +211,7 @@ def train_cmd(
     def on_epoch(rec: dict[str, Any]) -> None:
         mark = " *best*" if rec["best"] else ""
         console().print(f"epoch {rec['epoch']}: loss {rec['train_loss']:.3f}  val BLEU-4 {rec['val_bleu4']:.4f}"
+                        f"  CIDEr-D {rec['val_cider_d']:.4f}"
                         f"  ({rec['images_per_s']:.0f} img/s){mark}")
 
     result = train(Workspace.open(workspace), cfg, on_epoch)

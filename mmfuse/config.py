@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from mmfuse.errors import MmfuseError
 
 CONFIG_FORMAT_VERSION = 1
+SELECT_METRICS = ("cider_d", "bleu4", "bleu3", "bleu2", "bleu1", "rouge_l")  # as in mmfuse.metrics.captions
 C = TypeVar("C")
 
 
@@ -105,7 +106,8 @@ class TrainConfig:
         grad_clip: max gradient norm (0 = no clipping).
         seed: seed of every random number generator involved.
         device: ``auto``, ``cpu`` or ``cuda`` (``cuda:N``).
-        select_metric: validation metric that picks the best checkpoint.
+        select_metric: validation metric that picks the best checkpoint (``cider_d``, ``bleu1``..``bleu4``,
+            ``rouge_l``).
         overwrite: replace an existing run of the same name.
     """
 
@@ -120,7 +122,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     seed: int = 0
     device: str = "auto"
-    select_metric: str = "bleu4"
+    select_metric: str = "cider_d"
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -131,8 +133,8 @@ class TrainConfig:
             raise MmfuseError("weight_decay and grad_clip must be >= 0")
         if self.lr_schedule not in ("cosine", "constant"):
             raise MmfuseError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
-        if self.select_metric not in ("bleu1", "bleu2", "bleu3", "bleu4"):
-            raise MmfuseError(f"select_metric must be one of bleu1..bleu4, got {self.select_metric!r}")
+        if self.select_metric not in SELECT_METRICS:
+            raise MmfuseError(f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {self.select_metric!r}")
 
 
 @dataclass

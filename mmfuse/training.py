@@ -1,8 +1,8 @@
 """The training loop: teacher-forced cross-entropy, validation on GENERATED captions, checkpoints.
 
-After every epoch the model captions the validation images (greedy) and is scored with corpus
-BLEU; ``best.safetensors`` keeps the epoch with the best ``select_metric``, ``last.safetensors``
-the latest. One JSON line per epoch goes to ``metrics.jsonl``.
+After every epoch the model captions the validation images (greedy) and is scored with BLEU-1..4,
+ROUGE-L and CIDEr-D; ``best.safetensors`` keeps the epoch with the best ``select_metric`` (CIDEr-D
+by default), ``last.safetensors`` the latest. One JSON line per epoch goes to ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mmfuse.data.vocab import PAD_ID
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
 from mmfuse.inference import caption_files
-from mmfuse.metrics.bleu import corpus_bleu
+from mmfuse.metrics.captions import caption_scores
 from mmfuse.models.captioner import Captioner, build_captioner, check_parts, count_parameters
 from mmfuse.models.checkpoint import save_weights
 from mmfuse.ui import progress
@@ -164,10 +164,10 @@ class _Loop:
         return float(loss.detach())
 
     def validate(self) -> dict[str, float]:
-        """Corpus BLEU of greedy captions of the validation images (never teacher-forced)."""
+        """Corpus caption metrics of greedy captions of the validation images (never teacher-forced)."""
         hyps = list(caption_files(self.model, self.vocab, [r.image for r in self.val_records],
                                   self.cfg.model.image_size, self.val_decode))
-        return corpus_bleu(hyps, [r.tokens for r in self.val_records])
+        return caption_scores(hyps, [r.tokens for r in self.val_records])["corpus"]
 
     def _save(self, epoch: int, record: dict[str, Any]) -> None:
         meta = {"epoch": str(epoch), "val_" + self.cfg.train.select_metric: str(record[f"val_{self.cfg.train.select_metric}"]),

@@ -1,32 +1,96 @@
-"""Corpus BLEU-1..4 of generated captions against all their references (NLTK's implementation).
+"""BLEU-1..4 exactly as coco-caption computes them (``pycocoevalcap/bleu/bleu_scorer.py``).
 
-Corpus level, as papers report it: n-gram matches and lengths are summed over all images before the
-geometric mean and the brevity penalty (closest reference length) are applied.
+Corpus BLEU sums clipped n-gram matches, n-gram counts and lengths over all images, then takes the
+geometric mean of the precisions and a brevity penalty with the 'closest' reference length (ties to
+the shorter reference). Per-image BLEU applies the same formula to one image. coco-caption's
+smoothing constants (1e-15 added to matches, 1e-9 to counts) are kept so results agree to float
+precision, including images with no match.
 """
 
 from __future__ import annotations
 
-import warnings
+import math
+from dataclasses import dataclass, field
 from typing import Sequence
 
-Tokens = Sequence[str]
+from mmfuse.metrics.ngrams import MAX_N, Tokens, ngram_counts
+
+TINY, SMALL = 1e-15, 1e-9
+
+
+@dataclass
+class BleuStats:
+    """Sufficient statistics of one image (or a sum of images)."""
+
+    testlen: int = 0
+    reflen: int = 0
+    guess: list[int] = field(default_factory=lambda: [0] * MAX_N)
+    correct: list[int] = field(default_factory=lambda: [0] * MAX_N)
+
+    def add(self, other: "BleuStats") -> None:
+        self.testlen += other.testlen
+        self.reflen += other.reflen
+        self.guess = [a + b for a, b in zip(self.guess, other.guess)]
+        self.correct = [a + b for a, b in zip(self.correct, other.correct)]
+
+    def scores(self) -> list[float]:
+        """BLEU-1..4 from these statistics."""
+        out, product = [], 1.0
+        for k in range(MAX_N):
+            product *= (self.correct[k] + TINY) / (self.guess[k] + SMALL)
+            out.append(product ** (1.0 / (k + 1)))
+        ratio = (self.testlen + TINY) / (self.reflen + SMALL)
+        if ratio < 1:
+            out = [s * math.exp(1 - 1 / ratio) for s in out]
+        return out
+
+
+def image_stats(hypothesis: Tokens, references: Sequence[Tokens]) -> BleuStats:
+    """Clipped matches and lengths of one hypothesis against its references."""
+    max_ref: dict[tuple[str, ...], int] = {}
+    for ref in references:
+        for gram, count in ngram_counts(ref).items():
+            if count > max_ref.get(gram, 0):
+                max_ref[gram] = count
+    testlen = len(hypothesis)
+    reflen = min((abs(len(r) - testlen), len(r)) for r in references)[1]
+    correct = [0] * MAX_N
+    for gram, count in ngram_counts(hypothesis).items():
+        correct[len(gram) - 1] += min(max_ref.get(gram, 0), count)
+    guess = [max(0, testlen - k) for k in range(MAX_N)]
+    return BleuStats(testlen, reflen, guess, correct)
+
+
+def bleu(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> tuple[list[float], list[list[float]]]:
+    """Corpus BLEU-1..4 and per-image BLEU-1..4.
+
+    Args:
+        hypotheses: one tokenized caption per image.
+        references: per image, a non-empty list of tokenized references.
+
+    Returns:
+        ``(corpus, per_image)``: corpus is ``[b1, b2, b3, b4]``; per_image[i] likewise for image i.
+    """
+    total = BleuStats()
+    per_image = []
+    for hyp, refs in zip(hypotheses, references):
+        stats = image_stats(hyp, refs)
+        total.add(stats)
+        per_image.append(stats.scores())
+    return total.scores(), per_image
 
 
 def corpus_bleu(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> dict[str, float]:
-    """BLEU-1..4 for tokenized hypotheses and, per hypothesis, a list of tokenized references.
+    """Corpus BLEU-1..4 as ``{"bleu1": .., ..., "bleu4": ..}``."""
+    _check(hypotheses, references)
+    corpus, _ = bleu(hypotheses, references)
+    return {f"bleu{n}": s for n, s in enumerate(corpus, 1)}
 
-    Returns:
-        ``{"bleu1": .., "bleu2": .., "bleu3": .., "bleu4": ..}``, each in [0, 1].
-    """
-    from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
 
+def _check(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> None:
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
     if not hypotheses:
         raise ValueError("no hypotheses to score")
-    weights = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # NLTK warns when some n-gram order has no match: score is 0
-        scores = nltk_corpus_bleu([[list(r) for r in refs] for refs in references],
-                                  [list(h) for h in hypotheses], weights=weights)
-    return {f"bleu{n}": float(s) for n, s in enumerate(scores, 1)}
+    if any(len(refs) == 0 for refs in references):
+        raise ValueError("every image needs at least one reference")
