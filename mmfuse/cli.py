@@ -183,6 +183,7 @@ def train_cmd(
     seed: Annotated[int, typer.Option(help="Random seed (weights init, data order).")] = _TRAIN.seed,
     device: Device_ = _TRAIN.device,
     run: Annotated[str, typer.Option(help="Run name (default: <data>-<fusion>-<timestamp>).", show_default=False)] = _TRAIN.run,
+    select_metric: Annotated[str, typer.Option(help="Validation metric that picks the best checkpoint: cider_d, bleu1..bleu4 or rouge_l.")] = _TRAIN.select_metric,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run of the same name.")] = _TRAIN.overwrite,
     feature_dim: Annotated[int, typer.Option(help="Image feature width.")] = _MODEL.feature_dim,
     embed_dim: Annotated[int, typer.Option(help="Word embedding width.")] = _MODEL.embed_dim,
@@ -204,7 +205,8 @@ def train_cmd(
         model=_explicit(ctx, fusion=fusion, encoder=encoder, decoder=decoder, feature_dim=feature_dim,
                         embed_dim=embed_dim, hidden_dim=hidden_dim),
         train=_explicit(ctx, data=data, epochs=epochs, batch_size=batch_size, captions_per_image=captions_per_image,
-                        lr=lr, lr_schedule=lr_schedule, seed=seed, device=device, run=run, overwrite=overwrite),
+                        lr=lr, lr_schedule=lr_schedule, seed=seed, device=device, run=run, overwrite=overwrite,
+                        select_metric=select_metric),
         decode=_explicit(ctx, max_length=max_length),
     )
 
@@ -241,53 +243,93 @@ def _run_config(path: Optional[Path], **flags: dict[str, Any]) -> RunConfig:
 
 @app.command("evaluate")
 def evaluate_cmd(
-    run: Annotated[str, typer.Option(help="Run to evaluate.")],
-    split: Annotated[str, typer.Option(help="Data set split to caption and score.")] = "test",
+    run: Annotated[Optional[str], typer.Option(help="Run to evaluate (captions a split of its data set).", show_default=False)] = None,
+    predictions: Annotated[Optional[Path], typer.Option(help="Score this results file instead (COCO results JSON or JSONL).", show_default=False)] = None,
+    references: Annotated[Optional[str], typer.Option(help="With --predictions: a COCO captions file or a workspace data set name.", show_default=False)] = None,
+    split: Annotated[str, typer.Option(help="Data set split to caption and score (or to take references from).")] = "test",
     beam_size: Annotated[Optional[int], typer.Option(help="Beam size (1 = greedy) (default: the run's).", show_default=False)] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Longest caption (default: the run's).", show_default=False)] = None,
     checkpoint: Annotated[str, typer.Option(help="Weights to use: best or last.")] = "best",
+    meteor: Annotated[bool, typer.Option(help="Compute METEOR (needs Java and pycocoevalcap).")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
     show: Annotated[int, typer.Option(help="Show this many example captions beside their references.")] = 0,
+    worst: Annotated[int, typer.Option(help="List the N images with the lowest CIDEr-D, with caption and references.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per decoding batch.")] = 64,
     device: Device_ = "auto",
     workspace: Workspace_ = None,
 ) -> None:
-    """Caption a split with a run's model and report corpus BLEU-1..4 (written to runs/<run>/eval-<split>.json).
+    """Score captions with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D, exactly as coco-caption does.
 
-    Example: mmfuse evaluate --run demo --split test --beam-size 3
+    Examples: mmfuse evaluate --run demo --beam-size 3 --worst 5;
+    mmfuse evaluate --predictions results.json --references captions_val2014.json
     """
-    from mmfuse.evaluation import evaluate_run
+    from mmfuse.evaluation import evaluate_files, evaluate_run
     from mmfuse.workspace import Workspace
 
-    if batch_size < 1 or show < 0:
-        raise MmfuseError("--batch-size must be >= 1 and --show >= 0")
-    report = evaluate_run(Workspace.open(workspace), run, split, beam_size, max_length, checkpoint, device, batch_size)
-    _print_report(report, show)
+    if batch_size < 1 or show < 0 or worst < 0:
+        raise MmfuseError("--batch-size must be >= 1, --show and --worst >= 0")
+    if (run is None) == (predictions is None):
+        raise MmfuseError("give either --run, or --predictions with --references")
+    if predictions is not None and references is None:
+        raise MmfuseError("--predictions needs --references (a COCO captions file or a data set name)")
+    if run is not None and references is not None:
+        raise MmfuseError("--references goes with --predictions, not with --run")
+    ws = Workspace.open(workspace)
+    if run is not None:
+        report = evaluate_run(ws, run, split, beam_size, max_length, checkpoint, device, batch_size, meteor)
+    else:
+        report = evaluate_files(ws, predictions, references, split, meteor)
+    _print_report(report, show, worst)
     if json_out:
         typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
 
 
-def _print_report(report: dict[str, Any], show: int) -> None:
+_METRIC_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
+                 "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider_d": "CIDEr-D"}
+
+
+def _print_report(report: dict[str, Any], show: int, worst: int) -> None:
+    from rich.table import Table
+
+    from mmfuse.evaluation import worst as worst_images
+    from mmfuse.ui import console
+
+    if "run" in report:
+        d = report["decode"]
+        console().print(f"[bold]{report['run']}[/] on {report['data']}/{report['split']}: {report['num_images']} images, "
+                        f"beam size {d['beam_size']}, {report['checkpoint']} weights (epoch {report['epoch']})")
+    else:
+        console().print(f"{report['predictions']} against {report['references']}: {report['num_images']} images")
+    table = Table()
+    names = [k for k in _METRIC_NAMES if k in report["metrics"]]
+    for name in names:
+        table.add_column(_METRIC_NAMES[name], justify="right")
+    table.add_row(*(f"{report['metrics'][k]:.4f}" for k in names))
+    console().print(table)
+    if report["meteor"].startswith("unavailable"):
+        console().print(f"METEOR {report['meteor']}")
+    if show:
+        _print_images("examples", report["images"][:show])
+    if worst:
+        _print_images(f"{worst} lowest CIDEr-D", worst_images(report, worst), with_score=True)
+
+
+def _print_images(title: str, items: list[dict[str, Any]], with_score: bool = False) -> None:
     from rich.table import Table
 
     from mmfuse.ui import console
 
-    d = report["decode"]
-    console().print(f"[bold]{report['run']}[/] on {report['data']}/{report['split']}: {report['num_images']} images, "
-                    f"beam size {d['beam_size']}, {report['checkpoint']} weights (epoch {report['epoch']})")
-    table = Table()
-    for name in report["metrics"]:
-        table.add_column(name.upper().replace("BLEU", "BLEU-"), justify="right")
-    table.add_row(*(f"{v:.4f}" for v in report["metrics"].values()))
+    table = Table(title=title, show_lines=True)
+    table.add_column("image")
+    if with_score:
+        table.add_column("CIDEr-D", justify="right")
+    table.add_column("generated")
+    table.add_column("references")
+    for item in items:
+        name = Path(item["image"]).name if "image" in item else str(item["id"])
+        score = [f"{item['scores']['cider_d']:.3f}"] if with_score else []
+        table.add_row(name, *score, item["caption"], "\n".join(item["references"]))
     console().print(table)
-    if show:
-        examples = Table(title="examples", show_lines=True)
-        examples.add_column("image")
-        examples.add_column("generated")
-        examples.add_column("references")
-        for item in report["captions"][:show]:
-            examples.add_row(Path(item["image"]).name, item["caption"], "\n".join(item["references"]))
-        console().print(examples)
 
 
 @app.command("caption")

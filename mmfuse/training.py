@@ -26,6 +26,7 @@ from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
 from mmfuse.inference import caption_files
 from mmfuse.metrics.captions import caption_scores
+from mmfuse.metrics.ptb import coco_tokenize
 from mmfuse.models.captioner import Captioner, build_captioner, check_parts, count_parameters
 from mmfuse.models.checkpoint import save_weights
 from mmfuse.ui import progress
@@ -118,6 +119,7 @@ class _Loop:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * len(self.loader))
         self.val_decode = DecodeConfig(beam_size=1, max_length=cfg.decode.max_length)
+        self.val_refs = [[coco_tokenize(c) for c in r.captions] for r in val_records]  # tokenized once
 
     def run(self, on_epoch: EpochHook | None) -> TrainResult:
         history: list[dict[str, Any]] = []
@@ -165,9 +167,9 @@ class _Loop:
 
     def validate(self) -> dict[str, float]:
         """Corpus caption metrics of greedy captions of the validation images (never teacher-forced)."""
-        hyps = list(caption_files(self.model, self.vocab, [r.image for r in self.val_records],
-                                  self.cfg.model.image_size, self.val_decode))
-        return caption_scores(hyps, [r.tokens for r in self.val_records])["corpus"]
+        hyps = [coco_tokenize(" ".join(words)) for words in caption_files(
+            self.model, self.vocab, [r.image for r in self.val_records], self.cfg.model.image_size, self.val_decode)]
+        return caption_scores(hyps, self.val_refs)["corpus"]
 
     def _save(self, epoch: int, record: dict[str, Any]) -> None:
         meta = {"epoch": str(epoch), "val_" + self.cfg.train.select_metric: str(record[f"val_{self.cfg.train.select_metric}"]),

@@ -29,19 +29,22 @@ def test_pipeline_end_to_end(workspace: Path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["hidden_dim"] == 32 and config["model"]["image_size"] == 64
 
-    res = invoke("evaluate", "--run", "e2e", "--json")
+    res = invoke("evaluate", "--run", "e2e", "--json", "--no-meteor")
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
-    assert set(report["metrics"]) == {"bleu1", "bleu2", "bleu3", "bleu4"}
-    assert report["num_images"] == 8 and len(report["captions"]) == 8
+    assert set(report["metrics"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d"}
+    assert report["num_images"] == 8 and len(report["images"]) == 8
+    assert all(set(i["scores"]) == set(report["metrics"]) for i in report["images"])
     assert json.loads((run / "eval-test.json").read_text())["metrics"] == report["metrics"]
+    results = json.loads((run / "results-test.json").read_text())
+    assert [r["caption"] for r in results] == [i["caption"] for i in report["images"]]
 
     images = sorted((workspace / "datasets/shapes/images/test").glob("*.png"))[:3]
     res = invoke("caption", "-", "--run", "e2e", input="\n".join(map(str, images)) + "\n")
     assert res.exit_code == 0, res.stderr
     rows = [line.split("\t") for line in res.stdout.splitlines()]
     assert [r[0] for r in rows] == [str(p) for p in images]
-    by_path = {Path(c["image"]).name: c["caption"] for c in report["captions"]}
+    by_path = {Path(c["image"]).name: c["caption"] for c in report["images"]}
     assert [r[1] for r in rows] == [by_path[p.name] for p in images]  # same model, same greedy captions
 
     res = invoke("caption", str(images[0]), "--run", "e2e", "--json", "--beam-size", "3")
@@ -50,9 +53,10 @@ def test_pipeline_end_to_end(workspace: Path) -> None:
 
 
 def test_evaluate_beam_one_equals_greedy_default(trained: Path) -> None:
-    a = json.loads(invoke("evaluate", "-w", str(trained), "--run", "r", "--json", "--split", "val").stdout)
-    b = json.loads(invoke("evaluate", "-w", str(trained), "--run", "r", "--json", "--split", "val", "--beam-size", "1").stdout)
-    assert a["captions"] == b["captions"]
+    a = json.loads(invoke("evaluate", "-w", str(trained), "--run", "r", "--json", "--split", "val", "--no-meteor").stdout)
+    b = json.loads(invoke("evaluate", "-w", str(trained), "--run", "r", "--json", "--split", "val", "--beam-size", "1",
+                          "--no-meteor").stdout)
+    assert a["images"] == b["images"]
 
 
 def _commands() -> dict[str, typer.main.TyperCommand]:

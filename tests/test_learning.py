@@ -16,7 +16,7 @@ def test_short_training_learns_shapes_captions(workspace: Path) -> None:
     assert res.exit_code == 0, res.stderr
     res = invoke("train", "--epochs", "4", "--run", "learn", "--seed", "0")
     assert res.exit_code == 0, res.stderr
-    report = json.loads(invoke("evaluate", "--run", "learn", "--json").stdout)
+    report = json.loads(invoke("evaluate", "--run", "learn", "--json", "--no-meteor").stdout)
     assert report["metrics"]["bleu4"] >= MIN_TEST_BLEU4, report["metrics"]
     # the model must describe each image, not emit one caption for all
-    assert len({c["caption"] for c in report["captions"]}) >= 30
+    assert len({c["caption"] for c in report["images"]}) >= 30

@@ -80,13 +80,6 @@ def bleu(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -
     return total.scores(), per_image
 
 
-def corpus_bleu(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> dict[str, float]:
-    """Corpus BLEU-1..4 as ``{"bleu1": .., ..., "bleu4": ..}``."""
-    _check(hypotheses, references)
-    corpus, _ = bleu(hypotheses, references)
-    return {f"bleu{n}": s for n, s in enumerate(corpus, 1)}
-
-
 def _check(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> None:
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from mmfuse.metrics.bleu import _check, bleu
 from mmfuse.metrics.cider import cider_d
 from mmfuse.metrics.ngrams import Tokens
+from mmfuse.metrics.ptb import coco_tokenize
 from mmfuse.metrics.rouge import rouge_l
 
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d")
@@ -25,3 +26,11 @@ def caption_scores(hypotheses: Sequence[Tokens], references: Sequence[Sequence[T
     corpus = dict(zip(METRICS, [*b_corpus, r_corpus, c_corpus]))
     per_image = [dict(zip(METRICS, [*b, r, c])) for b, r, c in zip(b_images, r_images, c_images)]
     return {"corpus": corpus, "per_image": per_image}
+
+
+def score_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """:func:`caption_scores` of raw caption text, tokenized as coco-caption does (PTB, lower case,
+    punctuation removed)."""
+    hyp_tokens = [coco_tokenize(h) for h in hypotheses]
+    ref_tokens = [[coco_tokenize(r) for r in refs] for refs in references]
+    return caption_scores(hyp_tokens, ref_tokens)

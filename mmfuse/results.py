@@ -1,0 +1,108 @@
+"""Reading captioning results and references from files anyone may hand us, with clear errors.
+
+Predictions: COCO results JSON (``[{"image_id": .., "caption": ..}, ...]``) or JSON Lines of the
+same objects. References: a COCO captions annotation file (``{"annotations": [{"image_id", "caption"}]}``)
+or the name of a workspace data set (its ``<split>.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Hashable
+
+from mmfuse.data.dataset import load_split
+from mmfuse.errors import MmfuseError
+from mmfuse.workspace import Workspace
+
+
+def read_predictions(path: Path) -> dict[Hashable, str]:
+    """image id -> caption, in file order; bad JSON, missing keys and duplicate ids are errors."""
+    entries = _read_entries(path)
+    preds: dict[Hashable, str] = {}
+    for where, entry in entries:
+        image_id, caption = _fields(entry, path, where)
+        if image_id in preds:
+            raise MmfuseError(f"{path}{where}: image id {image_id!r} has a second prediction")
+        preds[image_id] = caption
+    if not preds:
+        raise MmfuseError(f"{path}: no predictions")
+    return preds
+
+
+def read_references(source: str, workspace: Workspace, split: str) -> dict[Hashable, list[str]]:
+    """image id -> reference captions, from a COCO captions file or a workspace data set."""
+    path = Path(source)
+    if path.is_file():
+        return _coco_references(path)
+    if _is_name(source) and workspace.dataset_dir(source).is_dir():
+        return {r.id: list(r.captions) for r in load_split(workspace.existing_dataset(source), split)}
+    raise MmfuseError(f"references {source!r} is neither a file nor a data set in workspace {workspace.root}")
+
+
+def _is_name(source: str) -> bool:
+    return "/" not in source and source not in ("", ".", "..")
+
+
+def _coco_references(path: Path) -> dict[Hashable, list[str]]:
+    data = _load_json(path)
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(annotations, list):
+        raise MmfuseError(f"{path}: not a COCO captions file (no 'annotations' list)")
+    refs: dict[Hashable, list[str]] = {}
+    for n, entry in enumerate(annotations):
+        image_id, caption = _fields(entry, path, f": annotations[{n}]")
+        refs.setdefault(image_id, []).append(caption)
+    if not refs:
+        raise MmfuseError(f"{path}: the 'annotations' list is empty")
+    return refs
+
+
+def _read_entries(path: Path) -> list[tuple[str, Any]]:
+    """(location for messages, parsed object) for a JSON list or JSON Lines file."""
+    text = _read_text(path)
+    if text.lstrip().startswith("["):
+        data = _parse(text, path)
+        return [(f": entry {n}", e) for n, e in enumerate(data)]
+    entries = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            entries.append((f":{lineno}", _parse(line, path, f":{lineno}")))
+    return entries
+
+
+def _fields(entry: Any, path: Path, where: str) -> tuple[Hashable, str]:
+    if not isinstance(entry, dict):
+        raise MmfuseError(f"{path}{where}: expected an object with 'image_id' and 'caption'")
+    missing = [k for k in ("image_id", "caption") if k not in entry]
+    if missing:
+        raise MmfuseError(f"{path}{where}: missing key(s) {', '.join(missing)}")
+    image_id, caption = entry["image_id"], entry["caption"]
+    if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
+        raise MmfuseError(f"{path}{where}: 'image_id' must be a number or a string")
+    if not isinstance(caption, str):
+        raise MmfuseError(f"{path}{where}: 'caption' must be a string")
+    return image_id, caption
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MmfuseError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise MmfuseError(f"expected a file, got a directory: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise MmfuseError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _load_json(path: Path) -> Any:
+    return _parse(_read_text(path), path)
+
+
+def _parse(text: str, path: Path, where: str = "") -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = f":{exc.lineno}" if not where else where
+        raise MmfuseError(f"{path}{line}: invalid JSON ({exc.msg})") from None

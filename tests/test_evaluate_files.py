@@ -1,0 +1,122 @@
+"""`mmfuse evaluate --predictions ... --references ...` on COCO files, JSONL and data sets, and its errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mmfuse.metrics.captions import score_texts
+from tests.conftest import TINY, invoke
+from tests.test_errors import _fails
+
+REFS = {1: ["A dog runs on the grass.", "a brown dog running"], 2: ["Two cats sleep.", "two cats on a bed"],
+        3: ["A man rides a bike.", "a person on a bicycle", "man riding a bike down the street"]}
+PREDS = {1: "a dog running on grass", 2: "a cat sleeping on a bed", 3: "a man riding a bike"}
+
+
+def _coco_files(tmp_path: Path) -> tuple[Path, Path]:
+    refs = {"images": [{"id": i} for i in REFS],
+            "annotations": [{"image_id": i, "id": 10 * i + k, "caption": c} for i, cs in REFS.items() for k, c in enumerate(cs)]}
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
+    (tmp_path / "res.json").write_text(json.dumps([{"image_id": i, "caption": c} for i, c in PREDS.items()]))
+    return tmp_path / "res.json", tmp_path / "refs.json"
+
+
+def test_coco_results_against_coco_annotations(tmp_path: Path) -> None:
+    res, refs = _coco_files(tmp_path)
+    out = invoke("evaluate", "--predictions", str(res), "--references", str(refs), "--json", "--no-meteor")
+    assert out.exit_code == 0, out.stderr
+    report = json.loads(out.stdout)
+    expected = score_texts(list(PREDS.values()), list(REFS.values()))
+    assert report["metrics"] == pytest.approx(expected["corpus"])
+    assert [i["id"] for i in report["images"]] == [1, 2, 3]
+    assert report["images"][2]["scores"]["cider_d"] == pytest.approx(expected["per_image"][2]["cider_d"])
+
+
+def test_jsonl_predictions_give_the_same_report(tmp_path: Path) -> None:
+    res, refs = _coco_files(tmp_path)
+    lines = tmp_path / "res.jsonl"
+    lines.write_text("\n".join(json.dumps({"image_id": i, "caption": c}) for i, c in PREDS.items()) + "\n")
+    a = json.loads(invoke("evaluate", "--predictions", str(res), "--references", str(refs), "--json", "--no-meteor").stdout)
+    b = json.loads(invoke("evaluate", "--predictions", str(lines), "--references", str(refs), "--json", "--no-meteor").stdout)
+    assert a["metrics"] == b["metrics"] and a["images"] == b["images"]
+
+
+def test_matches_the_full_coco_caption_pipeline(tmp_path: Path) -> None:
+    """Tokenizer + scorers end to end against pycocoevalcap's PTBTokenizer (Java) + scorers."""
+    if shutil.which("java") is None:
+        pytest.skip("Java is not installed: the Stanford PTBTokenizer oracle cannot run")
+    pytest.importorskip("pycocoevalcap", reason="pycocoevalcap (test oracle, dev extra) is not installed")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    res, refs = _coco_files(tmp_path)
+    report = json.loads(invoke("evaluate", "--predictions", str(res), "--references", str(refs), "--json", "--no-meteor").stdout)
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": c} for c in cs] for i, cs in REFS.items()})
+    hyp = tok.tokenize({i: [{"caption": c}] for i, c in PREDS.items()})
+    bleu, _ = Bleu(4).compute_score(gts, hyp, verbose=0)
+    assert [report["metrics"][f"bleu{n}"] for n in range(1, 5)] == pytest.approx(bleu, abs=1e-6)
+    assert report["metrics"]["rouge_l"] == pytest.approx(Rouge().compute_score(gts, hyp)[0], abs=1e-6)
+    assert report["metrics"]["cider_d"] == pytest.approx(Cider().compute_score(gts, hyp)[0], abs=1e-6)
+
+
+def test_workspace_data_set_as_references(workspace: Path, tmp_path: Path) -> None:
+    assert invoke("prepare-data", "shapes", *TINY).exit_code == 0
+    records = [json.loads(x) for x in (workspace / "datasets/shapes/test.jsonl").read_text().splitlines()]
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps([{"image_id": r["id"], "caption": r["captions"][0]} for r in records]))
+    report = json.loads(invoke("evaluate", "--predictions", str(res), "--references", "shapes", "--json", "--no-meteor").stdout)
+    assert report["num_images"] == 8
+    assert report["metrics"]["bleu4"] == pytest.approx(1.0, abs=1e-6)  # each prediction is a reference
+
+
+def test_meteor_is_reported_or_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    res, refs = _coco_files(tmp_path)
+    monkeypatch.setattr("mmfuse.metrics.meteor.shutil.which", lambda name: None)
+    report = json.loads(invoke("evaluate", "--predictions", str(res), "--references", str(refs), "--json").stdout)
+    assert "meteor" not in report["metrics"]
+    assert report["meteor"] == "unavailable: Java is not installed (METEOR 1.5 is a Java program)"
+
+
+def test_meteor_through_the_jar(tmp_path: Path) -> None:
+    if shutil.which("java") is None:
+        pytest.skip("Java is not installed: METEOR 1.5 cannot run")
+    pytest.importorskip("pycocoevalcap", reason="pycocoevalcap (coco extra) is not installed")
+    from mmfuse.metrics.meteor import meteor
+
+    score, per_image = meteor([["a", "dog", "runs", "on", "the", "grass"], ["purple", "elephants", "fly"]],
+                              [[["a", "dog", "runs", "on", "the", "grass"]], [["a", "man", "on", "a", "bike"]]])
+    assert per_image[0] > 0.9 and per_image[1] < 0.1 and per_image[1] < score < per_image[0]
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("[{\"image_id\": 1, \"caption\": \"x\"", "invalid JSON"),
+    ('[{"image_id": 1}]', "missing key(s) caption"),
+    ('[{"image_id": 1, "caption": "a"}, {"image_id": 1, "caption": "b"}]', "second prediction"),
+    ('[{"image_id": 99, "caption": "a"}]', "have no references"),
+    ('{"image_id": 1, "caption": "ok"}\n{"image_id": 2 "caption": "bad"}\n', ":2: invalid JSON"),
+    ('[{"image_id": 1, "caption": 5}]', "'caption' must be a string"),
+])
+def test_malformed_predictions(tmp_path: Path, content: str, needle: str) -> None:
+    _, refs = _coco_files(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    _fails(invoke("evaluate", "--predictions", str(bad), "--references", str(refs)), needle, str(bad))
+
+
+def test_malformed_references_and_flags(tmp_path: Path) -> None:
+    res, _ = _coco_files(tmp_path)
+    refs = tmp_path / "refs.json"
+    refs.write_text('{"images": []}')
+    _fails(invoke("evaluate", "--predictions", str(res), "--references", str(refs)), "no 'annotations' list")
+    (tmp_path / "latin1.json").write_bytes("[{\"image_id\": 1, \"caption\": \"caf\xe9\"}]".encode("latin-1"))
+    _fails(invoke("evaluate", "--predictions", str(tmp_path / "latin1.json"), "--references", str(refs)), "not UTF-8")
+    _fails(invoke("evaluate", "--predictions", str(res)), "--references")
+    _fails(invoke("evaluate"), "either --run")
+    _fails(invoke("evaluate", "--predictions", str(res), "--references", "nothing-here"), "neither a file nor a data set")
