@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from mmfuse.metrics.bleu import _check, bleu
 from mmfuse.metrics.cider import cider_d
-from mmfuse.metrics.ngrams import Tokens
+from mmfuse.metrics.ngrams import Tokens, build_table
 from mmfuse.metrics.ptb import coco_tokenize
 from mmfuse.metrics.rouge import rouge_l
 
@@ -20,9 +20,10 @@ def caption_scores(hypotheses: Sequence[Tokens], references: Sequence[Sequence[T
         ``{"corpus": {metric: score}, "per_image": [{metric: score}, ...]}`` in input order.
     """
     _check(hypotheses, references)
-    b_corpus, b_images = bleu(hypotheses, references)
+    table = build_table(list(hypotheses) + [r for refs in references for r in refs])  # shared n-gram ids
+    b_corpus, b_images = bleu(hypotheses, references, table)
     r_corpus, r_images = rouge_l(hypotheses, references)
-    c_corpus, c_images = cider_d(hypotheses, references)
+    c_corpus, c_images = cider_d(hypotheses, references, table)
     corpus = dict(zip(METRICS, [*b_corpus, r_corpus, c_corpus]))
     per_image = [dict(zip(METRICS, [*b, r, c])) for b, r, c in zip(b_images, r_images, c_images)]
     return {"corpus": corpus, "per_image": per_image}

@@ -6,72 +6,55 @@ the n-gram. Per reference: cosine similarity with the hypothesis, the hypothesis
 the reference's (the "-D" in CIDEr-D), times a Gaussian length penalty ``exp(-delta^2 / (2 sigma^2))``
 with sigma = 6. The image score is the mean over orders and references, times 10; the corpus score
 is the mean over images. As in coco-caption, ``delta`` compares bigram counts (length - 1).
+
+Shape legend: N images, R references in all, E entries (sentence, n-gram) of one order.
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from typing import Sequence
 
-from mmfuse.metrics.ngrams import MAX_N, Tokens, ngram_counts
+import numpy as np
+
+from mmfuse.metrics.ngrams import MAX_N, NgramTable, Order, Tokens, build_table, lookup
 
 SIGMA = 6.0
 
 
-class _Vector:
-    """Per-order TF-IDF weights of one caption, their norms, and its bigram count."""
+def cider_d(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]],
+            table: NgramTable | None = None) -> tuple[float, list[float]]:
+    """Corpus CIDEr-D (mean over images) and per-image CIDEr-D; IDF from these references.
 
-    __slots__ = ("weights", "norms", "length")
-
-    def __init__(self, counts: Counter, df: dict, log_images: float):
-        self.weights: list[dict] = [{} for _ in range(MAX_N)]
-        squares = [0.0] * MAX_N
-        self.length = 0
-        for gram, tf in counts.items():
-            n = len(gram) - 1
-            w = float(tf) * (log_images - math.log(max(1.0, df.get(gram, 0.0))))
-            self.weights[n][gram] = w
-            squares[n] += w * w
-            if n == 1:
-                self.length += tf
-        self.norms = [math.sqrt(s) for s in squares]
+    ``table``: n-grams of ``hypotheses + all references`` in that order (built if not given).
+    """
+    n = len(hypotheses)
+    refs_per_image = np.array([len(r) for r in references])
+    ref_image = np.repeat(np.arange(n), refs_per_image)  # (R,)
+    table = table or build_table(list(hypotheses) + [r for refs in references for r in refs])
+    bigrams = np.maximum(table.lengths - 1, 0)
+    penalty = np.exp(-((bigrams[:n][ref_image] - bigrams[n:]) ** 2) / (2 * SIGMA**2))  # (R,)
+    similarity = sum(_cosine(order, n, ref_image) for order in table.orders[:MAX_N]) * penalty  # (R,)
+    per_image = np.bincount(ref_image, weights=similarity, minlength=n) / MAX_N / refs_per_image * 10.0
+    return float(per_image.mean()), per_image.tolist()
 
 
-def _similarity(hyp: _Vector, ref: _Vector) -> float:
-    """Sum over orders of the clipped, length-penalised cosine similarity."""
-    penalty = math.exp(-((hyp.length - ref.length) ** 2) / (2 * SIGMA**2))
-    total = 0.0
-    for n in range(MAX_N):
-        ref_w = ref.weights[n]
-        dot = 0.0
-        for gram, w in hyp.weights[n].items():
-            r = ref_w.get(gram, 0.0)
-            dot += min(w, r) * r
-        if hyp.norms[n] != 0 and ref.norms[n] != 0:
-            dot /= hyp.norms[n] * ref.norms[n]
-        total += dot * penalty
-    return total
+def _cosine(order: Order, n: int, ref_image: np.ndarray) -> np.ndarray:
+    """Clipped cosine similarity of each reference with its image's hypothesis, one order -> (R,)."""
+    weights = order.count * _idf(order, n, ref_image)[order.gram]  # (E,)
+    norms = np.sqrt(np.bincount(order.sent, weights=weights**2, minlength=n + len(ref_image)))
+    is_ref = order.sent >= n
+    hyp_keys = order.sent[~is_ref] * order.size + order.gram[~is_ref]  # one hypothesis per image: unique
+    ref_sent = order.sent[is_ref]
+    w_ref = weights[is_ref]
+    w_hyp = lookup(hyp_keys, weights[~is_ref], ref_image[ref_sent - n] * order.size + order.gram[is_ref])
+    dot = np.bincount(ref_sent - n, weights=np.minimum(w_hyp, w_ref) * w_ref, minlength=len(ref_image)).astype(float)
+    denom = norms[:n][ref_image] * norms[n:]
+    return np.divide(dot, denom, out=dot.copy(), where=denom != 0)
 
 
-def document_frequency(references: Sequence[Sequence[Tokens]]) -> tuple[dict, list[list[Counter]]]:
-    """How many images' references contain each n-gram, and every reference's n-gram counts."""
-    df: Counter = Counter()
-    ref_counts = []
-    for refs in references:
-        counts = [ngram_counts(r) for r in refs]
-        ref_counts.append(counts)
-        df.update({gram for c in counts for gram in c})
-    return df, ref_counts
-
-
-def cider_d(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> tuple[float, list[float]]:
-    """Corpus CIDEr-D (mean over images) and per-image CIDEr-D; IDF from these references."""
-    df, ref_counts = document_frequency(references)
-    log_images = math.log(float(len(references)))
-    per_image = []
-    for hyp, counts in zip(hypotheses, ref_counts):
-        vec = _Vector(ngram_counts(hyp), df, log_images)
-        sims = sum(_similarity(vec, _Vector(c, df, log_images)) for c in counts)
-        per_image.append(sims / MAX_N / len(counts) * 10.0)
-    return sum(per_image) / len(per_image), per_image
+def _idf(order: Order, n: int, ref_image: np.ndarray) -> np.ndarray:
+    """log(#images) - log(max(1, number of images whose references hold the n-gram)) -> (G,)."""
+    is_ref = order.sent >= n
+    pairs = np.unique(ref_image[order.sent[is_ref] - n] * order.size + order.gram[is_ref])
+    df = np.bincount(pairs % order.size, minlength=order.size)
+    return np.log(float(n)) - np.log(np.maximum(df, 1.0))

@@ -52,8 +52,9 @@ def ptb_tokenize(text: str) -> list[str]:
     words = text.split()
     out: list[str] = []
     for i, chunk in enumerate(words):
-        following = words[i + 1] if i + 1 < len(words) else ""
-        out.extend(_chunk(chunk, following))
+        # only "no." needs to see the next word (kept before a number): cache on that one bit
+        before_digit = chunk.endswith(".") and i + 1 < len(words) and words[i + 1][:1].isdigit()
+        out.extend(_chunk(chunk, before_digit))
     return out
 
 
@@ -63,11 +64,12 @@ def _normalise(text: str) -> str:
     return text
 
 
-def _chunk(chunk: str, following: str) -> list[str]:
+@lru_cache(maxsize=2**18)
+def _chunk(chunk: str, before_digit: bool) -> tuple[str, ...]:
     """One whitespace-separated chunk -> leading punctuation, core tokens, trailing punctuation."""
     lead, chunk = _leading(chunk)
-    chunk, trail = _trailing(chunk, following)
-    return lead + _core(chunk) + trail
+    chunk, trail = _trailing(chunk, before_digit)
+    return tuple(lead + _core(chunk) + trail)
 
 
 def _leading(chunk: str) -> tuple[list[str], str]:
@@ -100,12 +102,12 @@ def _leading(chunk: str) -> tuple[list[str], str]:
     return lead, chunk
 
 
-def _trailing(chunk: str, following: str) -> tuple[str, list[str]]:
+def _trailing(chunk: str, before_digit: bool) -> tuple[str, list[str]]:
     trail: list[str] = []
     while chunk:
         m = re.search(r"([!?]+|\.{2,}|[)\]}\",;:'`-]|(?<=.)/)$", chunk)
         if m is None:
-            if chunk.endswith(".") and not _keeps_period(chunk, following):
+            if chunk.endswith(".") and not _keeps_period(chunk, before_digit):
                 trail.insert(0, ".")
                 chunk = chunk[:-1]
                 continue
@@ -116,7 +118,7 @@ def _trailing(chunk: str, following: str) -> tuple[str, list[str]]:
         if tok == "'" and chunk.endswith("''") and len(chunk) > 2:
             tok = "''"
         chunk = chunk[: m.start()] if tok != "''" else chunk[:-2]
-        if tok.startswith("..") and _keeps_period(chunk + ".", following):
+        if tok.startswith("..") and _keeps_period(chunk + ".", before_digit):
             chunk, tok = chunk + ".", tok[1:]  # the abbreviation keeps one period
             if tok == ".":
                 trail.insert(0, ".")
@@ -135,14 +137,14 @@ def _trailing_tokens(tok: str) -> list[str]:
     return [tok]
 
 
-def _keeps_period(chunk: str, following: str) -> bool:
+def _keeps_period(chunk: str, before_digit: bool) -> bool:
     """Whether Stanford keeps the final period of ``chunk`` as part of the word."""
     word = chunk[:-1]
     if _INITIALS.match(chunk):
         return True
     if word in ABBREVIATIONS:
         return True
-    return word in NUMBER_ABBREVIATIONS and following[:1].isdigit()
+    return word in NUMBER_ABBREVIATIONS and before_digit
 
 
 def _core(chunk: str) -> list[str]:
