@@ -155,6 +155,8 @@ def prepare_data_cmd(
 
     Example: mmfuse prepare-data shapes --train-images 12000 --seed 0
     """
+    from rich.markup import escape
+
     from mmfuse.data.prepare import prepare_data
     from mmfuse.ui import LazyProgress, console
     from mmfuse.workspace import Workspace
@@ -165,7 +167,7 @@ def prepare_data_cmd(
         result = prepare_data(Workspace.open(workspace), source, options, name, min_count, bar.update)
     m = result.manifest
     counts = ", ".join(f"{s} {c['images']} images / {c['captions']} captions" for s, c in m["splits"].items())
-    console().print(f"data set [bold]{m['name']}[/] at {result.path}: {counts}; vocabulary {m['vocab_size']} words")
+    console().print(f"data set [bold]{m['name']}[/] at {escape(str(result.path))}: {counts}; vocabulary {m['vocab_size']} words")
 
 
 @app.command("train", cls=RegistryHelpCommand)
@@ -196,6 +198,8 @@ def train_cmd(
 
     Example: mmfuse train --data shapes --fusion concat --epochs 8 --run demo
     """
+    from rich.markup import escape
+
     from mmfuse.training import train
     from mmfuse.ui import console
     from mmfuse.workspace import Workspace
@@ -217,7 +221,7 @@ def train_cmd(
                         f"  ({rec['images_per_s']:.0f} img/s){mark}")
 
     result = train(Workspace.open(workspace), cfg, on_epoch)
-    console().print(f"run [bold]{result.config.train.run}[/] at {result.run_dir}: best epoch {result.best_epoch}, "
+    console().print(f"run [bold]{result.config.train.run}[/] at {escape(str(result.run_dir))}: best epoch {result.best_epoch}, "
                     f"val {result.config.train.select_metric} {result.best_score:.4f}")
 
 
@@ -299,7 +303,8 @@ def _print_report(report: dict[str, Any], show: int, worst: int) -> None:
         console().print(f"[bold]{report['run']}[/] on {report['data']}/{report['split']}: {report['num_images']} images, "
                         f"beam size {d['beam_size']}, {report['checkpoint']} weights (epoch {report['epoch']})")
     else:
-        console().print(f"{report['predictions']} against {report['references']}: {report['num_images']} images")
+        console().print(f"{report['predictions']} against {report['references']}: {report['num_images']} images",
+                        markup=False)
     table = Table()
     names = [k for k in _METRIC_NAMES if k in report["metrics"]]
     for name in names:
@@ -307,7 +312,7 @@ def _print_report(report: dict[str, Any], show: int, worst: int) -> None:
     table.add_row(*(f"{report['metrics'][k]:.4f}" for k in names))
     console().print(table)
     if report["meteor"].startswith("unavailable"):
-        console().print(f"METEOR {report['meteor']}")
+        console().print(f"METEOR {report['meteor']}", markup=False)
     if show:
         _print_images("examples", report["images"][:show])
     if worst:
@@ -315,6 +320,7 @@ def _print_report(report: dict[str, Any], show: int, worst: int) -> None:
 
 
 def _print_images(title: str, items: list[dict[str, Any]], with_score: bool = False) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from mmfuse.ui import console
@@ -328,7 +334,7 @@ def _print_images(title: str, items: list[dict[str, Any]], with_score: bool = Fa
     for item in items:
         name = Path(item["image"]).name if "image" in item else str(item["id"])
         score = [f"{item['scores']['cider_d']:.3f}"] if with_score else []
-        table.add_row(name, *score, item["caption"], "\n".join(item["references"]))
+        table.add_row(escape(name), *score, escape(item["caption"]), escape("\n".join(item["references"])))
     console().print(table)
 
 

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mmfuse.metrics.ngrams import MAX_N, NgramTable, Order, Tokens, build_table, lookup
+from mmfuse.metrics.ngrams import MAX_N, NgramTable, Order, Tokens, build_table, lookup, sorted_unique
 
 SIGMA = 6.0
 
@@ -55,6 +55,6 @@ def _cosine(order: Order, n: int, ref_image: np.ndarray) -> np.ndarray:
 def _idf(order: Order, n: int, ref_image: np.ndarray) -> np.ndarray:
     """log(#images) - log(max(1, number of images whose references hold the n-gram)) -> (G,)."""
     is_ref = order.sent >= n
-    pairs = np.unique(ref_image[order.sent[is_ref] - n] * order.size + order.gram[is_ref])
+    pairs, _, _ = sorted_unique(ref_image[order.sent[is_ref] - n] * order.size + order.gram[is_ref])
     df = np.bincount(pairs % order.size, minlength=order.size)
     return np.log(float(n)) - np.log(np.maximum(df, 1.0))

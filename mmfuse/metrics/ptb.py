@@ -59,9 +59,11 @@ def ptb_tokenize(text: str) -> list[str]:
 
 
 def _normalise(text: str) -> str:
+    """Lower case; curly quotes to straight ones; ellipsis and dashes as separate tokens."""
+    if text.isascii():  # the common case; str.split() already treats tabs and newlines as spaces
+        return text.lower()
     text = text.translate(UNICODE).lower()
-    text = text.replace("\u2026", " ... ").replace("\u2014", " -- ").replace("\u2013", " -- ")
-    return text
+    return text.replace("\u2026", " ... ").replace("\u2014", " -- ").replace("\u2013", " -- ")
 
 
 @lru_cache(maxsize=2**18)

@@ -18,17 +18,25 @@ BETA = 1.2
 
 def lcs_length(a: Tokens, b: Tokens) -> int:
     """Length of the longest common subsequence of token lists ``a`` and ``b``."""
-    if not a or not b:
-        return 0
+    return _lcs(_masks(a), len(a), b)
+
+
+def _masks(a: Tokens) -> dict[str, int]:
+    """For each token of ``a``, the bit set of the positions where it occurs."""
     masks: dict[str, int] = {}
     for i, tok in enumerate(a):
         masks[tok] = masks.get(tok, 0) | (1 << i)
-    row = 0
+    return masks
+
+
+def _lcs(masks: dict[str, int], length: int, b: Tokens) -> int:
+    """LCS length of ``b`` with the sequence that ``masks`` (of ``length`` tokens) describes."""
+    if not length or not b:
+        return 0
+    row, limit = 0, (1 << length) - 1
     for tok in b:
-        match = masks.get(tok, 0)
-        x = match | row
-        shifted = (row << 1) | 1
-        row = x & ~(x - shifted) & ((1 << len(a)) - 1)
+        x = masks.get(tok, 0) | row
+        row = x & ~(x - ((row << 1) | 1)) & limit
     return bin(row).count("1")
 
 
@@ -40,10 +48,11 @@ def _as_coco(tokens: Tokens) -> Tokens:
 def rouge_l_image(hypothesis: Tokens, references: Sequence[Tokens]) -> float:
     """ROUGE-L F-measure (beta 1.2) of one hypothesis against its references."""
     hyp = _as_coco(hypothesis)
+    masks = _masks(hyp)  # built once, reused for every reference
     best_p = best_r = 0.0
     for ref in references:
         ref = _as_coco(ref)
-        common = lcs_length(ref, hyp)
+        common = _lcs(masks, len(hyp), ref)
         best_p = max(best_p, common / len(hyp))
         best_r = max(best_r, common / len(ref))
     if best_p == 0 or best_r == 0:
