@@ -127,3 +127,39 @@ def test_known_values_without_the_oracle() -> None:
     assert short["cider_d"] == 0.0  # one image: IDF log(1) - log(1) = 0 for every n-gram
     worse = caption_scores([["a", "blue", "circle", "today"], hyps[1]], refs)["corpus"]
     assert worse["bleu4"] < scores["bleu4"] and worse["cider_d"] < scores["cider_d"]
+
+
+def test_raw_text_end_to_end_equals_coco_caption(coco) -> None:
+    """2,000 images x 5 real-looking references: our tokenizer + scorers vs PTBTokenizer (Java) + scorers,
+    corpus and per image, and the tokens themselves."""
+    import shutil
+
+    if shutil.which("java") is None:
+        pytest.skip("Java is not installed: the Stanford PTBTokenizer oracle cannot run")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from mmfuse.metrics.captions import score_texts
+    from mmfuse.metrics.ptb import coco_tokenize
+    from tests.caption_corpus import captions
+
+    texts = captions(2000 * 6, seed=5)
+    refs = [texts[i * 6 : i * 6 + 5] for i in range(2000)]
+    hyps = [r[i % 5] if i % 7 == 0 else texts[i * 6 + 5] for i, r in enumerate(refs)]
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": c} for c in r] for i, r in enumerate(refs)})
+    res = tok.tokenize({i: [{"caption": h}] for i, h in enumerate(hyps)})
+    assert all(" ".join(coco_tokenize(c)) == gts[i][j] for i, r in enumerate(refs) for j, c in enumerate(r))
+    assert all(" ".join(coco_tokenize(h)) == res[i][0] for i, h in enumerate(hyps))
+
+    ours = score_texts(hyps, refs)
+    b, b_images = Bleu(4).compute_score(gts, res, verbose=0)
+    r, r_images = Rouge().compute_score(gts, res)
+    c, c_images = Cider().compute_score(gts, res)
+    expected = {"bleu1": b[0], "bleu2": b[1], "bleu3": b[2], "bleu4": b[3], "rouge_l": float(r), "cider_d": float(c)}
+    assert ours["corpus"] == pytest.approx(expected, abs=1e-6)
+    per_image = {f"bleu{k + 1}": b_images[k] for k in range(4)} | {"rouge_l": list(r_images), "cider_d": list(c_images)}
+    for metric, values in per_image.items():
+        assert [img[metric] for img in ours["per_image"]] == pytest.approx(values, abs=1e-6), metric
