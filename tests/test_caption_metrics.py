@@ -79,22 +79,15 @@ def test_bleu_equals_coco_caption(corpus, coco) -> None:
         assert [g[k] for g in got_images] == pytest.approx(expected_images[k], abs=1e-6)
 
 
-def test_rouge_l_equals_coco_caption(corpus, coco) -> None:
+@pytest.mark.parametrize("name", ["rouge_l", "cider_d"])
+def test_rouge_l_and_cider_d_equal_coco_caption(name: str, corpus, coco) -> None:
+    from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
     hyps, refs = corpus
-    expected, expected_images = Rouge().compute_score(*_coco_inputs(hyps, refs))
-    got, got_images = rouge_l(hyps, refs)
-    assert got == pytest.approx(float(expected), abs=1e-6)
-    assert got_images == pytest.approx(list(expected_images), abs=1e-6)
-
-
-def test_cider_d_equals_coco_caption(corpus, coco) -> None:
-    from pycocoevalcap.cider.cider import Cider
-
-    hyps, refs = corpus
-    expected, expected_images = Cider().compute_score(*_coco_inputs(hyps, refs))
-    got, got_images = cider_d(hyps, refs)
+    oracle, ours = {"rouge_l": (Rouge, rouge_l), "cider_d": (Cider, cider_d)}[name]
+    expected, expected_images = oracle().compute_score(*_coco_inputs(hyps, refs))
+    got, got_images = ours(hyps, refs)
     assert got == pytest.approx(float(expected), abs=1e-6)
     assert got_images == pytest.approx(list(expected_images), abs=1e-6)
 

@@ -1,1 +1,1 @@
-"""Caption metrics (BLEU now; ROUGE-L, CIDEr-D and METEOR join them) and their reports."""
+"""Caption metrics equal to coco-caption's (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D) and classification metrics."""
