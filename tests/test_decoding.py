@@ -9,12 +9,14 @@ from mmfuse.config import DecodeConfig, ModelConfig
 from mmfuse.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from mmfuse.decoding import beam_search, generate, greedy
 from mmfuse.models.captioner import build_captioner, generation_log_probs
+from mmfuse.models.decoders import DECODERS
 from mmfuse.models.checkpoint import load_run
 
 
-def _model(seed: int):
+def _model(seed: int, decoder: str = "lstm"):
     torch.manual_seed(seed)
-    model = build_captioner(ModelConfig(image_size=32, feature_dim=16, embed_dim=8, hidden_dim=16, dropout=0.0), 9)
+    model = build_captioner(ModelConfig(image_size=32, feature_dim=16, embed_dim=8, hidden_dim=16, dropout=0.0,
+                                        decoder=decoder), 9)
     with torch.no_grad():  # make <eos> rare enough that captions have several words
         model.decoder.out.bias[EOS_ID] -= 2.0
     return model.eval()
@@ -29,9 +31,10 @@ def _score(model, features, ids: list[int], finished: bool) -> float:
     return float(sum(logp[t, w] for t, w in enumerate(targets)))
 
 
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
 @pytest.mark.parametrize("seed", range(6))
-def test_beam_size_one_is_greedy(seed: int) -> None:
-    model = _model(seed)
+def test_beam_size_one_is_greedy(seed: int, decoder: str) -> None:
+    model = _model(seed, decoder)
     images = torch.randn(4, 3, 32, 32)
     with torch.inference_mode():
         feats = model.encode(images)

@@ -48,3 +48,28 @@ class LSTMDecoder(nn.Module):
         """Keep batch rows ``index`` of the state (beam search)."""
         h, c = state
         return h.index_select(1, index), c.index_select(1, index)
+
+
+@DECODERS.register("gru")
+class GRUDecoder(nn.Module):
+    """A stacked GRU with a linear word classifier on top (same arguments as ``lstm``).
+
+    The state is the hidden tensor (L, B, H).
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, vocab_size: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.gru = nn.GRU(input_dim, hidden_dim, num_layers, batch_first=True,
+                          dropout=dropout if num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_dim, vocab_size)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, F) -> logits (B, T, V) and state (L, B, H)."""
+        hidden, state = self.gru(x, state)  # (B, T, H)
+        return self.out(self.drop(hidden)), state
+
+    @staticmethod
+    def reorder_state(state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Keep batch rows ``index`` of the state (beam search)."""
+        return state.index_select(1, index)
