@@ -78,3 +78,20 @@ def test_film_starts_as_identity_on_text_when_image_is_silent() -> None:
     text = torch.randn(2, 3, 5)
     feats = IMAGE_ENCODERS.create("small_cnn", feature_dim=6, image_size=32)(torch.randn(2, 3, 32, 32))
     assert torch.equal(fusion(feats, text), text)
+
+
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
+def test_step_by_step_decoding_equals_the_full_sequence(decoder: str) -> None:
+    """What generation sees one token at a time equals the teacher-forced pass (causality, state)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=32, feature_dim=16, embed_dim=8, hidden_dim=16, decoder=decoder, dropout=0.0)
+    model = build_captioner(cfg, vocab_size=11).eval()
+    with torch.no_grad():
+        feats = model.encode(torch.randn(2, 3, 32, 32))
+        tokens = torch.randint(1, 11, (2, 6))
+        full, _ = model.decode(feats, tokens, None)  # (2, 6, 11)
+        state, steps = None, []
+        for t in range(tokens.size(1)):
+            logits, state = model.decode(feats, tokens[:, t : t + 1], state)
+            steps.append(logits)
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)

@@ -73,3 +73,45 @@ class GRUDecoder(nn.Module):
     def reorder_state(state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Keep batch rows ``index`` of the state (beam search)."""
         return state.index_select(1, index)
+
+
+@DECODERS.register("transformer")
+class TransformerDecoder(nn.Module):
+    """A causal (decoder-only) Transformer over the fused states, GPT style: pre-norm blocks, learned
+    positions, a causal mask, a linear word classifier.
+
+    Step-by-step decoding keeps the fused inputs seen so far as its state and re-runs them each step
+    (no key/value cache yet: a step costs O(t), the whole caption O(T^2)).
+
+    Args:
+        input_dim: F. hidden_dim: model width H (heads: 4, or 1 when H is not divisible by 4).
+        vocab_size: V. num_layers: blocks. dropout: attention and residual dropout.
+    """
+
+    max_positions = 128
+
+    def __init__(self, input_dim: int, hidden_dim: int, vocab_size: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        heads = 4 if hidden_dim % 4 == 0 else 1
+        self.inp = nn.Linear(input_dim, hidden_dim)
+        self.pos = nn.Embedding(self.max_positions, hidden_dim)
+        layer = nn.TransformerEncoderLayer(hidden_dim, heads, 4 * hidden_dim, dropout, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.out = nn.Linear(hidden_dim, vocab_size)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, F) new positions; state (B, t, F) earlier ones -> logits (B, T, V), state (B, t+T, F)."""
+        seq = x if state is None else torch.cat([state, x], dim=1)  # (B, S, F)
+        length = seq.size(1)
+        if length > self.max_positions:
+            raise ValueError(f"transformer decoder handles at most {self.max_positions} positions, got {length}")
+        h = self.inp(seq) + self.pos(torch.arange(length, device=seq.device))  # (B, S, H)
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=seq.device)
+        h = self.norm(self.blocks(h, mask=causal, is_causal=True))  # (B, S, H)
+        return self.out(h[:, -x.size(1):]), seq
+
+    @staticmethod
+    def reorder_state(state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Keep batch rows ``index`` of the state (beam search)."""
+        return state.index_select(0, index)
