@@ -95,3 +95,9 @@ def test_step_by_step_decoding_equals_the_full_sequence(decoder: str) -> None:
             logits, state = model.decode(feats, tokens[:, t : t + 1], state)
             steps.append(logits)
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_transformer_decoder_refuses_too_long_sequences_clearly() -> None:
+    decoder = DECODERS.create("transformer", input_dim=4, hidden_dim=8, vocab_size=5)
+    with pytest.raises(MmfuseError, match="at most 128 positions"):
+        decoder(torch.randn(1, 129, 4))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmfuse.errors import MmfuseError
 from mmfuse.registry import Registry
 
 DECODERS: Registry[nn.Module] = Registry("decoder")
@@ -105,7 +106,8 @@ class TransformerDecoder(nn.Module):
         seq = x if state is None else torch.cat([state, x], dim=1)  # (B, S, F)
         length = seq.size(1)
         if length > self.max_positions:
-            raise ValueError(f"transformer decoder handles at most {self.max_positions} positions, got {length}")
+            raise MmfuseError(f"the transformer decoder handles at most {self.max_positions} positions, got a "
+                              f"sequence of {length} (use a smaller --max-length or drop longer captions)")
         h = self.inp(seq) + self.pos(torch.arange(length, device=seq.device))  # (B, S, H)
         causal = nn.Transformer.generate_square_subsequent_mask(length, device=seq.device)
         h = self.norm(self.blocks(h, mask=causal, is_causal=True))  # (B, S, H)
