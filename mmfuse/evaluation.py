@@ -16,9 +16,8 @@ from mmfuse.data.dataset import load_split
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
 from mmfuse.inference import caption_files
-from mmfuse.metrics.captions import score_texts
+from mmfuse.metrics.captions import caption_scores, tokenize_texts
 from mmfuse.metrics.meteor import MeteorUnavailable, meteor
-from mmfuse.metrics.ptb import coco_tokenize
 from mmfuse.models.checkpoint import load_run, read_metadata
 from mmfuse.results import read_predictions, read_references
 from mmfuse.workspace import Workspace, atomic_write_json
@@ -79,19 +78,20 @@ def evaluate_files(workspace: Workspace, predictions: Path, references: str, spl
 
 def score_report(ids: list[Any], hypotheses: list[str], references: list[list[str]], with_meteor: bool) -> dict[str, Any]:
     """Corpus and per-image scores of raw-text captions, as a report dict."""
-    scores = score_texts(hypotheses, references)
+    hyp_tokens, ref_tokens = tokenize_texts(hypotheses, references)  # once, for every metric
+    scores = caption_scores(hyp_tokens, ref_tokens)
     corpus, per_image = scores["corpus"], scores["per_image"]
-    meteor_note = _add_meteor(hypotheses, references, corpus, per_image) if with_meteor else "not requested"
+    meteor_note = _add_meteor(hyp_tokens, ref_tokens, corpus, per_image) if with_meteor else "not requested"
     images = [{"id": i, "caption": h, "references": r, "scores": s}
               for i, h, r, s in zip(ids, hypotheses, references, per_image)]
     return {"num_images": len(ids), "metrics": corpus, "meteor": meteor_note, "images": images}
 
 
-def _add_meteor(hypotheses: list[str], references: list[list[str]], corpus: dict, per_image: list[dict]) -> str:
-    """Add METEOR to the scores when the jar runs; return 'computed' or why it is unavailable."""
+def _add_meteor(hypotheses: list[list[str]], references: list[list[list[str]]], corpus: dict,
+                per_image: list[dict]) -> str:
+    """Add METEOR of tokenized captions to the scores when the jar runs; return 'computed' or why not."""
     try:
-        score, images = meteor([coco_tokenize(h) for h in hypotheses],
-                               [[coco_tokenize(r) for r in refs] for refs in references])
+        score, images = meteor(hypotheses, references)
     except MeteorUnavailable as exc:
         return f"unavailable: {exc}"
     corpus["meteor"] = score

@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from rich.console import Console
-from rich.progress import BarColumn, TaskID, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 
 @lru_cache(maxsize=1)

@@ -18,9 +18,9 @@ from mmfuse.data.prepare import FORMAT_VERSION
 from mmfuse.data.vocab import PAD_ID, Vocab
 from mmfuse.errors import MmfuseError
 from mmfuse.images import image_transform, load_rgb, normalize_transform, resize_transform
+from mmfuse.workspace import read_json
 
 CACHE_LIMIT_BYTES = 2 * 2**30  # decoded training images are kept in memory up to this size
-from mmfuse.workspace import read_json
 
 
 @dataclass(frozen=True)

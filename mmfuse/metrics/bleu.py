@@ -77,11 +77,3 @@ def _scores(correct: np.ndarray, guess: np.ndarray, testlen: np.ndarray, reflen:
     penalty = np.where(ratio < 1, np.exp(1 - 1 / np.maximum(ratio, TINY)), 1.0)
     return scores * penalty[:, None]
 
-
-def _check(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> None:
-    if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
-    if not hypotheses:
-        raise ValueError("no hypotheses to score")
-    if any(len(refs) == 0 for refs in references):
-        raise ValueError("every image needs at least one reference")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mmfuse.metrics.bleu import _check, bleu
+from mmfuse.metrics.bleu import bleu
 from mmfuse.metrics.cider import cider_d
 from mmfuse.metrics.ngrams import Tokens, build_table
 from mmfuse.metrics.ptb import coco_tokenize
@@ -19,7 +19,7 @@ def caption_scores(hypotheses: Sequence[Tokens], references: Sequence[Sequence[T
     Returns:
         ``{"corpus": {metric: score}, "per_image": [{metric: score}, ...]}`` in input order.
     """
-    _check(hypotheses, references)
+    _check_inputs(hypotheses, references)
     table = build_table(list(hypotheses) + [r for refs in references for r in refs])  # shared n-gram ids
     b_corpus, b_images = bleu(hypotheses, references, table)
     r_corpus, r_images = rouge_l(hypotheses, references)
@@ -32,6 +32,18 @@ def caption_scores(hypotheses: Sequence[Tokens], references: Sequence[Sequence[T
 def score_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, Any]:
     """:func:`caption_scores` of raw caption text, tokenized as coco-caption does (PTB, lower case,
     punctuation removed)."""
-    hyp_tokens = [coco_tokenize(h) for h in hypotheses]
-    ref_tokens = [[coco_tokenize(r) for r in refs] for refs in references]
-    return caption_scores(hyp_tokens, ref_tokens)
+    return caption_scores(*tokenize_texts(hypotheses, references))
+
+
+def tokenize_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> tuple[list, list]:
+    """Hypotheses and references tokenized as coco-caption does."""
+    return [coco_tokenize(h) for h in hypotheses], [[coco_tokenize(r) for r in refs] for refs in references]
+
+
+def _check_inputs(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> None:
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
+    if not hypotheses:
+        raise ValueError("no hypotheses to score")
+    if any(len(refs) == 0 for refs in references):
+        raise ValueError("every image needs at least one reference")

@@ -20,29 +20,37 @@ DECODERS: Registry[nn.Module] = Registry("decoder")
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 
-@DECODERS.register("lstm")
-class LSTMDecoder(nn.Module):
-    """A stacked LSTM with a linear word classifier on top.
+class _RecurrentDecoder(nn.Module):
+    """A stacked recurrent network (``cell``) with a linear word classifier on top.
 
     Args:
         input_dim: F, width of the fused states.
         hidden_dim: H.
         vocab_size: V.
         num_layers: L.
-        dropout: dropout on the LSTM outputs (and between layers).
+        dropout: dropout on the recurrent outputs (and between layers).
     """
+
+    cell: type[nn.RNNBase]
 
     def __init__(self, input_dim: int, hidden_dim: int, vocab_size: int, num_layers: int = 1, dropout: float = 0.0):
         super().__init__()
-        self.lstm = nn.LSTM(input_dim, hidden_dim, num_layers, batch_first=True,
-                            dropout=dropout if num_layers > 1 else 0.0)
+        self.rnn = self.cell(input_dim, hidden_dim, num_layers, batch_first=True,
+                             dropout=dropout if num_layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_dim, vocab_size)
 
-    def forward(self, x: torch.Tensor, state: LSTMState | None = None) -> tuple[torch.Tensor, LSTMState]:
-        """x (B, T, F) -> logits (B, T, V) and state (h, c), each (L, B, H)."""
-        hidden, state = self.lstm(x, state)  # (B, T, H)
+    def forward(self, x: torch.Tensor, state=None):
+        """x (B, T, F) -> logits (B, T, V) and the new state (each tensor (L, B, H))."""
+        hidden, state = self.rnn(x, state)  # (B, T, H)
         return self.out(self.drop(hidden)), state
+
+
+@DECODERS.register("lstm")
+class LSTMDecoder(_RecurrentDecoder):
+    """A stacked LSTM decoder; the state is (h, c), each (L, B, H)."""
+
+    cell = nn.LSTM
 
     @staticmethod
     def reorder_state(state: LSTMState, index: torch.Tensor) -> LSTMState:
@@ -52,23 +60,10 @@ class LSTMDecoder(nn.Module):
 
 
 @DECODERS.register("gru")
-class GRUDecoder(nn.Module):
-    """A stacked GRU with a linear word classifier on top (same arguments as ``lstm``).
+class GRUDecoder(_RecurrentDecoder):
+    """A stacked GRU decoder; the state is the hidden tensor (L, B, H)."""
 
-    The state is the hidden tensor (L, B, H).
-    """
-
-    def __init__(self, input_dim: int, hidden_dim: int, vocab_size: int, num_layers: int = 1, dropout: float = 0.0):
-        super().__init__()
-        self.gru = nn.GRU(input_dim, hidden_dim, num_layers, batch_first=True,
-                          dropout=dropout if num_layers > 1 else 0.0)
-        self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden_dim, vocab_size)
-
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, F) -> logits (B, T, V) and state (L, B, H)."""
-        hidden, state = self.gru(x, state)  # (B, T, H)
-        return self.out(self.drop(hidden)), state
+    cell = nn.GRU
 
     @staticmethod
     def reorder_state(state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
