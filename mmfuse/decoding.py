@@ -36,7 +36,7 @@ def greedy(model: Captioner, features: ImageFeatures, max_length: int) -> list[l
     last = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     out: list[torch.Tensor] = []
-    state = None
+    state = model.initial_state(features)
     for _ in range(max_length):
         log_probs, state = model.step(features, last, state)  # (B, V)
         last = log_probs.topk(1, dim=-1).indices.squeeze(1)  # (B,)
@@ -66,7 +66,7 @@ def beam_search(model: Captioner, features: ImageFeatures, beam_size: int, max_l
     device = features.pooled.device
     beams = [_Hypothesis([], 0.0)]
     finished: list[_Hypothesis] = []
-    state, feats = None, features
+    state, feats = model.initial_state(features), features
     for step in range(max_length):
         last = torch.tensor([h.tokens[-1] if h.tokens else BOS_ID for h in beams], device=device)
         log_probs, state = model.step(feats, last, state)  # (k, V)

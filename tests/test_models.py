@@ -1,4 +1,5 @@
-"""Every registered encoder x fusion x decoder: build, forward, backward, shapes, finite values."""
+"""Every registered part in every valid pairing, for both tasks: build, forward, backward, shapes,
+finite values; every invalid pairing refused clearly; fusion-specific behaviour."""
 
 from __future__ import annotations
 
@@ -10,15 +11,37 @@ import torch
 from mmfuse.config import ModelConfig
 from mmfuse.errors import MmfuseError
 from mmfuse.models.captioner import build_captioner
+from mmfuse.models.classifier import build_classifier
 from mmfuse.models.decoders import DECODERS
 from mmfuse.models.encoders import IMAGE_ENCODERS
 from mmfuse.models.fusion import FUSIONS
+from mmfuse.models.parts import resolve_parts
+from mmfuse.models.text_encoders import TEXT_ENCODERS
 
-COMBOS = list(itertools.product(sorted(IMAGE_ENCODERS), sorted(FUSIONS), sorted(DECODERS)))
+
+def _valid(task: str, fusion: str, sequence_model: str) -> bool:
+    cfg = ModelConfig(fusion=fusion, decoder=sequence_model, text_encoder=sequence_model)
+    try:
+        resolve_parts(cfg, task)
+    except MmfuseError:
+        return False
+    return True
 
 
-@pytest.mark.parametrize("encoder,fusion,decoder", COMBOS)
-def test_forward_backward_shapes(encoder: str, fusion: str, decoder: str) -> None:
+ALL_CAPTION = list(itertools.product(sorted(IMAGE_ENCODERS), sorted(FUSIONS), sorted(DECODERS)))
+ALL_CLASSIFY = list(itertools.product(sorted(IMAGE_ENCODERS), sorted(FUSIONS), sorted(TEXT_ENCODERS)))
+CAPTION = [c for c in ALL_CAPTION if _valid("caption", c[1], c[2])]
+CLASSIFY = [c for c in ALL_CLASSIFY if _valid("classify", c[1], c[2])]
+
+
+def _check_gradients(model: torch.nn.Module) -> None:
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("encoder,fusion,decoder", CAPTION)
+def test_captioner_forward_backward_shapes(encoder: str, fusion: str, decoder: str) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(encoder=encoder, fusion=fusion, decoder=decoder, image_size=32,
                       feature_dim=16, embed_dim=8, hidden_dim=12)
@@ -30,9 +53,42 @@ def test_forward_backward_shapes(encoder: str, fusion: str, decoder: str) -> Non
     assert logits.shape == (5, 7, 11)
     assert torch.isfinite(logits).all()
     logits.logsumexp(-1).mean().backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert any(float(g.abs().sum()) > 0 for g in grads)
+    _check_gradients(model)
+
+
+@pytest.mark.parametrize("encoder,fusion,text_encoder", CLASSIFY)
+@pytest.mark.parametrize("classes", [2, 5])
+def test_classifier_forward_backward_shapes(encoder: str, fusion: str, text_encoder: str, classes: int) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(encoder=encoder, fusion=fusion, text_encoder=text_encoder, image_size=32,
+                      feature_dim=16, embed_dim=8, hidden_dim=12)
+    model = build_classifier(cfg, vocab_size=11, num_classes=classes)
+    tokens = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0], [1, 2, 0, 0, 0]])  # padded, one empty text
+    logits = model(torch.randn(3, 3, 32, 32), tokens)
+    assert logits.shape == (3, classes) and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1])).backward()
+    _check_gradients(model)
+
+
+def test_every_fusion_is_usable_for_some_task_and_pairings_are_refused_not_changed() -> None:
+    usable = {c[1] for c in CAPTION} | {c[1] for c in CLASSIFY}
+    assert usable == set(FUSIONS)
+    refused = [c for c in ALL_CAPTION if c not in CAPTION]
+    assert ("small_cnn", "late", "lstm") in refused
+    assert ("small_cnn", "attention", "transformer") in refused
+    assert ("small_cnn", "transformer", "lstm") in refused
+    with pytest.raises(MmfuseError, match="decision-level.*--task classify"):
+        build_captioner(ModelConfig(fusion="late"), 11)
+    with pytest.raises(MmfuseError, match="use --decoder lstm or gru"):
+        build_captioner(ModelConfig(fusion="attention", decoder="transformer"), 11)
+    with pytest.raises(MmfuseError, match="use --text-encoder transformer"):
+        build_classifier(ModelConfig(fusion="transformer", text_encoder="gru"), 11, 2)
+
+
+def test_auto_sequence_model_follows_the_fusion() -> None:
+    assert resolve_parts(ModelConfig(fusion="transformer"), "caption").decoder == "transformer"
+    assert resolve_parts(ModelConfig(fusion="attention"), "caption").decoder == "lstm"
+    assert resolve_parts(ModelConfig(fusion="transformer"), "classify").text_encoder == "transformer"
 
 
 def test_captions_depend_on_their_own_image() -> None:
@@ -80,17 +136,19 @@ def test_film_starts_as_identity_on_text_when_image_is_silent() -> None:
     assert torch.equal(fusion(feats, text), text)
 
 
-@pytest.mark.parametrize("decoder", sorted(DECODERS))
-def test_step_by_step_decoding_equals_the_full_sequence(decoder: str) -> None:
-    """What generation sees one token at a time equals the teacher-forced pass (causality, state)."""
+@pytest.mark.parametrize("encoder,fusion,decoder", CAPTION)
+def test_step_by_step_decoding_equals_the_teacher_forced_pass(encoder: str, fusion: str, decoder: str) -> None:
+    """What generation sees one token at a time equals training's forward (causality, state, prefix)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(image_size=32, feature_dim=16, embed_dim=8, hidden_dim=16, decoder=decoder, dropout=0.0)
+    cfg = ModelConfig(encoder=encoder, image_size=32, feature_dim=16, embed_dim=8, hidden_dim=16, fusion=fusion,
+                      decoder=decoder, dropout=0.0)
     model = build_captioner(cfg, vocab_size=11).eval()
+    images = torch.randn(2, 3, 32, 32)
+    tokens = torch.randint(1, 11, (2, 6))
     with torch.no_grad():
-        feats = model.encode(torch.randn(2, 3, 32, 32))
-        tokens = torch.randint(1, 11, (2, 6))
-        full, _ = model.decode(feats, tokens, None)  # (2, 6, 11)
-        state, steps = None, []
+        full = model(images, tokens, torch.tensor([0, 1]))  # (2, 6, 11)
+        feats = model.encode(images)
+        state, steps = model.initial_state(feats), []
         for t in range(tokens.size(1)):
             logits, state = model.decode(feats, tokens[:, t : t + 1], state)
             steps.append(logits)
@@ -101,3 +159,76 @@ def test_transformer_decoder_refuses_too_long_sequences_clearly() -> None:
     decoder = DECODERS.create("transformer", input_dim=4, hidden_dim=8, vocab_size=5)
     with pytest.raises(MmfuseError, match="at most 128 positions"):
         decoder(torch.randn(1, 129, 4))
+
+
+def _feats(batch: int = 2, dim: int = 16):
+    return IMAGE_ENCODERS.create("small_cnn", feature_dim=dim, image_size=32)(torch.randn(batch, 3, 32, 32))
+
+
+def test_attention_weights_are_distributions_over_the_grid_and_follow_the_image() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(fusion="attention", image_size=32, feature_dim=16, embed_dim=8, hidden_dim=16, dropout=0.0)
+    model = build_captioner(cfg, 11).eval()
+    tokens = torch.randint(1, 11, (2, 5))
+    with torch.no_grad():
+        feats = model.encode(torch.randn(2, 3, 32, 32))
+        weights = model.attention_weights(feats, tokens)  # (2, 5, N)
+        assert weights.shape == (2, 5, feats.grid.size(1))
+        assert torch.allclose(weights.sum(-1), torch.ones(2, 5), atol=1e-5) and bool((weights >= 0).all())
+        # a grid cell made to match the attention's preference gets (almost) all the weight
+        fusion = model.fusion
+        fusion.grid_proj.weight.zero_()
+        fusion.grid_proj.bias.zero_()
+        fusion.score.weight.fill_(1.0)
+        fusion.score.bias.zero_()
+        feats.grid.zero_()
+        feats.grid[:, 7, :] = 1.0
+        fusion.grid_proj.weight[:, 0] = 20.0
+        peaked = model.attention_weights(feats, tokens)
+    assert bool((peaked.argmax(-1) == 7).all()) and float(peaked[..., 7].min()) > 0.9
+    with pytest.raises(ValueError, match="no attention"):
+        build_captioner(ModelConfig(image_size=32, feature_dim=16, embed_dim=8, hidden_dim=16), 11).attention_weights(feats, tokens)
+
+
+def test_transformer_fusion_lets_image_tokens_see_each_other_but_words_only_the_past() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(fusion="transformer", image_size=32, feature_dim=16, embed_dim=8, hidden_dim=16, dropout=0.0)
+    model = build_captioner(cfg, 11).eval()
+    tokens = torch.randint(1, 11, (1, 6))
+    with torch.no_grad():
+        feats = model.encode(torch.randn(1, 3, 32, 32))
+        base, _ = model.decode(feats, tokens, model.initial_state(feats))
+        later = tokens.clone()
+        later[0, 4:] = (later[0, 4:] % 10) + 1  # change words 4 and 5 only
+        changed, _ = model.decode(feats, later, model.initial_state(feats))
+        grid = feats.grid.clone()
+        grid[0, -1] += 5.0  # change the last grid cell only
+        first = _prefix_outputs(model, feats)[0, 0]
+        first_changed = _prefix_outputs(model, feats._replace(grid=grid))[0, 0]
+    assert torch.allclose(base[0, :4], changed[0, :4], atol=1e-6)  # causal over words
+    assert not torch.allclose(base[0, 4:], changed[0, 4:])
+    assert model.initial_state(feats).bidirectional == 1 + feats.grid.size(1)  # global token + grid
+    assert not torch.allclose(first, first_changed)  # the first image token sees the last one
+
+
+def _prefix_outputs(model, feats) -> torch.Tensor:
+    prefix = model.fusion.prefix(feats)
+    return model.decoder(prefix, None, prefix.size(1))[0]
+
+
+def test_prefix_fusion_gives_k_tokens_read_before_the_words() -> None:
+    fusion = FUSIONS.create("prefix", image_dim=16, text_dim=8)
+    prefix = fusion.prefix(_feats())
+    assert prefix.shape == (2, fusion.tokens, 8)
+
+
+def test_late_fusion_weights_are_a_distribution_and_combine_log_probabilities() -> None:
+    fusion = FUSIONS.create("late", image_dim=4, text_dim=4)
+    w = fusion.modality_weights()
+    assert torch.allclose(w, torch.tensor([0.5, 0.5]))
+    with torch.no_grad():
+        fusion.logit_weights.copy_(torch.tensor([10.0, -10.0]))  # trust the image expert only
+    image_logits, text_logits = torch.randn(3, 4), torch.randn(3, 4)
+    combined = fusion(image_logits, text_logits)
+    assert torch.allclose(combined.exp().sum(-1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(combined, torch.log_softmax(image_logits, -1), atol=1e-4)

@@ -1,6 +1,12 @@
 """The captioner: image encoder -> fusion with word embeddings -> decoder -> next-word logits.
 
-Shape legend: B images, M captions (several per image), T positions, V vocabulary, D widths.
+How the fusion enters depends on its kind (see :mod:`mmfuse.models.fusion`): ``position`` fusions
+turn each word embedding into a fused input; ``attention`` attends over the grid with the decoder's
+previous hidden state at every step; ``prefix`` fusions put image tokens before the words, read by
+the decoder first (:meth:`Captioner.initial_state`).
+
+Shape legend: B images, M captions (several per image), T positions, N grid cells, P prefix tokens,
+V vocabulary, D widths.
 """
 
 from __future__ import annotations
@@ -14,11 +20,16 @@ from mmfuse.config import ModelConfig
 from mmfuse.data.vocab import BOS_ID, PAD_ID
 from mmfuse.models.decoders import DECODERS
 from mmfuse.models.encoders import IMAGE_ENCODERS, ImageFeatures
-from mmfuse.models.fusion import FUSIONS
+from mmfuse.models.fusion import ATTENTION, FUSIONS, PREFIX
+from mmfuse.models.parts import resolve_parts
 
 
 class Captioner(nn.Module):
-    """Generic encoder / fusion / decoder composition; :func:`build_captioner` makes one from config."""
+    """Generic encoder / fusion / decoder composition; :func:`build_captioner` makes one from config.
+
+    ``text_ablation = True`` zeroes the word inputs (an ablation: how much the decoder leans on the
+    words it has already produced).
+    """
 
     def __init__(self, encoder: nn.Module, fusion: nn.Module, decoder: nn.Module, vocab_size: int, embed_dim: int, dropout: float):
         super().__init__()
@@ -27,6 +38,7 @@ class Captioner(nn.Module):
         self.embed_drop = nn.Dropout(dropout)
         self.fusion = fusion
         self.decoder = decoder
+        self.text_ablation = False
 
     def encode(self, images: torch.Tensor) -> ImageFeatures:
         """images (B, 3, S, S) -> ImageFeatures(grid (B, N, D), pooled (B, D))."""
@@ -44,14 +56,44 @@ class Captioner(nn.Module):
             next-word logits, (M, T, V).
         """
         features = self.encode(images).select(image_index)  # rows (M, ...)
-        logits, _ = self.decode(features, tokens, None)
+        if self.fusion.kind == PREFIX:  # prefix and words in one pass
+            prefix = self.fusion.prefix(features)  # (M, P, D)
+            words = self.fusion(features, self._words(tokens), tokens != PAD_ID)  # (M, T, D)
+            logits, _ = self.decoder(torch.cat([prefix, words], 1), None, self._bidirectional(prefix))
+            return logits[:, prefix.size(1):]
+        logits, _ = self.decode(features, tokens, self.initial_state(features))
         return logits
+
+    def initial_state(self, features: ImageFeatures) -> Any:
+        """The decoder state before the first word: the image prefix read (prefix fusions), a state
+        computed from the global image vector (attention, as in Show-Attend-Tell), else None."""
+        if self.fusion.kind == ATTENTION:
+            return self.decoder.state_from(self.fusion.initial_hidden(features))
+        if self.fusion.kind != PREFIX:
+            return None
+        prefix = self.fusion.prefix(features)  # (B, P, D)
+        _, state = self.decoder(prefix, None, self._bidirectional(prefix))
+        return state
 
     def decode(self, features: ImageFeatures, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """Run the decoder over ``tokens`` (M, T) from ``state`` -> logits (M, T, V), new state."""
-        words = self.embed_drop(self.embed(tokens))  # (M, T, E)
+        words = self._words(tokens)  # (M, T, E)
+        if self.fusion.kind == ATTENTION:
+            logits, state, _ = self._attend_steps(features, words, state)
+            return logits, state
         fused = self.fusion(features, words, tokens != PAD_ID)  # (M, T, F)
         return self.decoder(fused, state)
+
+    def attention_weights(self, features: ImageFeatures, tokens: torch.Tensor) -> torch.Tensor:
+        """Where the ``attention`` fusion looked while reading ``tokens`` (M, T) -> weights (M, T, N).
+
+        Row t is the attention over the grid when predicting the word after ``tokens[:, t]``; feed
+        ``<bos>`` + a generated caption to get one map per generated word (heat-maps).
+        """
+        if self.fusion.kind != ATTENTION:
+            raise ValueError(f"fusion {type(self.fusion).__name__} has no attention over the image")
+        _, _, weights = self._attend_steps(features, self._words(tokens), self.initial_state(features))
+        return weights
 
     def step(self, features: ImageFeatures, last: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """One decoding step: last tokens (B,) -> log-probabilities (B, V), new state."""
@@ -60,6 +102,28 @@ class Captioner(nn.Module):
 
     def reorder_state(self, state: Any, index: torch.Tensor) -> Any:
         return self.decoder.reorder_state(state, index)
+
+    def _words(self, tokens: torch.Tensor) -> torch.Tensor:
+        words = self.embed_drop(self.embed(tokens))  # (M, T, E)
+        return torch.zeros_like(words) if self.text_ablation else words
+
+    def _bidirectional(self, prefix: torch.Tensor) -> int:
+        return prefix.size(1) if self.fusion.bidirectional else 0
+
+    def _attend_steps(self, features: ImageFeatures, words: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Show-Attend-Tell: at each step attend with the decoder's previous hidden state.
+
+        words (M, T, E) -> logits (M, T, V), state, attention weights (M, T, N).
+        """
+        logits, weights = [], []
+        keys = self.fusion.keys(features)  # (M, N, A), once for all steps
+        for t in range(words.size(1)):
+            query = self.decoder.query(state, words.size(0))  # (M, H)
+            fused, alpha = self.fusion.step(features, words[:, t], query, keys)  # (M, F), (M, N)
+            out, state = self.decoder(fused.unsqueeze(1), state)  # (M, 1, V)
+            logits.append(out)
+            weights.append(alpha)
+        return torch.cat(logits, 1), state, torch.stack(weights, 1)
 
 
 def generation_log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -71,16 +135,17 @@ def generation_log_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def check_parts(cfg: ModelConfig) -> None:
-    """Fail fast, listing the valid names, when ``cfg`` names an unknown part."""
-    IMAGE_ENCODERS.get(cfg.encoder)
-    FUSIONS.get(cfg.fusion)
-    DECODERS.get(cfg.decoder)
+    """Fail fast, listing the valid names, when ``cfg`` names an unknown part or a pairing that
+    does not make sense."""
+    resolve_parts(cfg, "caption")
 
 
 def build_captioner(cfg: ModelConfig, vocab_size: int) -> Captioner:
     """A captioner with the parts named in ``cfg`` (unknown names list the valid ones)."""
+    cfg = resolve_parts(cfg, "caption")
     encoder = IMAGE_ENCODERS.create(cfg.encoder, feature_dim=cfg.feature_dim, image_size=cfg.image_size)
-    fusion = FUSIONS.create(cfg.fusion, image_dim=encoder.out_dim, text_dim=cfg.embed_dim, dropout=cfg.dropout)
+    extra = {"query_dim": cfg.hidden_dim} if FUSIONS.get(cfg.fusion).kind == ATTENTION else {}
+    fusion = FUSIONS.create(cfg.fusion, image_dim=encoder.out_dim, text_dim=cfg.embed_dim, dropout=cfg.dropout, **extra)
     decoder = DECODERS.create(
         cfg.decoder,
         input_dim=fusion.out_dim,

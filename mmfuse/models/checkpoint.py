@@ -1,7 +1,8 @@
 """Checkpoints: tensors in safetensors, everything else in JSON. Nothing is pickled.
 
 A run directory holds ``config.json`` (the resolved :class:`~mmfuse.config.RunConfig`),
-``vocab.json`` and ``best.safetensors`` / ``last.safetensors`` (weights + string metadata).
+``vocab.json``, ``labels.json`` (classifiers) and ``best.safetensors`` / ``last.safetensors``
+(weights + string metadata).
 Tensors are saved from CPU, so a checkpoint written on a GPU loads anywhere.
 """
 
@@ -19,7 +20,8 @@ from torch import nn
 from mmfuse.config import RunConfig, from_dict
 from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError
-from mmfuse.models.captioner import Captioner, build_captioner
+from mmfuse.models.captioner import build_captioner
+from mmfuse.models.classifier import build_classifier
 from mmfuse.workspace import atomic_write_bytes, read_json
 
 WEIGHT_FILES = ("best", "last")
@@ -51,12 +53,13 @@ def read_metadata(path: Path) -> dict[str, str]:
 
 @dataclass
 class LoadedRun:
-    """A trained run ready for inference."""
+    """A trained run ready for inference (``labels`` is None for a captioner)."""
 
     config: RunConfig
     vocab: Vocab
-    model: Captioner
+    model: nn.Module
     weights: Path
+    labels: list[str] | None = None
 
 
 def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
@@ -65,13 +68,25 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
     config.validate()
     vocab = Vocab.from_json(read_json(run_dir / "vocab.json", "run vocabulary"))
     weights = _pick_weights(run_dir, which)
-    model = build_captioner(config.model, len(vocab))
+    labels = None
+    if config.model.task == "classify":
+        labels = _read_labels(run_dir)
+        model: nn.Module = build_classifier(config.model, len(vocab), len(labels))
+    else:
+        model = build_captioner(config.model, len(vocab))
     try:
         model.load_state_dict(read_weights(weights), strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise MmfuseError(f"weights {weights} do not match the run's config: {first}") from None
-    return LoadedRun(config, vocab, model.to(device).eval(), weights)
+    return LoadedRun(config, vocab, model.to(device).eval(), weights, labels)
+
+
+def _read_labels(run_dir: Path) -> list[str]:
+    labels = read_json(run_dir / "labels.json", "run labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise MmfuseError(f"{run_dir / 'labels.json'}: expected a non-empty JSON list of class names")
+    return labels
 
 
 def _pick_weights(run_dir: Path, which: str) -> Path:

@@ -1,11 +1,24 @@
-"""Fusion strategies: how image features and text states become one sequence for the decoder.
+"""Fusion strategies: how image features and text states are combined.
 
-Every fusion has the same constructor ``(image_dim, text_dim, dropout)`` and the same ``forward``:
-``(ImageFeatures, text (B, T, Dt), mask (B, T) or None) -> fused (B, T, out_dim)``, so one training
-loop, one test and one ablation command serve them all. Fusions are applied position-wise, which
-also makes them usable one decoding step at a time (T = 1).
+Every fusion has the constructor ``(image_dim, text_dim, dropout)`` (``attention`` also takes
+``query_dim``) and a ``kind`` that says where in a model it acts; one training loop, one registry-wide
+test and one ablation command serve them all:
 
-Shape legend: B batch, T text positions, N image grid cells, Di image width, Dt text width.
+- ``position`` (feature level: concat, sum, gated, film, bilinear):
+  ``forward(ImageFeatures, text (B, T, Dt), mask (B, T) or None) -> fused (B, T, out_dim)``, applied
+  position by position, so it also works one decoding step at a time (T = 1).
+- ``attention`` (Show, Attend and Tell): ``step(ImageFeatures, text (B, Dt), query (B, Q)) ->
+  (fused (B, out_dim), weights (B, N))`` at every step, with the query coming from the decoder's
+  previous hidden state (captioning) or the question vector (classification).
+- ``prefix`` (model level: prefix, transformer): ``prefix(ImageFeatures) -> (B, P, Dt)`` image tokens
+  placed before the text in the sequence a Transformer (or recurrent) model reads, and
+  ``forward(ImageFeatures, text, mask) -> text (B, T, Dt)`` for the text tokens; ``bidirectional``
+  says whether the image tokens attend to each other both ways.
+- ``decision`` (late, classification only): ``forward(image_logits (B, C), text_logits (B, C)) ->
+  log-probabilities (B, C)``.
+
+Shape legend: B batch, T text positions, N image grid cells, P prefix tokens, Di image width,
+Dt text width, Q query width, C classes.
 """
 
 from __future__ import annotations
@@ -13,10 +26,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmfuse.errors import MmfuseError
 from mmfuse.models.encoders import ImageFeatures
 from mmfuse.registry import Registry
 
 FUSIONS: Registry[nn.Module] = Registry("fusion")
+POSITION, ATTENTION, PREFIX, DECISION = "position", "attention", "prefix", "decision"
 
 
 @FUSIONS.register("concat")
@@ -30,6 +45,8 @@ class ConcatFusion(nn.Module):
 
     ``out_dim`` is 2 * Dt.
     """
+
+    kind = POSITION
 
     def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
         super().__init__()
@@ -50,6 +67,8 @@ class SumFusion(nn.Module):
     ``fused = W_t text + W_i pooled``. Cheaper than ``concat`` (``out_dim`` is Dt).
     """
 
+    kind = POSITION
+
     def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
         super().__init__()
         self.text_proj = nn.Linear(text_dim, text_dim)
@@ -69,6 +88,8 @@ class GatedFusion(nn.Module):
     ``z`` is a weight per feature, position and example: :meth:`modality_weights` returns it, so
     one can see how much each word leaned on the text (z) or on the image (1 - z).
     """
+
+    kind = POSITION
 
     def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
         super().__init__()
@@ -98,6 +119,8 @@ class FiLMFusion(nn.Module):
     The scale is centred on 1 so that an untrained model starts from the plain text states.
     """
 
+    kind = POSITION
+
     def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
         super().__init__()
         self.film = nn.Sequential(nn.Dropout(dropout), nn.Linear(image_dim, 2 * text_dim))
@@ -117,6 +140,8 @@ class BilinearFusion(nn.Module):
     multiplicatively, which plain concatenation cannot do.
     """
 
+    kind = POSITION
+
     factors = 4
 
     def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
@@ -134,3 +159,149 @@ class BilinearFusion(nn.Module):
         pooled = self.drop(joint).unflatten(-1, (-1, self.factors)).sum(-1)  # (B, T, Dt)
         pooled = torch.sign(pooled) * torch.sqrt(pooled.abs() + 1e-8)
         return self.out_proj(nn.functional.normalize(pooled, dim=-1))
+
+
+@FUSIONS.register("attention")
+class AttentionFusion(nn.Module):
+    """Soft attention over the image grid, recomputed at every decoding step (Show, Attend and Tell,
+    Xu et al. 2015): additive attention ``e_n = w . tanh(W_g grid_n + W_q query)``, weights
+    ``alpha = softmax(e)``, context ``sum_n alpha_n grid_n`` scaled by the gate ``beta = sigmoid(W_b query)``,
+    concatenated to the word. The query is the decoder's previous hidden state (captioning) or the
+    question vector (classification). :meth:`step` returns the weights; ``Captioner.attention_weights``
+    collects them for a whole caption (heat-maps). As in the paper, a captioner's decoder starts from
+    a state computed from the global image vector (:meth:`initial_hidden`).
+
+    ``out_dim`` is Dt + Di.
+    """
+
+    kind = ATTENTION
+
+    def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0, query_dim: int = 0):
+        super().__init__()
+        query_dim = query_dim or text_dim
+        attn_dim = max(text_dim, 32)
+        self.grid_proj = nn.Linear(image_dim, attn_dim)
+        self.query_proj = nn.Linear(query_dim, attn_dim)
+        self.score = nn.Linear(attn_dim, 1)
+        self.gate = nn.Linear(query_dim, image_dim)
+        self.init = nn.Linear(image_dim, query_dim)
+        self.drop = nn.Dropout(dropout)
+        self.out_dim = text_dim + image_dim
+
+    def initial_hidden(self, image: ImageFeatures) -> torch.Tensor:
+        """The decoder's first hidden state from the global image vector: (B, Di) -> (B, Q)."""
+        return torch.tanh(self.init(image.pooled))
+
+    def keys(self, image: ImageFeatures) -> torch.Tensor:
+        """The grid's attention keys (B, N, A); compute once per image and pass to :meth:`step`."""
+        return self.grid_proj(image.grid)
+
+    def weights(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """Attention over the grid for each query: keys (B, N, A), query (B, Q) -> (B, N), rows sum to 1."""
+        energy = self.score(torch.tanh(keys + self.query_proj(query).unsqueeze(1)))  # (B, N, 1)
+        return torch.softmax(energy.squeeze(-1), dim=-1)
+
+    def step(self, image: ImageFeatures, text: torch.Tensor, query: torch.Tensor,
+             keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """text (B, Dt), query (B, Q) -> fused (B, Dt + Di), weights (B, N). ``keys``: from :meth:`keys`."""
+        alpha = self.weights(self.keys(image) if keys is None else keys, query)  # (B, N)
+        context = torch.bmm(alpha.unsqueeze(1), image.grid).squeeze(1)  # (B, Di)
+        context = torch.sigmoid(self.gate(query)) * context
+        return torch.cat([text, self.drop(context)], dim=-1), alpha
+
+
+@FUSIONS.register("transformer")
+class TransformerFusion(nn.Module):
+    """Model-level fusion: one Transformer runs joint self-attention over image-grid tokens and text
+    tokens (a single-stream multimodal Transformer; a prefix language model for captioning, as in
+    SimVLM). The global image vector and the grid cells are projected to Dt (the global vector
+    first, like a [CLS] token of the image) and tagged with a learned position embedding and an
+    image-modality embedding; words get a text-modality embedding. The image tokens attend to each
+    other both ways; text tokens attend to every image token and (when captioning) to earlier words.
+
+    The Transformer is the model's decoder (captioning) or text encoder (classification), which must
+    therefore be ``transformer``.
+    """
+
+    kind = PREFIX
+    bidirectional = True
+    max_grid = 256
+
+    def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.grid_proj = nn.Sequential(nn.Linear(image_dim, text_dim), nn.LayerNorm(text_dim), nn.Dropout(dropout))
+        self.global_proj = nn.Sequential(nn.Linear(image_dim, text_dim), nn.LayerNorm(text_dim), nn.Dropout(dropout))
+        self.grid_pos = nn.Parameter(torch.zeros(self.max_grid + 1, text_dim))
+        self.modality = nn.Parameter(torch.zeros(2, text_dim))  # 0: image, 1: text
+        nn.init.normal_(self.grid_pos, std=0.02)
+        nn.init.normal_(self.modality, std=0.02)
+        self.out_dim = text_dim
+
+    def prefix(self, image: ImageFeatures) -> torch.Tensor:
+        """image.pooled (B, Di), image.grid (B, N, Di) -> image tokens (B, 1 + N, Dt)."""
+        n = image.grid.size(1)
+        if n > self.max_grid:
+            raise MmfuseError(f"the transformer fusion takes at most {self.max_grid} grid cells, the encoder gives {n}")
+        tokens = torch.cat([self.global_proj(image.pooled).unsqueeze(1), self.grid_proj(image.grid)], 1)  # (B, 1+N, Dt)
+        return tokens + self.grid_pos[: n + 1] + self.modality[0]
+
+    def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """text (B, T, Dt) -> text tokens (B, T, Dt) tagged as text."""
+        return text + self.modality[1]
+
+
+@FUSIONS.register("prefix")
+class PrefixFusion(nn.Module):
+    """LLM-style prefix fusion (ClipCap, Mokady et al. 2021; LLaVA's projector): an MLP maps the
+    global image vector to ``k`` prefix tokens in the word-embedding space, and the decoder reads
+    them before the words, causally, like a prompt. Works with every decoder (for an LSTM it is
+    Show-and-Tell's "image as the first inputs", generalised to k tokens).
+    """
+
+    kind = PREFIX
+    bidirectional = False
+    tokens = 4
+
+    def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
+        super().__init__()
+        hidden = (text_dim * self.tokens + image_dim) // 2
+        self.mapper = nn.Sequential(nn.Linear(image_dim, hidden), nn.Tanh(), nn.Dropout(dropout),
+                                    nn.Linear(hidden, text_dim * self.tokens))
+        self.out_dim = text_dim
+
+    def prefix(self, image: ImageFeatures) -> torch.Tensor:
+        """image.pooled (B, Di) -> k prefix tokens (B, k, Dt)."""
+        return self.mapper(image.pooled).unflatten(-1, (self.tokens, -1))
+
+    def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The words pass unchanged: (B, T, Dt) -> (B, T, Dt)."""
+        return text
+
+
+@FUSIONS.register("late")
+class LateFusion(nn.Module):
+    """Decision-level fusion (classification only): an image-only and a text-only classifier each
+    predict the label, and their log-probabilities are combined with learned weights
+    ``w = softmax(a)``: ``log p = w_image log p_image + w_text log p_text`` (a weighted product of
+    experts, renormalised by the loss). :meth:`modality_weights` returns ``w``.
+
+    Because each expert sees one modality only, late fusion cannot answer a question whose answer
+    depends on image and text jointly (see README: shapes-qa).
+    """
+
+    kind = DECISION
+
+    def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.logit_weights = nn.Parameter(torch.zeros(2))
+        self.out_dim = 0
+
+    def modality_weights(self) -> torch.Tensor:
+        """(2,): the weights of the image and of the text prediction, summing to 1."""
+        return torch.softmax(self.logit_weights, dim=0)
+
+    def forward(self, image_logits: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor:
+        """image_logits, text_logits (B, C) -> combined log-probabilities (B, C), renormalised."""
+        w = self.modality_weights()
+        combined = w[0] * torch.log_softmax(image_logits, -1) + w[1] * torch.log_softmax(text_logits, -1)
+        return torch.log_softmax(combined, -1)

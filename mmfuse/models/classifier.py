@@ -1,0 +1,93 @@
+"""The image + text classifier: image encoder, text encoder and fusion -> class logits.
+
+Per fusion kind (see :mod:`mmfuse.models.fusion`): ``position`` fusions combine the image with the
+pooled text vector; ``attention`` attends over the grid with the text vector plus the image's global
+vector as query (stacked attention, one hop); ``prefix`` fusions put image tokens before the words and the text encoder reads
+both (for ``transformer``: joint self-attention over image and text tokens); ``decision`` (late)
+combines an image-only and a text-only classifier's predictions.
+
+Shape legend: B batch, T text positions, N grid cells, P prefix tokens, D widths, C classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmfuse.config import ModelConfig
+from mmfuse.data.vocab import PAD_ID
+from mmfuse.models.encoders import IMAGE_ENCODERS, ImageFeatures
+from mmfuse.models.fusion import ATTENTION, DECISION, FUSIONS, PREFIX
+from mmfuse.models.parts import resolve_parts
+from mmfuse.models.text_encoders import TEXT_ENCODERS
+
+
+def _head(in_dim: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+
+class Classifier(nn.Module):
+    """Generic composition; :func:`build_classifier` makes one from config.
+
+    ``forward`` returns logits (for ``late``: log-probabilities, which are valid logits).
+    """
+
+    def __init__(self, encoder: nn.Module, text_encoder: nn.Module, fusion: nn.Module, vocab_size: int,
+                 embed_dim: int, hidden_dim: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.embed_drop = nn.Dropout(dropout)
+        self.text_encoder = text_encoder
+        self.fusion = fusion
+        kind = fusion.kind
+        if kind == DECISION:
+            self.image_head = _head(encoder.out_dim, hidden_dim, num_classes, dropout)
+            self.text_head = _head(text_encoder.out_dim, hidden_dim, num_classes, dropout)
+        else:
+            in_dim = text_encoder.out_dim if kind == PREFIX else fusion.out_dim
+            self.head = _head(in_dim, hidden_dim, num_classes, dropout)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, S, S), tokens (B, T) padded -> logits (B, C)."""
+        return self.classify(self.encoder(images), tokens)
+
+    def classify(self, features: ImageFeatures, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C) from encoded images and question tokens (B, T)."""
+        mask = tokens != PAD_ID  # (B, T)
+        words = self.embed_drop(self.embed(tokens))  # (B, T, E)
+        kind = self.fusion.kind
+        if kind == PREFIX:
+            return self.head(self._read_with_prefix(features, words, mask))
+        _, text = self.text_encoder(words, mask)  # (B, Dt)
+        if kind == DECISION:
+            return self.fusion(self.image_head(features.pooled), self.text_head(text))
+        if kind == ATTENTION:  # the question, plus the image's gist, says where to look
+            fused, _ = self.fusion.step(features, text, text + self.fusion.initial_hidden(features))  # (B, F)
+        else:  # POSITION
+            fused = self.fusion(features, text.unsqueeze(1))[:, 0]  # (B, F)
+        return self.head(fused)
+
+    def _read_with_prefix(self, features: ImageFeatures, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The text encoder reads [image tokens; words] -> pooled (B, H)."""
+        prefix = self.fusion.prefix(features)  # (B, P, E)
+        seq = torch.cat([prefix, self.fusion(features, words, mask)], 1)  # (B, P+T, E)
+        full_mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], 1)  # (B, P+T)
+        _, pooled = self.text_encoder(seq, full_mask)
+        return pooled
+
+
+def build_classifier(cfg: ModelConfig, vocab_size: int, num_classes: int) -> Classifier:
+    """A classifier with the parts named in ``cfg`` for ``num_classes`` labels."""
+    cfg = resolve_parts(cfg, "classify")
+    encoder = IMAGE_ENCODERS.create(cfg.encoder, feature_dim=cfg.feature_dim, image_size=cfg.image_size)
+    fusion_cls = FUSIONS.get(cfg.fusion)
+    text_encoder = TEXT_ENCODERS.create(cfg.text_encoder, input_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,
+                                        num_layers=cfg.num_layers, dropout=cfg.dropout)
+    text_dim = cfg.embed_dim if fusion_cls.kind == PREFIX else text_encoder.out_dim
+    extra = {"query_dim": text_encoder.out_dim} if fusion_cls.kind == ATTENTION else {}
+    fusion = FUSIONS.create(cfg.fusion, image_dim=encoder.out_dim, text_dim=text_dim, dropout=cfg.dropout, **extra)
+    return Classifier(encoder, text_encoder, fusion, vocab_size, cfg.embed_dim, cfg.hidden_dim, num_classes, cfg.dropout)
+
+
+

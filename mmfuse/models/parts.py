@@ -1,0 +1,61 @@
+"""Which parts go together: resolving ``auto`` choices and refusing pairings that make no sense.
+
+Every rule lives here, so training, loading a run and ``mmfuse compare`` refuse the same things with
+the same message, and nothing is ever silently swapped for something else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from mmfuse.config import ModelConfig
+from mmfuse.errors import MmfuseError
+from mmfuse.models.decoders import DECODERS
+from mmfuse.models.encoders import IMAGE_ENCODERS
+from mmfuse.models.fusion import ATTENTION, DECISION, FUSIONS
+from mmfuse.models.text_encoders import TEXT_ENCODERS
+
+TASKS = ("caption", "classify")
+RECURRENT = ("lstm", "gru")
+
+
+def _auto_sequence_model(fusion: str) -> str:
+    """The decoder / text encoder ``auto`` stands for: the Transformer for the transformer fusion
+    (it IS the joint self-attention model), an LSTM otherwise."""
+    return "transformer" if fusion == "transformer" else "lstm"
+
+
+def resolve_parts(cfg: ModelConfig, task: str) -> ModelConfig:
+    """``cfg`` with ``auto`` parts chosen; raises a clear error for unknown names or bad pairings."""
+    if task not in TASKS:
+        raise MmfuseError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    IMAGE_ENCODERS.get(cfg.encoder)
+    fusion = FUSIONS.get(cfg.fusion)
+    decoder = _auto_sequence_model(cfg.fusion) if cfg.decoder == "auto" else cfg.decoder
+    text_encoder = _auto_sequence_model(cfg.fusion) if cfg.text_encoder == "auto" else cfg.text_encoder
+    if task == "caption":
+        DECODERS.get(decoder)
+        _check_caption_pairing(cfg.fusion, fusion.kind, decoder)
+    else:
+        TEXT_ENCODERS.get(text_encoder)
+        _check_classify_pairing(cfg.fusion, text_encoder)
+    return replace(cfg, decoder=decoder, text_encoder=text_encoder)
+
+
+def _check_caption_pairing(name: str, kind: str, decoder: str) -> None:
+    if kind == DECISION:
+        raise MmfuseError(f"fusion {name!r} is decision-level: it combines the predictions of an image-only and a "
+                          "text-only classifier, and a captioner has no such predictions; use it with --task classify")
+    if kind == ATTENTION and decoder not in RECURRENT:
+        raise MmfuseError(f"fusion 'attention' attends with a recurrent decoder's previous hidden state (Show, Attend "
+                          f"and Tell); use --decoder lstm or gru, not {decoder!r} (for attention inside a Transformer, "
+                          "use --fusion transformer)")
+    if name == "transformer" and decoder != "transformer":
+        raise MmfuseError(f"fusion 'transformer' is joint self-attention over image and text tokens, so the decoder "
+                          f"must be the Transformer: use --decoder transformer, not {decoder!r}")
+
+
+def _check_classify_pairing(name: str, text_encoder: str) -> None:
+    if name == "transformer" and text_encoder != "transformer":
+        raise MmfuseError(f"fusion 'transformer' is joint self-attention over image and text tokens, so the text "
+                          f"encoder must be the Transformer: use --text-encoder transformer, not {text_encoder!r}")

@@ -1,0 +1,90 @@
+"""Text encoders of the classifier: token embeddings -> per-position states and one pooled vector.
+
+Every encoder has the constructor ``(input_dim, hidden_dim, num_layers, dropout)`` and
+``forward(x (B, T, E), mask (B, T)) -> (states (B, T, H), pooled (B, H))``, with ``out_dim`` = H.
+Sequences are right-padded; ``mask`` is True on real positions. Pooling is the mean over real
+positions.
+
+Shape legend: B batch, T positions, E input width, H output width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from mmfuse.registry import Registry
+
+TEXT_ENCODERS: Registry[nn.Module] = Registry("text encoder")
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """states (B, T, H), mask (B, T) -> mean over the real positions (B, H)."""
+    weights = mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
+    return (states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class _RecurrentEncoder(nn.Module):
+    """A bidirectional recurrent network over the real positions only (packed sequences); each
+    direction has H/2 units, so states are H wide."""
+
+    cell: type[nn.RNNBase]
+
+    def __init__(self, input_dim: int, hidden_dim: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.rnn = self.cell(input_dim, max(hidden_dim // 2, 1), num_layers, batch_first=True, bidirectional=True,
+                             dropout=dropout if num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.out_dim = 2 * max(hidden_dim // 2, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, E), mask (B, T) -> states (B, T, H), pooled (B, H)."""
+        lengths = mask.sum(1).clamp_min(1).cpu()
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        states, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.size(1))  # (B, T, H)
+        states = self.drop(states)
+        return states, masked_mean(states, mask)
+
+
+@TEXT_ENCODERS.register("lstm")
+class LSTMTextEncoder(_RecurrentEncoder):
+    """Bidirectional LSTM text encoder."""
+
+    cell = nn.LSTM
+
+
+@TEXT_ENCODERS.register("gru")
+class GRUTextEncoder(_RecurrentEncoder):
+    """Bidirectional GRU text encoder."""
+
+    cell = nn.GRU
+
+
+@TEXT_ENCODERS.register("transformer")
+class TransformerTextEncoder(nn.Module):
+    """A bidirectional Transformer encoder (BERT style: pre-norm blocks, learned positions, padding
+    mask). With the ``transformer`` fusion it reads image and text tokens together.
+
+    Args:
+        input_dim: E. hidden_dim: model width H (heads: 4, or 1 when H is not divisible by 4).
+        num_layers: blocks. dropout: attention and residual dropout.
+    """
+
+    max_positions = 512
+
+    def __init__(self, input_dim: int, hidden_dim: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        heads = 4 if hidden_dim % 4 == 0 else 1
+        self.inp = nn.Linear(input_dim, hidden_dim)
+        self.pos = nn.Embedding(self.max_positions, hidden_dim)
+        layer = nn.TransformerEncoderLayer(hidden_dim, heads, 4 * hidden_dim, dropout, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.out_dim = hidden_dim
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, E), mask (B, T) -> states (B, T, H), pooled (B, H)."""
+        h = self.inp(x) + self.pos(torch.arange(x.size(1), device=x.device))  # (B, T, H)
+        states = self.norm(self.blocks(h, src_key_padding_mask=~mask))  # (B, T, H)
+        return states, masked_mean(states, mask)
