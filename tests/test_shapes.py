@@ -69,5 +69,5 @@ def test_images_are_varied(tmp_path: Path) -> None:
     noise = [float(np.abs(np.diff(p[:, :, 0], axis=1)).mean()) for p in pixels]
     assert min(noise) < 2.0 < 8.0 < max(noise)  # both plain and noisy backgrounds
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["splits"]["train"] == {"images": 30, "captions": 90}
+    assert manifest["splits"]["train"] == {"images": 30, "samples": 30, "captions": 90}
     assert manifest["options"]["seed"] == 0

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from mmfuse.data.prepare import FORMAT_VERSION
 from mmfuse.data.vocab import PAD_ID, Vocab
 from mmfuse.errors import MmfuseError
-from mmfuse.images import image_transform, load_rgb, normalize_transform, resize_transform
+from mmfuse.images import MEAN, image_transform, load_rgb, normalize_transform, resize_transform
 from mmfuse.workspace import read_json
 
 CACHE_LIMIT_BYTES = 2 * 2**30  # decoded training images are kept in memory up to this size
@@ -51,28 +51,53 @@ def load_vocab(root: Path) -> Vocab:
     return Vocab.from_json(read_json(root / "vocab.json", "data set vocabulary"))
 
 
+@dataclass(frozen=True)
+class LabelledRecord:
+    """One (image, text, label) sample of a classification split."""
+
+    id: str
+    image: Path
+    text: str
+    tokens: tuple[str, ...]
+    label: str
+
+
 def load_split(root: Path, split: str) -> list[Record]:
-    """All records of ``split``; a missing or empty split is a clear error."""
+    """All records of a captioning ``split``; a missing or empty split is a clear error."""
+    return _load(root, split, _parse)
+
+
+def load_labelled_split(root: Path, split: str) -> list[LabelledRecord]:
+    """All records of a classification ``split``; a missing or empty split is a clear error."""
+    return _load(root, split, _parse_labelled)
+
+
+def _load(root: Path, split: str, parse) -> list:
     path = root / f"{split}.jsonl"
     if not path.is_file():
         raise MmfuseError(f"data set {root.name!r} has no split {split!r} ({path} is missing)")
-    records = [_parse(root, line, path, n) for n, line in enumerate(path.open(encoding="utf-8"), 1) if line.strip()]
+    with path.open(encoding="utf-8") as handle:
+        records = [_parse_line(parse, root, line, path, n) for n, line in enumerate(handle, 1) if line.strip()]
     if not records:
         raise MmfuseError(f"split {split!r} of data set {root.name!r} is empty")
     return records
 
 
-def _parse(root: Path, line: str, path: Path, lineno: int) -> Record:
+def _parse_line(parse, root: Path, line: str, path: Path, lineno: int):
     try:
-        raw = json.loads(line)
-        return Record(
-            id=str(raw["id"]),
-            image=root / raw["image"],
-            captions=tuple(raw["captions"]),
-            tokens=tuple(tuple(t) for t in raw["tokens"]),
-        )
+        return parse(root, json.loads(line))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise MmfuseError(f"{path}:{lineno}: malformed record ({exc})") from None
+        raise MmfuseError(f"{path}:{lineno}: malformed record ({type(exc).__name__}: {exc})") from None
+
+
+def _parse(root: Path, raw: dict[str, Any]) -> Record:
+    return Record(id=str(raw["id"]), image=root / raw["image"], captions=tuple(raw["captions"]),
+                  tokens=tuple(tuple(t) for t in raw["tokens"]))
+
+
+def _parse_labelled(root: Path, raw: dict[str, Any]) -> LabelledRecord:
+    return LabelledRecord(id=str(raw["id"]), image=root / raw["image"], text=str(raw["text"]),
+                          tokens=tuple(raw["tokens"]), label=str(raw["label"]))
 
 
 class CaptionDataset(Dataset):
@@ -129,17 +154,63 @@ class CaptionDataset(Dataset):
         return {"images": torch.stack(images), "tokens": pad(captions), "image_index": torch.tensor(index)}
 
 
-class ImageDataset(Dataset):
-    """Just the images of a split (for generating captions), with their index."""
+class LabelledDataset(Dataset):
+    """(image, text, label) samples; images shared by several samples are decoded once and kept in
+    memory (uint8) when the split fits in :data:`CACHE_LIMIT_BYTES`.
 
-    def __init__(self, paths: list[Path], image_size: int):
-        self.paths = paths
+    Args:
+        paths: image of each sample. token_ids: encoded text of each sample. labels: class index of
+        each sample (-1 when unknown, for prediction). image_size: side the images are resized to.
+        blank: give every sample a mean-colour image instead of its own (the image ablation).
+    """
+
+    def __init__(self, paths: list[Path], token_ids: list[list[int]], labels: list[int], image_size: int,
+                 blank: bool = False):
+        self.paths, self.token_ids, self.labels, self.blank = paths, token_ids, labels, blank
+        self.resize = resize_transform(image_size)
+        self.normalize = normalize_transform()
+        fits = len(set(paths)) * 3 * image_size**2 <= CACHE_LIMIT_BYTES
+        self.cache: dict[Path, torch.Tensor] | None = {} if fits else None
+        mean = torch.tensor(MEAN).mul(255).round().to(torch.uint8)
+        self.blank_pixels = mean.view(3, 1, 1).expand(3, image_size, image_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[int], int]:
+        return self.normalize(self._pixels(self.paths[i])), self.token_ids[i], self.labels[i]
+
+    def _pixels(self, path: Path) -> torch.Tensor:
+        if self.blank:  # the image ablation: a mean-colour image (zeros once normalised)
+            return self.blank_pixels
+        if self.cache is not None and path in self.cache:
+            return self.cache[path]
+        pixels = self.resize(load_rgb(path))
+        if self.cache is not None:
+            self.cache[path] = pixels
+        return pixels
+
+    @staticmethod
+    def collate(batch: list[tuple[torch.Tensor, list[int], int]]) -> dict[str, torch.Tensor]:
+        """-> images (B, 3, S, S), tokens (B, T) padded, labels (B,)."""
+        images, tokens, labels = zip(*batch)
+        return {"images": torch.stack(images), "tokens": pad(list(tokens)), "labels": torch.tensor(labels)}
+
+
+class ImageDataset(Dataset):
+    """Just the images of a split (for generating captions). ``blank=True`` gives all-zero
+    (mean-colour) inputs instead, without reading the files: the image ablation."""
+
+    def __init__(self, paths: list[Path], image_size: int, blank: bool = False):
+        self.paths, self.image_size, self.blank = paths, image_size, blank
         self.transform = image_transform(image_size)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        if self.blank:
+            return torch.zeros(3, self.image_size, self.image_size)
         return self.transform(load_rgb(self.paths[i]))
 
 

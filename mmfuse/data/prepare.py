@@ -1,9 +1,10 @@
 """``prepare-data``: turn any registered source into the workspace data set format.
 
-Format (``FORMAT_VERSION``): ``manifest.json``, ``vocab.json``, one ``<split>.jsonl`` per split
-(``{"id", "image", "captions", "tokens"}`` per line, image paths relative to the data set) and
-``images/<split>/<id>.png``. The directory is built aside and swapped in whole, so an interrupted
-run leaves the previous data set untouched.
+Format (``FORMAT_VERSION``): ``manifest.json``, ``vocab.json``, one ``<split>.jsonl`` per split and
+``images/<split>/<image id>.png``. A line of a split is ``{"id", "image", "captions", "tokens"}`` for
+captioning, ``{"id", "image", "text", "tokens", "label"}`` for classification (image paths relative
+to the data set; the manifest lists the ``labels``). The directory is built aside and swapped in
+whole, so an interrupted run leaves the previous data set untouched.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmfuse.data.sources import SOURCES, SPLITS, RawSample
-from mmfuse.data.tokenize import tokenize_many
+from mmfuse.data.tokenize import tokenize, tokenize_many
 from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError
 from mmfuse.workspace import Workspace, atomic_write_json, check_name, staged_directory
@@ -62,40 +63,64 @@ def prepare_data(
 def _write_samples(root: Path, src, on_progress: Progress | None) -> tuple[Counter, dict[str, dict[str, int]]]:
     """Write images and ``<split>.jsonl``; return train token counts and per-split counts."""
     counts: Counter = Counter()
-    splits = {s: {"images": 0, "captions": 0} for s in SPLITS}
+    splits = {s: {"images": 0, "samples": 0, "captions": 0} for s in SPLITS}
+    labels: dict[str, Counter] = {s: Counter() for s in SPLITS}
     handles = {s: (root / f"{s}.jsonl").open("w", encoding="utf-8") for s in SPLITS}
+    written: set[str] = set()
     try:
         for sample in src.samples():
-            record = _write_one(root, sample)
+            before = len(written)
+            record = _write_one(root, sample, src.task, written)
             handles[sample.split].write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
-            splits[sample.split]["images"] += 1
-            splits[sample.split]["captions"] += len(record["captions"])
+            split = splits[sample.split]
+            split["samples"] += 1
+            split["images"] += len(written) - before
+            if src.task == "caption":
+                split["captions"] += len(record["captions"])
+                tokens = [tok for toks in record["tokens"] for tok in toks]
+            else:
+                labels[sample.split][record["label"]] += 1
+                tokens = record["tokens"]
             if sample.split == "train":
-                counts.update(tok for toks in record["tokens"] for tok in toks)
+                counts.update(tokens)
             if on_progress:
-                on_progress(sample.split, splits[sample.split]["images"], src.count(sample.split))
+                on_progress(sample.split, split["samples"], src.count(sample.split))
     finally:
         for handle in handles.values():
             handle.close()
+    if src.task == "classify":
+        for s in SPLITS:
+            splits[s]["labels"] = dict(sorted(labels[s].items()))
     return counts, splits
 
 
-def _write_one(root: Path, sample: RawSample) -> dict[str, Any]:
+def _write_one(root: Path, sample: RawSample, task: str, written: set[str]) -> dict[str, Any]:
     check_name(sample.id, "sample id")
     if sample.split not in SPLITS:
         raise MmfuseError(f"sample {sample.id}: unknown split {sample.split!r}")
+    rel = (Path("images") / sample.split / f"{check_name(sample.image_id or sample.id, 'image id')}.png").as_posix()
+    if rel not in written:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sample.image.save(root / rel, format="PNG")
+        written.add(rel)
+    if task == "classify":
+        return _classify_record(sample, rel)
     captions = [c.strip() for c in sample.captions if c and c.strip()]
     if not captions:
         raise MmfuseError(f"sample {sample.id} has no non-empty caption")
-    rel = Path("images") / sample.split / f"{sample.id}.png"
-    (root / rel).parent.mkdir(parents=True, exist_ok=True)
-    sample.image.save(root / rel, format="PNG")
     tokens = list(tokenize_many(captions))
-    return {"id": sample.id, "image": rel.as_posix(), "captions": captions, "tokens": tokens}
+    return {"id": sample.id, "image": rel, "captions": captions, "tokens": tokens}
+
+
+def _classify_record(sample: RawSample, rel: str) -> dict[str, Any]:
+    text, label = sample.text.strip(), sample.label.strip()
+    if not label:
+        raise MmfuseError(f"sample {sample.id} has no label")
+    return {"id": sample.id, "image": rel, "text": text, "tokens": tokenize(text) if text else [], "label": label}
 
 
 def _check_not_empty(splits: dict[str, dict[str, int]], source: str) -> None:
-    empty = [s for s, c in splits.items() if c["images"] == 0]
+    empty = [s for s, c in splits.items() if c["samples"] == 0]
     if empty:
         raise MmfuseError(f"source {source!r} gave an empty data set: no images in split(s) {', '.join(empty)}")
 
@@ -109,7 +134,18 @@ def _manifest(name: str, source: str, src, splits, vocab: Vocab) -> dict[str, An
         "options": src.options(),
         "image_size": src.options().get("image_size"),  # None: images keep their own sizes
         "splits": splits,
+        **({"labels": _labels(splits)} if src.task == "classify" else {}),
         "tokenizer": TOKENIZER,
         "vocab_size": len(vocab),
         "min_count": vocab.min_count,
     }
+
+
+def _labels(splits: dict[str, dict[str, Any]]) -> list[str]:
+    """The class names, sorted; every val/test label must occur in training."""
+    train = set(splits["train"]["labels"])
+    for split in ("val", "test"):
+        unseen = sorted(set(splits[split]["labels"]) - train)
+        if unseen:
+            raise MmfuseError(f"label(s) {', '.join(unseen)} of split {split!r} never occur in the training split")
+    return sorted(train)

@@ -19,19 +19,26 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class RawSample:
-    """One image with its reference captions, before tokenization.
+    """One sample before tokenization: an image with its reference captions (task ``caption``), or
+    an image with a text and its label (task ``classify``).
 
     Attributes:
         split: ``train``, ``val`` or ``test``.
-        id: unique id within the data set (used in file names and results).
+        id: unique id within the data set (used in results).
         image: the RGB image.
-        captions: reference captions, raw text.
+        captions: reference captions, raw text (captioning).
+        text: the text paired with the image, raw (classification).
+        label: the class name (classification).
+        image_id: samples with the same ``image_id`` share one image file (default: ``id``).
     """
 
     split: str
     id: str
     image: "Image.Image"
     captions: list[str] = field(default_factory=list)
+    text: str = ""
+    label: str = ""
+    image_id: str = ""
 
 
 class Source(Protocol):
@@ -52,3 +59,4 @@ class Source(Protocol):
 SOURCES: Registry[Source] = Registry("data source")
 
 from mmfuse.data.sources import shapes as _shapes  # noqa: E402,F401  (fills SOURCES)
+from mmfuse.data.sources import shapes_qa as _shapes_qa  # noqa: E402,F401

@@ -82,11 +82,16 @@ class ShapesSource:
                 yield RawSample(split=split, id=f"{split}-{i:06d}", image=image, captions=captions)
 
 
-def make_example(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[str]]:
-    """One image and its captions, drawn from ``rng``."""
+def make_scene(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[ShapeObject], bool]:
+    """One image, its objects (left to right) and whether its background is noisy, from ``rng``."""
     objects = _place_objects(rng, size)
     noisy = bool(rng.random() < 0.5)
-    image = _draw(rng, size, objects, noisy)
+    return _draw(rng, size, objects, noisy), objects, noisy
+
+
+def make_example(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[str]]:
+    """One image and its captions, drawn from ``rng``."""
+    image, objects, noisy = make_scene(rng, size)
     phrases = [o.phrase() for o in objects]
     background = "noisy" if noisy else "plain"
     captions = [t.format(*phrases, bg=background) for t in CAPTIONS[len(objects)]]

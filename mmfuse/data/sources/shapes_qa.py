@@ -1,0 +1,129 @@
+"""The built-in ``shapes-qa`` classification set: yes/no questions about shapes images whose answer
+needs BOTH the image and the question.
+
+Each image (drawn as in ``shapes``) gets two questions of one kind, one answered "yes" and one
+"no", so the answer is balanced per image (the image alone says nothing) and, by symmetry, per
+question text (the question alone says nothing). Kinds, chosen uniformly among those that the
+image allows:
+
+- relation: "is the red circle to the left of the blue square ?" (yes: the true order, no: swapped),
+- attribute: "is the small triangle green ?" (yes: its colour, no: another colour),
+- existence: "is there a large yellow circle ?" (yes: an object in the image, no: one that is not).
+
+Objects are named by the shortest description that is unique in the image (shape; colour + shape;
+size + colour + shape). Deterministic: image ``i`` of a split depends only on ``(seed, split, i)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Iterator
+
+import numpy as np
+
+from mmfuse.config import ShapesConfig
+from mmfuse.data.sources import SPLITS, SOURCES, RawSample
+from mmfuse.data.sources.shapes import COLOURS, SHAPES, SIZES, ShapeObject, make_scene
+from mmfuse.errors import MmfuseError
+
+LABELS = ("no", "yes")
+Question = tuple[str, str]  # (yes question, no question)
+
+
+@SOURCES.register("shapes-qa")
+class ShapesQASource:
+    """Yes/no questions about synthetic shapes images (built in, no download); 2 per image."""
+
+    task = "classify"
+    per_image = 2
+
+    def __init__(self, **options: Any):
+        unknown = sorted(set(options) - set(ShapesConfig.__dataclass_fields__))
+        if unknown:
+            raise MmfuseError(f"source 'shapes-qa' does not take option(s): {', '.join(unknown)}")
+        self.opts = ShapesConfig(**options)
+        self.opts.validate()
+
+    def options(self) -> dict[str, Any]:
+        return asdict(self.opts)
+
+    def count(self, split: str) -> int:
+        return self.per_image * getattr(self.opts, f"{split}_images")
+
+    def samples(self) -> Iterator[RawSample]:
+        for split_index, split in enumerate(SPLITS):
+            for i in range(getattr(self.opts, f"{split}_images")):
+                rng = np.random.default_rng([self.opts.seed, split_index, i, 7])
+                image, objects, _ = make_scene(rng, self.opts.image_size)
+                yes, no = make_questions(rng, objects)
+                image_id = f"{split}-{i:06d}"
+                for k, (text, label) in enumerate(_shuffled([(yes, "yes"), (no, "no")], rng)):
+                    yield RawSample(split=split, id=f"{image_id}-q{k}", image=image, text=text, label=label,
+                                    image_id=image_id)
+
+
+def _shuffled(pair: list[tuple[str, str]], rng: np.random.Generator) -> list[tuple[str, str]]:
+    return pair if rng.random() < 0.5 else pair[::-1]
+
+
+def make_questions(rng: np.random.Generator, objects: list[ShapeObject]) -> Question:
+    """A (yes, no) question pair of one kind about ``objects``."""
+    names = unique_names(objects)
+    kinds = [_existence]
+    if any(_without_colour(o, objects) for o in objects):
+        kinds.append(_attribute)
+    if len(objects) >= 2:
+        kinds.append(_relation)
+    return kinds[int(rng.integers(len(kinds)))](rng, objects, names)
+
+
+def unique_names(objects: list[ShapeObject]) -> list[str]:
+    """The shortest description of each object that no other object in the image shares."""
+    names = []
+    for o in objects:
+        for words in ((o.shape,), (o.colour, o.shape), (o.size, o.colour, o.shape)):
+            if sum(_matches(other, words) for other in objects) == 1:
+                names.append(" ".join(words))
+                break
+        else:
+            names.append("")  # two identical objects: never asked about
+    return names
+
+
+def _matches(o: ShapeObject, words: tuple[str, ...]) -> bool:
+    return set(words) <= {o.shape, o.colour, o.size}
+
+
+def _without_colour(o: ShapeObject, objects: list[ShapeObject]) -> str:
+    """A unique description of ``o`` that does not say its colour ("" if there is none)."""
+    for words in ((o.shape,), (o.size, o.shape)):
+        if sum(_matches(other, words) for other in objects) == 1:
+            return " ".join(words)
+    return ""
+
+
+def _relation(rng: np.random.Generator, objects: list[ShapeObject], names: list[str]) -> Question:
+    pairs = [(a, b) for a in range(len(objects)) for b in range(a + 1, len(objects)) if names[a] and names[b]]
+    if not pairs:
+        return _existence(rng, objects, names)
+    a, b = pairs[int(rng.integers(len(pairs)))]  # objects are sorted left to right: a is left of b
+    template = "is the {} to the left of the {} ?" if rng.random() < 0.5 else "is the {} to the right of the {} ?"
+    left_question = "left" in template
+    first, second = (a, b) if left_question else (b, a)
+    return template.format(names[first], names[second]), template.format(names[second], names[first])
+
+
+def _attribute(rng: np.random.Generator, objects: list[ShapeObject], names: list[str]) -> Question:
+    candidates = [(o, d) for o in objects if (d := _without_colour(o, objects))]
+    obj, desc = candidates[int(rng.integers(len(candidates)))]
+    others = [c for c in COLOURS if c != obj.colour]
+    wrong = others[int(rng.integers(len(others)))]
+    return f"is the {desc} {obj.colour} ?", f"is the {desc} {wrong} ?"
+
+
+def _existence(rng: np.random.Generator, objects: list[ShapeObject], names: list[str]) -> Question:
+    present = {(o.size, o.colour, o.shape) for o in objects}
+    obj = objects[int(rng.integers(len(objects)))]
+    absent = [(s, c, h) for s in SIZES for c in COLOURS for h in SHAPES if (s, c, h) not in present]
+    size, colour, shape = absent[int(rng.integers(len(absent)))]
+    return f"is there a {obj.size} {obj.colour} {obj.shape} ?", f"is there a {size} {colour} {shape} ?"
