@@ -76,15 +76,18 @@ app = typer.Typer(
 )
 
 
-_REGISTRY_OPTIONS = {"fusion": "fusion", "encoder": "encoder", "decoder": "decoder"}
+_REGISTRY_OPTIONS = {"fusion": "fusion", "fusions": "fusion", "encoder": "encoder", "decoder": "decoder",
+                     "text_encoder": "text_encoder"}
 
 
 def _registry_names(kind: str) -> list[str]:
     from mmfuse.models.decoders import DECODERS
     from mmfuse.models.encoders import IMAGE_ENCODERS
     from mmfuse.models.fusion import FUSIONS
+    from mmfuse.models.text_encoders import TEXT_ENCODERS
 
-    return {"fusion": FUSIONS, "encoder": IMAGE_ENCODERS, "decoder": DECODERS}[kind].names()
+    registry = {"fusion": FUSIONS, "encoder": IMAGE_ENCODERS, "decoder": DECODERS, "text_encoder": TEXT_ENCODERS}[kind]
+    return registry.names() + (["auto"] if kind in ("decoder", "text_encoder") else [])
 
 
 class RegistryHelpCommand(TyperCommand):
@@ -166,37 +169,51 @@ def prepare_data_cmd(
     with LazyProgress() as bar:
         result = prepare_data(Workspace.open(workspace), source, options, name, min_count, bar.update)
     m = result.manifest
-    counts = ", ".join(f"{s} {c['images']} images / {c['captions']} captions" for s, c in m["splits"].items())
+    counts = ", ".join(f"{s} {c['images']} images / {c['captions'] or c['samples']} {'captions' if m['task'] == 'caption' else 'samples'}" for s, c in m["splits"].items())
     console().print(f"data set [bold]{m['name']}[/] at {escape(str(result.path))}: {counts}; vocabulary {m['vocab_size']} words")
+
+
+_MODEL_HELP = {
+    "task": "caption, classify, or auto (the data set's task).",
+    "fusion": "Fusion strategy.",
+    "encoder": "Image encoder.",
+    "decoder": "Caption decoder (auto: transformer for the transformer fusion, else lstm).",
+    "text_encoder": "Classifier text encoder (auto: transformer for the transformer fusion, else lstm).",
+}
 
 
 @app.command("train", cls=RegistryHelpCommand)
 def train_cmd(
     ctx: typer.Context,
     data: Annotated[str, typer.Option(help="Workspace data set to train on.")] = _TRAIN.data,
-    fusion: Annotated[str, typer.Option(help="Fusion strategy.")] = _MODEL.fusion,
-    encoder: Annotated[str, typer.Option(help="Image encoder.")] = _MODEL.encoder,
-    decoder: Annotated[str, typer.Option(help="Caption decoder.")] = _MODEL.decoder,
-    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = _TRAIN.epochs,
-    batch_size: Annotated[int, typer.Option(help="Images per step (each with all its captions, up to --captions-per-image).")] = _TRAIN.batch_size,
-    captions_per_image: Annotated[int, typer.Option(help="Reference captions used per image per step.")] = _TRAIN.captions_per_image,
+    task: Annotated[str, typer.Option(help=_MODEL_HELP["task"])] = _MODEL.task,
+    fusion: Annotated[str, typer.Option(help=_MODEL_HELP["fusion"])] = _MODEL.fusion,
+    encoder: Annotated[str, typer.Option(help=_MODEL_HELP["encoder"])] = _MODEL.encoder,
+    decoder: Annotated[str, typer.Option(help=_MODEL_HELP["decoder"])] = _MODEL.decoder,
+    text_encoder: Annotated[str, typer.Option(help=_MODEL_HELP["text_encoder"])] = _MODEL.text_encoder,
+    epochs: Annotated[int, typer.Option(help="Passes over the training data.")] = _TRAIN.epochs,
+    batch_size: Annotated[int, typer.Option(help="Samples per step (captioning: images, each with up to --captions-per-image captions).")] = _TRAIN.batch_size,
+    captions_per_image: Annotated[int, typer.Option(help="Captioning: reference captions used per image per step.")] = _TRAIN.captions_per_image,
+    class_weights: Annotated[str, typer.Option(help="Classification: none, or balanced (weights n / (C * class count)).")] = _TRAIN.class_weights,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = _TRAIN.lr,
     lr_schedule: Annotated[str, typer.Option(help="Learning-rate schedule: cosine (decay to 0, per step) or constant.")] = _TRAIN.lr_schedule,
     seed: Annotated[int, typer.Option(help="Random seed (weights init, data order).")] = _TRAIN.seed,
     device: Device_ = _TRAIN.device,
     run: Annotated[str, typer.Option(help="Run name (default: <data>-<fusion>-<timestamp>).", show_default=False)] = _TRAIN.run,
-    select_metric: Annotated[str, typer.Option(help="Validation metric that picks the best checkpoint: cider_d, bleu1..bleu4 or rouge_l.")] = _TRAIN.select_metric,
+    select_metric: Annotated[str, typer.Option(help="Validation metric that picks the best checkpoint: auto (cider_d / accuracy), cider_d, bleu1..bleu4, rouge_l, accuracy or macro_f1.")] = _TRAIN.select_metric,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run of the same name.")] = _TRAIN.overwrite,
     feature_dim: Annotated[int, typer.Option(help="Image feature width.")] = _MODEL.feature_dim,
     embed_dim: Annotated[int, typer.Option(help="Word embedding width.")] = _MODEL.embed_dim,
-    hidden_dim: Annotated[int, typer.Option(help="Decoder hidden width.")] = _MODEL.hidden_dim,
+    hidden_dim: Annotated[int, typer.Option(help="Decoder / text encoder hidden width.")] = _MODEL.hidden_dim,
     max_length: Annotated[int, typer.Option(help="Longest caption generated (validation and later decoding).")] = _DECODE.max_length,
     config: Annotated[Optional[Path], typer.Option(help="JSON file with 'model', 'train', 'decode' sections; flags override it.", show_default=False)] = None,
     workspace: Workspace_ = None,
 ) -> None:
-    """Train a captioner: image encoder -> fusion -> decoder; keeps the best epoch by validation CIDEr-D.
+    """Train a captioner (image -> caption) or a classifier (image + text -> label); keeps the best
+    epoch by validation CIDEr-D (captioning) or accuracy (classification).
 
-    Example: mmfuse train --data shapes --fusion concat --epochs 8 --run demo
+    Examples: mmfuse train --data shapes --fusion attention --run sat;
+    mmfuse train --data shapes-qa --task classify --fusion transformer --run qa
     """
     from rich.markup import escape
 
@@ -206,23 +223,27 @@ def train_cmd(
 
     cfg = _run_config(
         config,
-        model=_explicit(ctx, fusion=fusion, encoder=encoder, decoder=decoder, feature_dim=feature_dim,
-                        embed_dim=embed_dim, hidden_dim=hidden_dim),
+        model=_explicit(ctx, task=task, fusion=fusion, encoder=encoder, decoder=decoder, text_encoder=text_encoder,
+                        feature_dim=feature_dim, embed_dim=embed_dim, hidden_dim=hidden_dim),
         train=_explicit(ctx, data=data, epochs=epochs, batch_size=batch_size, captions_per_image=captions_per_image,
-                        lr=lr, lr_schedule=lr_schedule, seed=seed, device=device, run=run, overwrite=overwrite,
-                        select_metric=select_metric),
+                        class_weights=class_weights, lr=lr, lr_schedule=lr_schedule, seed=seed, device=device, run=run,
+                        overwrite=overwrite, select_metric=select_metric),
         decode=_explicit(ctx, max_length=max_length),
     )
-
-    def on_epoch(rec: dict[str, Any]) -> None:
-        mark = " *best*" if rec["best"] else ""
-        console().print(f"epoch {rec['epoch']}: loss {rec['train_loss']:.3f}  val BLEU-4 {rec['val_bleu4']:.4f}"
-                        f"  CIDEr-D {rec['val_cider_d']:.4f}"
-                        f"  ({rec['images_per_s']:.0f} img/s){mark}")
-
-    result = train(Workspace.open(workspace), cfg, on_epoch)
+    result = train(Workspace.open(workspace), cfg, _print_epoch)
     console().print(f"run [bold]{result.config.train.run}[/] at {escape(str(result.run_dir))}: best epoch {result.best_epoch}, "
                     f"val {result.config.train.select_metric} {result.best_score:.4f}")
+
+
+def _print_epoch(rec: dict[str, Any]) -> None:
+    from mmfuse.ui import console
+
+    mark = " *best*" if rec["best"] else ""
+    if "val_cider_d" in rec:
+        scores = f"val BLEU-4 {rec['val_bleu4']:.4f}  CIDEr-D {rec['val_cider_d']:.4f}"
+    else:
+        scores = f"val accuracy {rec['val_accuracy']:.4f}  macro F1 {rec['val_macro_f1']:.4f}"
+    console().print(f"epoch {rec['epoch']}: loss {rec['train_loss']:.3f}  {scores}  ({rec['images_per_s']:.0f} samples/s){mark}")
 
 
 def _run_config(path: Optional[Path], **flags: dict[str, Any]) -> RunConfig:
@@ -258,16 +279,20 @@ def evaluate_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
     show: Annotated[int, typer.Option(help="Show this many example captions beside their references.")] = 0,
     worst: Annotated[int, typer.Option(help="List the N images with the lowest CIDEr-D, with caption and references.")] = 0,
+    ablate: Annotated[Optional[str], typer.Option(help="Take one modality away: image or text (see --ablate-mode).", show_default=False)] = None,
+    ablate_mode: Annotated[str, typer.Option(help="shuffle (another sample's image/text), zero (mean-colour image / empty text), or auto (zero for a captioner's text, else shuffle).")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per decoding batch.")] = 64,
     device: Device_ = "auto",
     workspace: Workspace_ = None,
 ) -> None:
-    """Score captions with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D, exactly as coco-caption does.
+    """Score captions with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D, exactly as coco-caption does, or a
+    classifier with accuracy, per-class and macro precision/recall/F1, AUROC and the confusion matrix.
 
     Examples: mmfuse evaluate --run demo --beam-size 3 --worst 5;
+    mmfuse evaluate --run qa --ablate image;
     mmfuse evaluate --predictions results.json --references captions_val2014.json
     """
-    from mmfuse.evaluation import evaluate_files, evaluate_run
+    from mmfuse.evaluation import Ablation, evaluate_files, evaluate_run
     from mmfuse.workspace import Workspace
 
     if batch_size < 1 or show < 0 or worst < 0:
@@ -278,12 +303,18 @@ def evaluate_cmd(
         raise MmfuseError("--predictions needs --references (a COCO captions file or a data set name)")
     if run is not None and references is not None:
         raise MmfuseError("--references goes with --predictions, not with --run")
+    if ablate is not None and run is None:
+        raise MmfuseError("--ablate goes with --run")
     ws = Workspace.open(workspace)
     if run is not None:
-        report = evaluate_run(ws, run, split, beam_size, max_length, checkpoint, device, batch_size, meteor)
+        ablation = Ablation(ablate, ablate_mode) if ablate is not None else None
+        report = evaluate_run(ws, run, split, beam_size, max_length, checkpoint, device, batch_size, meteor, ablation)
     else:
         report = evaluate_files(ws, predictions, references, split, meteor)
-    _print_report(report, show, worst)
+    if report.get("task") == "classify":
+        _print_classification(report)
+    else:
+        _print_report(report, show, worst)
     if json_out:
         typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
 
@@ -301,7 +332,8 @@ def _print_report(report: dict[str, Any], show: int, worst: int) -> None:
     if "run" in report:
         d = report["decode"]
         console().print(f"[bold]{report['run']}[/] on {report['data']}/{report['split']}: {report['num_images']} images, "
-                        f"beam size {d['beam_size']}, {report['checkpoint']} weights (epoch {report['epoch']})")
+                        f"beam size {d['beam_size']}, {report['checkpoint']} weights (epoch {report['epoch']})"
+                        f"{_ablation_note(report)}")
     else:
         console().print(f"{report['predictions']} against {report['references']}: {report['num_images']} images",
                         markup=False)
@@ -317,6 +349,35 @@ def _print_report(report: dict[str, Any], show: int, worst: int) -> None:
         _print_images("examples", report["images"][:show])
     if worst:
         _print_images(f"{worst} lowest CIDEr-D", worst_images(report, worst), with_score=True)
+
+
+def _ablation_note(report: dict[str, Any]) -> str:
+    a = report.get("ablation")
+    return f", [bold]{a['modality']} ablated ({a['mode']})[/]" if a else ""
+
+
+def _print_classification(report: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mmfuse.ui import console
+
+    m = report["metrics"]
+    console().print(f"[bold]{report['run']}[/] on {report['data']}/{report['split']}: {report['num_samples']} samples, "
+                    f"{report['checkpoint']} weights (epoch {report['epoch']}){_ablation_note(report)}")
+    table = Table()
+    names = ["accuracy", "macro_precision", "macro_recall", "macro_f1"] + (["auroc"] if "auroc" in m else [])
+    for name in names + ["majority class rate"]:
+        table.add_column(name.replace("_", " "), justify="right")
+    table.add_row(*(f"{m[k]:.4f}" for k in names), f"{report['majority_rate']:.4f}")
+    console().print(table)
+    confusion = Table(title="confusion matrix (rows: true, columns: predicted)")
+    confusion.add_column("")
+    for label in report["labels"]:
+        confusion.add_column(escape(label), justify="right")
+    for label, row in zip(report["labels"], m["confusion_matrix"]):
+        confusion.add_row(escape(label), *map(str, row))
+    console().print(confusion)
 
 
 def _print_images(title: str, items: list[dict[str, Any]], with_score: bool = False) -> None:
@@ -365,6 +426,126 @@ def caption_cmd(
             typer.echo(json.dumps({"path": str(path), "caption": " ".join(words), "beam_size": decode.beam_size}))
         else:
             typer.echo(f"{path}\t{' '.join(words)}")
+
+
+@app.command("predict")
+def predict_cmd(
+    images: Annotated[Optional[list[str]], typer.Argument(metavar="[IMAGE]...", help="Image files ('-': paths from stdin), each classified with --text.", show_default=False)] = None,
+    run: Annotated[str, typer.Option(help="Classification run to use.")] = ...,
+    text: Annotated[Optional[str], typer.Option(help="The text paired with every image (e.g. a question).", show_default=False)] = None,
+    pairs: Annotated[Optional[Path], typer.Option(help="JSON Lines file of {\"image\", \"text\"} pairs ('-': stdin) instead of IMAGE... --text.", show_default=False)] = None,
+    checkpoint: Annotated[str, typer.Option(help="Weights to use: best or last.")] = "best",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON Lines ({path, text, label, probabilities}) instead of TSV.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 64,
+    device: Device_ = "auto",
+    workspace: Workspace_ = None,
+) -> None:
+    """Classify (image, text) pairs: prints 'path<TAB>label<TAB>probability' per pair on stdout, in input order.
+
+    Examples: mmfuse predict img.png --text "is the circle red ?" --run qa;
+    mmfuse predict --pairs questions.jsonl --run qa --json
+    """
+    from mmfuse.inference import predict_run, read_pairs
+    from mmfuse.workspace import Workspace
+
+    if batch_size < 1:
+        raise MmfuseError(f"--batch-size must be >= 1, got {batch_size}")
+    if pairs is not None and (images or text is not None):
+        raise MmfuseError("give either IMAGE... with --text, or --pairs FILE, not both")
+    lines = None
+    if pairs is not None:
+        lines = sys.stdin if str(pairs) == "-" else _read_lines(pairs)
+    paths, texts = read_pairs(images or [], text, lines, str(pairs), sys.stdin)
+    for path, question, probs in predict_run(Workspace.open(workspace), run, paths, texts, checkpoint, device, batch_size):
+        label = max(probs, key=probs.get)
+        if json_out:
+            typer.echo(json.dumps({"path": str(path), "text": question, "label": label, "probabilities": probs}))
+        else:
+            typer.echo(f"{path}\t{label}\t{probs[label]:.4f}")
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise MmfuseError(f"file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MmfuseError(f"cannot read {path}: {exc}") from None
+
+
+@app.command("compare", cls=RegistryHelpCommand)
+def compare_cmd(
+    ctx: typer.Context,
+    fusions: Annotated[str, typer.Option("--fusion", help="Comma-separated fusions to train and rank.")],
+    data: Annotated[str, typer.Option(help="Workspace data set (the same for every fusion).")] = _TRAIN.data,
+    name: Annotated[Optional[str], typer.Option(help="Comparison name: runs are <name>-<fusion> (default: the data set's name).", show_default=False)] = None,
+    ablate: Annotated[str, typer.Option(help="Comma-separated modalities to ablate at evaluation: image, text (empty: none).")] = "",
+    task: Annotated[str, typer.Option(help=_MODEL_HELP["task"])] = _MODEL.task,
+    encoder: Annotated[str, typer.Option(help=_MODEL_HELP["encoder"])] = _MODEL.encoder,
+    decoder: Annotated[str, typer.Option(help=_MODEL_HELP["decoder"])] = _MODEL.decoder,
+    text_encoder: Annotated[str, typer.Option(help=_MODEL_HELP["text_encoder"])] = _MODEL.text_encoder,
+    epochs: Annotated[int, typer.Option(help="Passes over the training data (each fusion).")] = _TRAIN.epochs,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = _TRAIN.batch_size,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = _TRAIN.lr,
+    seed: Annotated[int, typer.Option(help="Random seed (the same for every fusion).")] = _TRAIN.seed,
+    device: Device_ = _TRAIN.device,
+    meteor: Annotated[bool, typer.Option(help="Also compute METEOR (slower; needs Java and pycocoevalcap).")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="JSON config shared by every fusion; flags override it.", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the leaderboard as JSON on stdout.")] = False,
+    workspace: Workspace_ = None,
+) -> None:
+    """Train several fusions with the same data, encoder, seed and budget, evaluate each on the test
+    split (and with a modality ablated), and print a leaderboard; also written to compare/<name>/.
+
+    Example: mmfuse compare --data shapes-qa --fusion concat,gated,attention,transformer,late --ablate image,text
+    """
+    from mmfuse.compare import compare
+    from mmfuse.ui import console
+    from mmfuse.workspace import Workspace
+
+    cfg = _run_config(
+        config,
+        model=_explicit(ctx, task=task, encoder=encoder, decoder=decoder, text_encoder=text_encoder),
+        train=_explicit(ctx, data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device),
+    )
+    ablations = [a.strip() for a in ablate.split(",") if a.strip()]
+    board = compare(Workspace.open(workspace), cfg, [f.strip() for f in fusions.split(",") if f.strip()],
+                    name or cfg.train.data, ablations, meteor, lambda msg: console().print(msg, markup=False), _print_epoch)
+    _print_leaderboard(board)
+    if json_out:
+        typer.echo(json.dumps(board, indent=2))
+
+
+_BOARD_HEADERS = {"fusion": "fusion", "sequence_model": "model", "parameters": "params", "train_seconds": "train s",
+                  "samples_per_s": "samples/s", "accuracy": "accuracy", "macro_f1": "macro F1",
+                  "majority_rate": "majority", **_METRIC_NAMES}
+
+
+def _print_leaderboard(board: dict[str, Any]) -> None:
+    """The leaderboard's main columns (every column is in the JSON and CSV files)."""
+    from rich.table import Table
+
+    from mmfuse.ui import console
+
+    main = board["ranked_by"]
+    columns = [c for c in _BOARD_HEADERS if c in board["rows"][0]]
+    ablated = [k for k in board["rows"][0] if k.startswith(f"{main}_without_")]
+    table = Table(title=f"{board['data']} ({board['task']}), ranked by {_BOARD_HEADERS[main]}")
+    for column in columns:
+        table.add_column(_BOARD_HEADERS[column], justify="left" if column in ("fusion", "sequence_model") else "right")
+    for column in ablated:
+        table.add_column(f"{_BOARD_HEADERS[main]} w/o {column.rsplit('_', 1)[1]}", justify="right")
+    for row in board["rows"]:
+        table.add_row(*(_cell(c, row[c]) for c in columns + ablated))
+    console().print(table)
+
+
+def _cell(column: str, value: Any) -> str:
+    if column == "parameters":
+        return f"{value / 1e6:.2f}M"
+    if isinstance(value, float):
+        return f"{value:.4f}" if column not in ("train_seconds", "samples_per_s") else f"{value:.0f}"
+    return str(value)
 
 
 def main() -> None:

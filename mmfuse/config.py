@@ -15,7 +15,9 @@ from typing import Any, TypeVar
 from mmfuse.errors import MmfuseError
 
 CONFIG_FORMAT_VERSION = 1
-SELECT_METRICS = ("cider_d", "bleu4", "bleu3", "bleu2", "bleu1", "rouge_l")  # as in mmfuse.metrics.captions
+CAPTION_METRICS = ("cider_d", "bleu4", "bleu3", "bleu2", "bleu1", "rouge_l")  # as in mmfuse.metrics.captions
+CLASSIFY_METRICS = ("accuracy", "macro_f1")  # as in mmfuse.metrics.classification
+SELECT_METRICS = ("auto",) + CAPTION_METRICS + CLASSIFY_METRICS
 C = TypeVar("C")
 
 
@@ -40,23 +42,29 @@ class ShapesConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture of a captioner: image encoder -> fusion -> text decoder.
+    """Architecture of a captioner (image encoder -> fusion -> text decoder) or a classifier
+    (image encoder + text encoder -> fusion -> label).
 
     Attributes:
+        task: ``caption``, ``classify`` or ``auto`` (the data set's task).
         encoder: image encoder name (registry ``IMAGE_ENCODERS``).
         fusion: fusion strategy name (registry ``FUSIONS``).
-        decoder: caption decoder name (registry ``DECODERS``).
+        decoder: caption decoder name (registry ``DECODERS``), or ``auto`` (the Transformer for the
+            transformer fusion, else the LSTM).
+        text_encoder: classifier text encoder (registry ``TEXT_ENCODERS``), or ``auto`` (as for decoder).
         image_size: side of the square input images (0 = take the data set's).
         feature_dim: width of the image features (grid and global vector).
         embed_dim: word embedding width.
-        hidden_dim: recurrent decoder state width.
-        num_layers: stacked decoder layers.
+        hidden_dim: decoder / text encoder width (and the classifier head's).
+        num_layers: stacked decoder / text encoder layers.
         dropout: dropout on embeddings and decoder outputs.
     """
 
+    task: str = "auto"
     encoder: str = "small_cnn"
     fusion: str = "concat"
-    decoder: str = "lstm"
+    decoder: str = "auto"
+    text_encoder: str = "auto"
     image_size: int = 0
     feature_dim: int = 256
     embed_dim: int = 128
@@ -70,6 +78,8 @@ class ModelConfig:
             raise MmfuseError(f"image_size must be >= 0, got {self.image_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise MmfuseError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.task not in ("auto", "caption", "classify"):
+            raise MmfuseError(f"task must be caption, classify or auto, got {self.task!r}")
 
 
 @dataclass
@@ -106,8 +116,10 @@ class TrainConfig:
         grad_clip: max gradient norm (0 = no clipping).
         seed: seed of every random number generator involved.
         device: ``auto``, ``cpu`` or ``cuda`` (``cuda:N``).
-        select_metric: validation metric that picks the best checkpoint (``cider_d``, ``bleu1``..``bleu4``,
-            ``rouge_l``).
+        select_metric: validation metric that picks the best checkpoint: ``auto`` (CIDEr-D for captioning,
+            accuracy for classification), ``cider_d``, ``bleu1``..``bleu4``, ``rouge_l``, ``accuracy``, ``macro_f1``.
+        class_weights: classification loss weights: ``none`` or ``balanced`` (n / (C * count of the
+            class) over the training labels, as scikit-learn's "balanced").
         overwrite: replace an existing run of the same name.
     """
 
@@ -122,7 +134,8 @@ class TrainConfig:
     grad_clip: float = 5.0
     seed: int = 0
     device: str = "auto"
-    select_metric: str = "cider_d"
+    select_metric: str = "auto"
+    class_weights: str = "none"
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -135,6 +148,17 @@ class TrainConfig:
             raise MmfuseError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
         if self.select_metric not in SELECT_METRICS:
             raise MmfuseError(f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {self.select_metric!r}")
+        if self.class_weights not in ("none", "balanced"):
+            raise MmfuseError(f"class_weights must be none or balanced, got {self.class_weights!r}")
+
+    def metric_for(self, task: str) -> str:
+        """The selection metric for ``task``; a metric of the other task is a clear error."""
+        if self.select_metric == "auto":
+            return "cider_d" if task == "caption" else "accuracy"
+        valid = CAPTION_METRICS if task == "caption" else CLASSIFY_METRICS
+        if self.select_metric not in valid:
+            raise MmfuseError(f"--select-metric {self.select_metric} does not apply to task {task}; use one of {', '.join(valid)}")
+        return self.select_metric
 
 
 @dataclass

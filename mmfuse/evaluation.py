@@ -1,6 +1,8 @@
-"""``evaluate``: score generated captions with the coco-caption metrics.
+"""``evaluate``: score generated captions with the coco-caption metrics, and classifiers with the
+classification metrics.
 
-Two entry points: :func:`evaluate_run` captions a split of a run's data set with the run's model;
+Two entry points: :func:`evaluate_run` captions (or classifies) a split of a run's data set with the
+run's model, optionally with one modality taken away (:class:`Ablation`);
 :func:`evaluate_files` scores anyone's results file (COCO results JSON or JSONL) against a COCO
 captions annotation file or a workspace data set. Both tokenize raw text as coco-caption does and
 report corpus and per-image BLEU-1..4, ROUGE-L, CIDEr-D and, where Java runs it, METEOR.
@@ -8,19 +10,67 @@ report corpus and per-image BLEU-1..4, ROUGE-L, CIDEr-D and, where Java runs it,
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmfuse.config import to_dict
-from mmfuse.data.dataset import load_split
+from mmfuse.data.dataset import LabelledDataset, load_labelled_split, load_split
+from mmfuse.data.vocab import Vocab
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
-from mmfuse.inference import caption_files
+from mmfuse.inference import caption_files, labelled_dataset, predict_probabilities
 from mmfuse.metrics.captions import caption_scores, tokenize_texts
+from mmfuse.metrics.classification import classification_report
 from mmfuse.metrics.meteor import MeteorUnavailable, meteor
-from mmfuse.models.checkpoint import load_run, read_metadata
+from mmfuse.models.checkpoint import LoadedRun, load_run, read_metadata
 from mmfuse.results import read_predictions, read_references
 from mmfuse.workspace import Workspace, atomic_write_json
+
+
+ABLATE_MODALITIES = ("image", "text")
+ABLATE_MODES = ("auto", "shuffle", "zero")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """Take one modality away at evaluation to measure what it contributes.
+
+    ``image``: ``shuffle`` gives each sample another sample's image (a fixed permutation), ``zero`` a
+    mean-colour image. ``text`` (classification): ``shuffle`` gives each sample another sample's
+    text, ``zero`` an empty text. ``text`` (captioning): the word inputs of the decoder are zeroed,
+    so it must caption from the image (and its own state) alone; only ``zero`` applies.
+    ``auto`` is ``zero`` there and ``shuffle`` everywhere else.
+    """
+
+    modality: str
+    mode: str = "auto"
+    seed: int = 0
+
+    def resolve(self, task: str) -> "Ablation":
+        """This ablation with ``auto`` chosen for ``task``; a clear error for what does not apply."""
+        if self.modality not in ABLATE_MODALITIES:
+            raise MmfuseError(f"--ablate must be image or text, got {self.modality!r}")
+        if self.mode not in ABLATE_MODES:
+            raise MmfuseError(f"--ablate-mode must be auto, shuffle or zero, got {self.mode!r}")
+        caption_text = task == "caption" and self.modality == "text"
+        if caption_text and self.mode == "shuffle":
+            raise MmfuseError("for a captioner the text ablation zeroes the decoder's word inputs: "
+                              "use --ablate-mode zero (or auto)")
+        mode = self.mode if self.mode != "auto" else ("zero" if caption_text else "shuffle")
+        return Ablation(self.modality, mode, self.seed)
+
+    @property
+    def suffix(self) -> str:
+        return f"-ablate-{self.modality}-{self.mode}"
+
+    def permute(self, items: list) -> list:
+        """``items`` in a fixed random order (the same seed gives the same order)."""
+        order = list(range(len(items)))
+        random.Random(self.seed).shuffle(order)
+        return [items[i] for i in order]
 
 
 def evaluate_run(
@@ -33,28 +83,84 @@ def evaluate_run(
     device: str = "auto",
     batch_size: int = 64,
     with_meteor: bool = True,
+    ablation: Ablation | None = None,
 ) -> dict[str, Any]:
-    """Generate captions for ``split`` and score them.
+    """Caption (or classify) ``split`` with the run's model and score the outputs.
 
-    Writes ``eval-<split>.json`` (the report) and ``results-<split>.json`` (COCO results format, for
-    other tools) into the run. Decoding settings default to the run's; the arguments override them.
+    Writes ``eval-<split>.json`` (the report) and ``results-<split>.json`` (captions in COCO results
+    format, or every sample's prediction) into the run; with an ablation the names end in
+    ``-ablate-<modality>-<mode>``. Decoding settings default to the run's; the arguments override them.
     """
     run_dir = workspace.existing_run(run)
     loaded = load_run(run_dir, checkpoint, resolve_device(device))
-    decode = loaded.config.decode.override(beam_size, max_length)
-    records = load_split(workspace.existing_dataset(loaded.config.train.data), split)
-    hyps = [" ".join(words) for words in caption_files(loaded.model, loaded.vocab, [r.image for r in records],
-                                                        loaded.config.model.image_size, decode, batch_size)]
-    report = score_report([r.id for r in records], hyps, [list(r.captions) for r in records], with_meteor)
-    report.update({
-        "run": run, "data": loaded.config.train.data, "split": split, "checkpoint": checkpoint,
-        "epoch": int(read_metadata(loaded.weights).get("epoch", 0)), "decode": to_dict(decode),
-    })
-    for item, record in zip(report["images"], records):
-        item["image"] = str(record.image)
-    atomic_write_json(run_dir / f"results-{split}.json", [{"image_id": r.id, "caption": h} for r, h in zip(records, hyps)])
-    atomic_write_json(run_dir / f"eval-{split}.json", report)
+    if ablation is not None:
+        ablation = ablation.resolve("classify" if loaded.labels is not None else "caption")
+    data_dir = workspace.existing_dataset(loaded.config.train.data)
+    if loaded.labels is not None:
+        report, results = _classify_split(loaded, data_dir, split, batch_size, ablation)
+    else:
+        report, results = _caption_split(loaded, data_dir, split, beam_size, max_length, batch_size, with_meteor, ablation)
+    report.update({"run": run, "data": loaded.config.train.data, "split": split, "checkpoint": checkpoint,
+                   "epoch": int(read_metadata(loaded.weights).get("epoch", 0)),
+                   "ablation": None if ablation is None else {"modality": ablation.modality, "mode": ablation.mode}})
+    suffix = ablation.suffix if ablation else ""
+    atomic_write_json(run_dir / f"results-{split}{suffix}.json", results)
+    atomic_write_json(run_dir / f"eval-{split}{suffix}.json", report)
     return report
+
+
+def _caption_split(loaded: LoadedRun, data_dir: Path, split: str, beam_size: int | None, max_length: int | None,
+                   batch_size: int, with_meteor: bool, ablation: Ablation | None) -> tuple[dict[str, Any], list]:
+    decode = loaded.config.decode.override(beam_size, max_length)
+    records = load_split(data_dir, split)
+    paths = [r.image for r in records]
+    if ablation is not None and ablation.modality == "image" and ablation.mode == "shuffle":
+        paths = ablation.permute(paths)
+    blank = ablation is not None and ablation.modality == "image" and ablation.mode == "zero"
+    loaded.model.text_ablation = ablation is not None and ablation.modality == "text"
+    try:
+        hyps = [" ".join(words) for words in caption_files(loaded.model, loaded.vocab, paths,
+                                                            loaded.config.model.image_size, decode, batch_size, blank)]
+    finally:
+        loaded.model.text_ablation = False
+    report = score_report([r.id for r in records], hyps, [list(r.captions) for r in records], with_meteor)
+    report["task"], report["decode"] = "caption", to_dict(decode)
+    for item, path in zip(report["images"], paths):
+        item["image"] = str(path)
+    return report, [{"image_id": r.id, "caption": h} for r, h in zip(records, hyps)]
+
+
+def _classify_split(loaded: LoadedRun, data_dir: Path, split: str, batch_size: int,
+                    ablation: Ablation | None) -> tuple[dict[str, Any], list]:
+    labels = loaded.labels or []
+    records = load_labelled_split(data_dir, split)
+    dataset = labelled_dataset(records, loaded.vocab, labels, loaded.config.model.image_size)
+    if ablation is not None:
+        _ablate(dataset, ablation, loaded.vocab)
+    probs = predict_probabilities(loaded.model, dataset, batch_size)  # (n, C)
+    predicted = probs.argmax(1).tolist()
+    report = classification_report(dataset.labels, predicted, len(labels),
+                                   probs[:, 1].tolist() if len(labels) == 2 else None, labels)
+    counts = Counter(dataset.labels)
+    report = {"task": "classify", "num_samples": len(records), "labels": labels, "metrics": report,
+              "majority_rate": max(counts.values()) / len(records)}
+    results = [{"id": r.id, "image": str(path), "text": r.text, "label": r.label, "prediction": labels[p],
+                "probabilities": dict(zip(labels, [round(x, 6) for x in row]))}
+               for r, path, p, row in zip(records, dataset.paths, predicted, probs.tolist())]
+    return report, results
+
+
+def _ablate(dataset: LabelledDataset, ablation: Ablation, vocab: Vocab) -> None:
+    """Take ``ablation.modality`` away from ``dataset`` in place."""
+    if ablation.modality == "image":
+        if ablation.mode == "shuffle":
+            dataset.paths = ablation.permute(dataset.paths)
+        else:
+            dataset.blank = True
+    elif ablation.mode == "shuffle":
+        dataset.token_ids = ablation.permute(dataset.token_ids)
+    else:
+        dataset.token_ids = [vocab.encode([]) for _ in dataset.token_ids]
 
 
 def evaluate_files(workspace: Workspace, predictions: Path, references: str, split: str = "test",

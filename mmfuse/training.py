@@ -1,8 +1,11 @@
-"""The training loop: teacher-forced cross-entropy, validation on GENERATED captions, checkpoints.
+"""The training loop for both tasks, with checkpoints.
 
-After every epoch the model captions the validation images (greedy) and is scored with BLEU-1..4,
-ROUGE-L and CIDEr-D; ``best.safetensors`` keeps the epoch with the best ``select_metric`` (CIDEr-D
-by default), ``last.safetensors`` the latest. One JSON line per epoch goes to ``metrics.jsonl``.
+Captioning: teacher-forced cross-entropy; after every epoch the model captions the validation
+images (greedy, never teacher-forced) and is scored with BLEU-1..4, ROUGE-L and CIDEr-D.
+Classification: cross-entropy over the labels (``--class-weights balanced`` for imbalanced data);
+validation accuracy and macro F1. ``best.safetensors`` keeps the epoch with the best
+``select_metric`` (CIDEr-D / accuracy by default), ``last.safetensors`` the latest. One JSON line
+per epoch goes to ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -12,23 +15,27 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader
 
 from mmfuse.config import DecodeConfig, RunConfig, to_dict
-from mmfuse.data.dataset import CaptionDataset, Record, load_manifest, load_split, load_vocab
-from mmfuse.data.vocab import PAD_ID
+from mmfuse.data.dataset import CaptionDataset, load_labelled_split, load_manifest, load_split, load_vocab
+from mmfuse.data.vocab import PAD_ID, Vocab
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
-from mmfuse.inference import caption_files
+from mmfuse.inference import caption_files, labelled_dataset, predict_probabilities
 from mmfuse.metrics.captions import caption_scores
+from mmfuse.metrics.classification import classification_report
 from mmfuse.metrics.ptb import coco_tokenize
-from mmfuse.models.captioner import Captioner, build_captioner, check_parts, count_parameters
+from mmfuse.models.captioner import build_captioner, count_parameters
 from mmfuse.models.checkpoint import save_weights
+from mmfuse.models.classifier import build_classifier
+from mmfuse.models.parts import resolve_parts
 from mmfuse.ui import progress
 from mmfuse.workspace import Workspace, append_jsonl, atomic_write_json
 
@@ -51,50 +58,118 @@ def seed_everything(seed: int) -> None:
 
 
 def train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None = None) -> TrainResult:
-    """Train a captioner as ``cfg`` says, into ``runs/<cfg.train.run>`` of ``workspace``."""
-    cfg = _resolve(workspace, cfg)
+    """Train a captioner or a classifier as ``cfg`` says, into ``runs/<cfg.train.run>`` of ``workspace``."""
+    cfg, manifest = _resolve(workspace, cfg)
     data_dir = workspace.existing_dataset(cfg.train.data)
     vocab = load_vocab(data_dir)
-    train_set, val_records = _load_data(data_dir, cfg, vocab)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
-    model = build_captioner(cfg.model, len(vocab)).to(device)
-    run_dir = _create_run_dir(workspace, cfg, vocab.to_json())
-    loop = _Loop(model, cfg, train_set, val_records, vocab, device, run_dir)
+    if cfg.model.task == "caption":
+        task: _Task = _CaptionTask(cfg, data_dir, vocab, device)
+    else:
+        task = _ClassifyTask(cfg, data_dir, vocab, list(manifest["labels"]), device)
+    run_dir = _create_run_dir(workspace, cfg, vocab.to_json(), getattr(task, "labels", None))
+    loop = _Loop(task, cfg, device, run_dir)
     try:
         return loop.run(on_epoch)
     except KeyboardInterrupt:
         raise MmfuseError(f"training interrupted; checkpoints of finished epochs are in {run_dir}", exit_code=130) from None
 
 
-def _resolve(workspace: Workspace, cfg: RunConfig) -> RunConfig:
-    """Fill what depends on the data set (image size) and the clock (run name); validate."""
+def _resolve(workspace: Workspace, cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
+    """Fill what depends on the data set (task, image size), the parts (``auto``) and the clock
+    (run name); validate. Returns the resolved config and the data set's manifest."""
     cfg.validate()
-    check_parts(cfg.model)
     manifest = load_manifest(workspace.existing_dataset(cfg.train.data))
-    if manifest.get("task", "caption") != "caption":
-        raise MmfuseError(f"data set {cfg.train.data!r} is for task {manifest.get('task')!r}, not captioning")
-    model = cfg.model if cfg.model.image_size else replace(cfg.model, image_size=int(manifest.get("image_size") or 224))
+    task = str(manifest.get("task", "caption"))
+    if cfg.model.task not in ("auto", task):
+        raise MmfuseError(f"data set {cfg.train.data!r} is for task {task!r}, not {cfg.model.task!r}"
+                          f" (use --task {task} or another --data)")
+    model = resolve_parts(replace(cfg.model, task=task), task)
+    if not model.image_size:
+        model = replace(model, image_size=int(manifest.get("image_size") or 224))
     run = cfg.train.run or f"{cfg.train.data}-{cfg.model.fusion}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = replace(cfg, model=model, train=replace(cfg.train, run=run))
+    train_cfg = replace(cfg.train, run=run, select_metric=cfg.train.metric_for(task))
+    if task == "caption" and cfg.train.class_weights != "none":
+        raise MmfuseError("--class-weights applies to classification (--task classify), not captioning")
+    cfg = replace(cfg, model=model, train=train_cfg)
     if workspace.run_dir(run).exists() and not cfg.train.overwrite:
         raise MmfuseError(f"run {run!r} already exists in {workspace.root / 'runs'}; pass --overwrite or choose another --run")
-    return cfg
+    return cfg, manifest
 
 
-def _load_data(data_dir: Path, cfg: RunConfig, vocab) -> tuple[CaptionDataset, list[Record]]:
-    train_records = load_split(data_dir, "train")
-    val_records = load_split(data_dir, "val")
-    dataset = CaptionDataset(train_records, vocab, cfg.model.image_size, cfg.train.captions_per_image, cfg.train.seed)
-    return dataset, val_records
+class _Task(Protocol):
+    """What the loop needs from a task: a model, training data, a loss and validation scores."""
+
+    model: nn.Module
+    train_set: Any
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def validate(self) -> dict[str, float]: ...
 
 
-def _create_run_dir(workspace: Workspace, cfg: RunConfig, vocab_json: dict[str, Any]) -> Path:
+class _CaptionTask:
+    """Teacher-forced cross-entropy; validation scores GENERATED captions (greedy)."""
+
+    def __init__(self, cfg: RunConfig, data_dir: Path, vocab: Vocab, device: torch.device):
+        self.cfg, self.vocab, self.device = cfg, vocab, device
+        self.model = build_captioner(cfg.model, len(vocab)).to(device)
+        self.train_set = CaptionDataset(load_split(data_dir, "train"), vocab, cfg.model.image_size,
+                                        cfg.train.captions_per_image, cfg.train.seed)
+        self.val_records = load_split(data_dir, "val")
+        self.val_refs = [[coco_tokenize(c) for c in r.captions] for r in self.val_records]  # tokenized once
+        self.val_decode = DecodeConfig(beam_size=1, max_length=cfg.decode.max_length)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = batch["tokens"].to(self.device)
+        logits = self.model(batch["images"].to(self.device, non_blocking=True), tokens[:, :-1],
+                            batch["image_index"].to(self.device))  # (M, T-1, V)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), ignore_index=PAD_ID)
+
+    def validate(self) -> dict[str, float]:
+        """Corpus caption metrics of greedy captions of the validation images (never teacher-forced)."""
+        hyps = [coco_tokenize(" ".join(words)) for words in caption_files(
+            self.model, self.vocab, [r.image for r in self.val_records], self.cfg.model.image_size, self.val_decode)]
+        return caption_scores(hyps, self.val_refs)["corpus"]
+
+
+class _ClassifyTask:
+    """Cross-entropy over the labels (optionally class-weighted); validation accuracy and macro F1."""
+
+    def __init__(self, cfg: RunConfig, data_dir: Path, vocab: Vocab, labels: list[str], device: torch.device):
+        self.cfg, self.labels, self.device = cfg, labels, device
+        self.model = build_classifier(cfg.model, len(vocab), len(labels)).to(device)
+        train_records = load_labelled_split(data_dir, "train")
+        self.train_set = labelled_dataset(train_records, vocab, labels, cfg.model.image_size)
+        self.val_set = labelled_dataset(load_labelled_split(data_dir, "val"), vocab, labels, cfg.model.image_size)
+        self.weights = balanced_class_weights(self.train_set.labels, len(labels)).to(device) \
+            if cfg.train.class_weights == "balanced" else None
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(batch["images"].to(self.device, non_blocking=True), batch["tokens"].to(self.device))  # (B, C)
+        return F.cross_entropy(logits, batch["labels"].to(self.device), weight=self.weights)
+
+    def validate(self) -> dict[str, float]:
+        probs = predict_probabilities(self.model, self.val_set)  # (n, C)
+        report = classification_report(self.val_set.labels, probs.argmax(1).tolist(), len(self.labels))
+        return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+
+
+def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """scikit-learn's "balanced" weights ``n / (C * count_c)`` (C,); an absent class counts as 1."""
+    counts = torch.bincount(torch.tensor(labels), minlength=num_classes).float()
+    return len(labels) / (num_classes * counts.clamp_min(1))
+
+
+def _create_run_dir(workspace: Workspace, cfg: RunConfig, vocab_json: dict[str, Any], labels: list[str] | None) -> Path:
     run_dir = workspace.run_dir(cfg.train.run)
     if run_dir.exists():  # _resolve refused this unless --overwrite
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     atomic_write_json(run_dir / "vocab.json", vocab_json)
+    if labels is not None:
+        atomic_write_json(run_dir / "labels.json", labels)
     atomic_write_json(run_dir / "config.json", to_dict(cfg))
     return run_dir
 
@@ -107,19 +182,16 @@ def _scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int) ->
 
 
 class _Loop:
-    """State of one training run (model, optimiser, data) and its epoch loop."""
+    """State of one training run (task, optimiser, data order) and its epoch loop."""
 
-    def __init__(self, model: Captioner, cfg: RunConfig, train_set: CaptionDataset, val_records: list[Record], vocab, device, run_dir: Path):
-        self.model, self.cfg, self.vocab, self.device, self.run_dir = model, cfg, vocab, device, run_dir
-        self.train_set, self.val_records = train_set, val_records
+    def __init__(self, task: _Task, cfg: RunConfig, device: torch.device, run_dir: Path):
+        self.task, self.model, self.cfg, self.device, self.run_dir = task, task.model, cfg, device, run_dir
         tc = cfg.train
         generator = torch.Generator().manual_seed(tc.seed)
-        self.loader = DataLoader(train_set, batch_size=tc.batch_size, shuffle=True, generator=generator,
-                                 collate_fn=train_set.collate, drop_last=False)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.loader = DataLoader(task.train_set, batch_size=tc.batch_size, shuffle=True, generator=generator,
+                                 collate_fn=task.train_set.collate, drop_last=False)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * len(self.loader))
-        self.val_decode = DecodeConfig(beam_size=1, max_length=cfg.decode.max_length)
-        self.val_refs = [[coco_tokenize(c) for c in r.captions] for r in val_records]  # tokenized once
 
     def run(self, on_epoch: EpochHook | None) -> TrainResult:
         history: list[dict[str, Any]] = []
@@ -140,23 +212,21 @@ class _Loop:
 
     def _epoch(self, epoch: int, bar, task) -> dict[str, Any]:
         self.model.train()
-        self.train_set.set_epoch(epoch)
+        if hasattr(self.task.train_set, "set_epoch"):
+            self.task.train_set.set_epoch(epoch)
         start, total, count, images = time.perf_counter(), 0.0, 0, 0
         for batch in self.loader:
             loss = self._step(batch)
             total, count, images = total + loss, count + 1, images + batch["images"].size(0)
             bar.update(task, advance=1, info=f"epoch {epoch} loss {total / count:.3f}")
         seconds = time.perf_counter() - start
-        scores = self.validate()
+        scores = self.task.validate()
         return {"epoch": epoch, "train_loss": total / max(count, 1), "seconds": round(seconds, 3),
                 "images_per_s": round(images / seconds, 1), "lr": self.optimizer.param_groups[0]["lr"],
                 **{f"val_{k}": v for k, v in scores.items()}}
 
     def _step(self, batch: dict[str, torch.Tensor]) -> float:
-        images = batch["images"].to(self.device, non_blocking=True)
-        tokens = batch["tokens"].to(self.device)
-        logits = self.model(images, tokens[:, :-1], batch["image_index"].to(self.device))  # (M, T-1, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), ignore_index=PAD_ID)
+        loss = self.task.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.train.grad_clip > 0:
@@ -165,14 +235,9 @@ class _Loop:
         self.scheduler.step()
         return float(loss.detach())
 
-    def validate(self) -> dict[str, float]:
-        """Corpus caption metrics of greedy captions of the validation images (never teacher-forced)."""
-        hyps = [coco_tokenize(" ".join(words)) for words in caption_files(
-            self.model, self.vocab, [r.image for r in self.val_records], self.cfg.model.image_size, self.val_decode)]
-        return caption_scores(hyps, self.val_refs)["corpus"]
-
     def _save(self, epoch: int, record: dict[str, Any]) -> None:
-        meta = {"epoch": str(epoch), "val_" + self.cfg.train.select_metric: str(record[f"val_{self.cfg.train.select_metric}"]),
+        metric = self.cfg.train.select_metric
+        meta = {"epoch": str(epoch), f"val_{metric}": str(record[f"val_{metric}"]),
                 "parameters": str(count_parameters(self.model))}
         save_weights(self.run_dir / "last.safetensors", self.model, meta)
         if record["best"]:

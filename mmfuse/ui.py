@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from functools import lru_cache
 
 from rich.console import Console
@@ -11,8 +13,10 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, Text
 
 @lru_cache(maxsize=1)
 def console() -> Console:
-    """The stderr console (results go to stdout, never through this)."""
-    return Console(stderr=True, highlight=False)
+    """The stderr console (results go to stdout, never through this). When stderr is not a terminal
+    (a log file, CI) and $COLUMNS is unset, tables get 120 columns instead of rich's 80."""
+    wide = not sys.stderr.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=True, highlight=False, width=120 if wide else None)
 
 
 class LazyProgress:

@@ -3,8 +3,9 @@
 Layout under the workspace root (``--workspace``, else ``$MMFUSE_WORKSPACE``, else ``./workspace``)::
 
     datasets/<name>/manifest.json, vocab.json, {train,val,test}.jsonl, images/<split>/*.png
-    runs/<run>/config.json, vocab.json, best.safetensors, last.safetensors, metrics.jsonl,
-               eval-<split>.json
+    runs/<run>/config.json, vocab.json, [labels.json], best.safetensors, last.safetensors,
+               metrics.jsonl, eval-<split>.json, results-<split>.json
+    compare/<name>/leaderboard.json, leaderboard.csv
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ class Workspace:
 
     def run_dir(self, name: str) -> Path:
         return self.root / "runs" / check_name(name, "run")
+
+    def compare_dir(self, name: str) -> Path:
+        return self.root / "compare" / check_name(name, "comparison")
 
     def existing_dataset(self, name: str) -> Path:
         """The directory of a prepared data set, or a clear error naming what to run."""

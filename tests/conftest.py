@@ -49,3 +49,15 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             os.environ["MMFUSE_WORKSPACE"] = old
     return ws
+
+
+@pytest.fixture(scope="session")
+def trained_qa(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace holding data set 'qa' (shapes-qa) and a 1-epoch classifier run 'q' (read-only)."""
+    ws = tmp_path_factory.mktemp("trained_qa") / "ws"
+    res = invoke("prepare-data", "shapes-qa", "--name", "qa", *TINY, "-w", str(ws))
+    assert res.exit_code == 0, res.stderr
+    res = invoke("train", "--data", "qa", "--task", "classify", "--fusion", "gated", "--run", "q", "--epochs", "1",
+                 "--batch-size", "16", "--feature-dim", "32", "--embed-dim", "16", "--hidden-dim", "32", "-w", str(ws))
+    assert res.exit_code == 0, res.stderr
+    return ws

@@ -65,7 +65,7 @@ def _commands() -> dict[str, typer.main.TyperCommand]:
 
 def test_every_option_is_documented() -> None:
     commands = _commands()
-    assert set(commands) == {"prepare-data", "train", "evaluate", "caption"}
+    assert set(commands) == {"prepare-data", "train", "evaluate", "caption", "predict", "compare"}
     for name, command in commands.items():
         assert command.help, name
         for param in command.params:
@@ -74,8 +74,13 @@ def test_every_option_is_documented() -> None:
 
 
 def test_help_lists_registry_choices() -> None:
-    res = invoke("train", "--help")
-    assert "concat" in res.stdout and "small_cnn" in res.stdout and "lstm" in res.stdout
+    from mmfuse.models.fusion import FUSIONS
+    from mmfuse.models.text_encoders import TEXT_ENCODERS
+
+    for command in ("train", "compare"):
+        res = invoke(command, "--help")
+        assert all(name in res.stdout for name in FUSIONS), command
+        assert "small_cnn" in res.stdout and all(name in res.stdout for name in TEXT_ENCODERS)
 
 
 def test_top_level_help_does_not_import_torch_or_spacy() -> None:

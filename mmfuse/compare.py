@@ -1,0 +1,117 @@
+"""``mmfuse compare``: train several fusions under the same data, encoder, seed and budget, evaluate
+each (optionally with one modality ablated), and rank them in a leaderboard.
+
+Each fusion becomes the run ``<name>-<fusion>`` (replaced if it exists). The leaderboard is written
+to ``compare/<name>/leaderboard.json`` and ``leaderboard.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import replace
+from typing import Any, Callable
+
+from mmfuse.config import RunConfig
+from mmfuse.data.dataset import load_manifest
+from mmfuse.errors import MmfuseError
+from mmfuse.evaluation import Ablation, evaluate_run
+from mmfuse.models.parts import resolve_parts
+from mmfuse.training import EpochHook, train
+from mmfuse.workspace import Workspace, atomic_write_json, atomic_write_text, check_name
+
+CAPTION_COLUMNS = ("bleu4", "cider_d", "rouge_l", "meteor")
+CLASSIFY_COLUMNS = ("accuracy", "macro_f1")
+Notify = Callable[[str], None]
+
+
+def compare(workspace: Workspace, base: RunConfig, fusions: list[str], name: str, ablate: list[str],
+            with_meteor: bool = False, notify: Notify | None = None, on_epoch: EpochHook | None = None) -> dict[str, Any]:
+    """Train and evaluate ``base`` with each of ``fusions``; return (and write) the leaderboard."""
+    check_name(name, "comparison")
+    task = str(load_manifest(workspace.existing_dataset(base.train.data)).get("task", "caption"))
+    configs = _configs(base, fusions, name, task)
+    ablations = [Ablation(m).resolve(task) for m in _unique(ablate)]
+    rows = []
+    for cfg in configs:
+        if notify:
+            notify(f"[{len(rows) + 1}/{len(configs)}] training fusion {cfg.model.fusion} as run {cfg.train.run}")
+        rows.append(_train_and_score(workspace, cfg, task, ablations, with_meteor, on_epoch))
+    metric = "cider_d" if task == "caption" else "accuracy"
+    rows.sort(key=lambda r: -r[metric])
+    board = {"name": name, "data": base.train.data, "task": task, "ranked_by": metric,
+             "ablations": [f"{a.modality}:{a.mode}" for a in ablations], "rows": rows}
+    _write(workspace, name, board)
+    return board
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _configs(base: RunConfig, fusions: list[str], name: str, task: str) -> list[RunConfig]:
+    """One validated config per fusion; every bad name or pairing fails before anything trains."""
+    if not fusions:
+        raise MmfuseError("--fusion needs at least one fusion name (comma-separated)")
+    configs = []
+    for fusion in _unique(fusions):
+        cfg = replace(base, model=replace(base.model, fusion=fusion),
+                      train=replace(base.train, run=f"{name}-{fusion}", overwrite=True))
+        cfg.validate()
+        resolve_parts(replace(cfg.model, task=task), task)
+        configs.append(cfg)
+    return configs
+
+
+def _train_and_score(workspace: Workspace, cfg: RunConfig, task: str, ablations: list[Ablation],
+                     with_meteor: bool, on_epoch: EpochHook | None) -> dict[str, Any]:
+    start = time.perf_counter()
+    result = train(workspace, cfg, on_epoch)
+    seconds = time.perf_counter() - start
+    run = result.config.train.run
+    model = result.config.model
+    row: dict[str, Any] = {
+        "fusion": model.fusion,
+        "sequence_model": model.decoder if task == "caption" else model.text_encoder,
+        "parameters": _parameters(workspace, run),
+        "train_seconds": round(seconds, 1),
+        "samples_per_s": round(sum(h["images_per_s"] for h in result.history) / len(result.history), 1),
+        "best_epoch": result.best_epoch,
+        "run": run,
+    }
+    row.update(_scores(evaluate_run(workspace, run, with_meteor=with_meteor), task))
+    for ablation in ablations:
+        scores = _scores(evaluate_run(workspace, run, with_meteor=False, ablation=ablation), task)
+        row.update({f"{k}_without_{ablation.modality}": v for k, v in scores.items() if k != "majority_rate"})
+    return row
+
+
+def _parameters(workspace: Workspace, run: str) -> int:
+    from mmfuse.models.checkpoint import read_metadata
+
+    return int(read_metadata(workspace.run_dir(run) / "best.safetensors").get("parameters", 0))
+
+
+def _scores(report: dict[str, Any], task: str) -> dict[str, float]:
+    metrics = report["metrics"]
+    if task == "caption":
+        return {k: metrics[k] for k in CAPTION_COLUMNS if k in metrics}
+    return {**{k: metrics[k] for k in CLASSIFY_COLUMNS}, "majority_rate": report["majority_rate"]}
+
+
+def _write(workspace: Workspace, name: str, board: dict[str, Any]) -> None:
+    out = workspace.compare_dir(name)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "leaderboard.json", board)
+    atomic_write_text(out / "leaderboard.csv", to_csv(board["rows"]))
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """The leaderboard rows as CSV (columns in first-seen order)."""
+    columns = _unique([k for row in rows for k in row])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
