@@ -277,8 +277,8 @@ def evaluate_cmd(
     checkpoint: Annotated[str, typer.Option(help="Weights to use: best or last.")] = "best",
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (needs Java and pycocoevalcap).")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
-    show: Annotated[int, typer.Option(help="Show this many example captions beside their references.")] = 0,
-    worst: Annotated[int, typer.Option(help="List the N images with the lowest CIDEr-D, with caption and references.")] = 0,
+    show: Annotated[int, typer.Option(help="Show this many example captions beside their references (classifier: predictions beside labels).")] = 0,
+    worst: Annotated[int, typer.Option(help="List the N images with the lowest CIDEr-D, with caption and references (classifier: the N most confident mistakes).")] = 0,
     ablate: Annotated[Optional[str], typer.Option(help="Take one modality away: image or text (see --ablate-mode).", show_default=False)] = None,
     ablate_mode: Annotated[str, typer.Option(help="shuffle (another sample's image/text), zero (mean-colour image / empty text), or auto (zero for a captioner's text, else shuffle).")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per decoding batch.")] = 64,
@@ -312,7 +312,7 @@ def evaluate_cmd(
     else:
         report = evaluate_files(ws, predictions, references, split, meteor)
     if report.get("task") == "classify":
-        _print_classification(report)
+        _print_classification(report, show, worst)
     else:
         _print_report(report, show, worst)
     if json_out:
@@ -356,10 +356,11 @@ def _ablation_note(report: dict[str, Any]) -> str:
     return f", [bold]{a['modality']} ablated ({a['mode']})[/]" if a else ""
 
 
-def _print_classification(report: dict[str, Any]) -> None:
+def _print_classification(report: dict[str, Any], show: int, worst: int) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from mmfuse.evaluation import confident_mistakes
     from mmfuse.ui import console
 
     m = report["metrics"]
@@ -378,6 +379,25 @@ def _print_classification(report: dict[str, Any]) -> None:
     for label, row in zip(report["labels"], m["confusion_matrix"]):
         confusion.add_row(escape(label), *map(str, row))
     console().print(confusion)
+    if show:
+        _print_samples("examples", report["samples"][:show])
+    if worst:
+        _print_samples(f"{worst} most confident mistakes", confident_mistakes(report, worst))
+
+
+def _print_samples(title: str, samples: list[dict[str, Any]]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mmfuse.ui import console
+
+    table = Table(title=title)
+    for column in ("image", "text", "label", "prediction", "probability"):
+        table.add_column(column, justify="right" if column == "probability" else "left")
+    for s in samples:
+        table.add_row(escape(Path(s["image"]).name), escape(s["text"]), escape(s["label"]), escape(s["prediction"]),
+                      f"{s['probabilities'][s['prediction']]:.3f}")
+    console().print(table)
 
 
 def _print_images(title: str, items: list[dict[str, Any]], with_score: bool = False) -> None:

@@ -97,6 +97,8 @@ def evaluate_run(
         ablation = ablation.resolve("classify" if loaded.labels is not None else "caption")
     data_dir = workspace.existing_dataset(loaded.config.train.data)
     if loaded.labels is not None:
+        if beam_size is not None or max_length is not None:
+            raise MmfuseError(f"run {run!r} is a classifier; --beam-size and --max-length apply to captioning runs")
         report, results = _classify_split(loaded, data_dir, split, batch_size, ablation)
     else:
         report, results = _caption_split(loaded, data_dir, split, beam_size, max_length, batch_size, with_meteor, ablation)
@@ -147,7 +149,14 @@ def _classify_split(loaded: LoadedRun, data_dir: Path, split: str, batch_size: i
     results = [{"id": r.id, "image": str(path), "text": r.text, "label": r.label, "prediction": labels[p],
                 "probabilities": dict(zip(labels, [round(x, 6) for x in row]))}
                for r, path, p, row in zip(records, dataset.paths, predicted, probs.tolist())]
+    report["samples"] = results
     return report, results
+
+
+def confident_mistakes(report: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The ``n`` wrong predictions of a classification report made with the highest probability."""
+    wrong = [s for s in report["samples"] if s["prediction"] != s["label"]]
+    return sorted(wrong, key=lambda s: -s["probabilities"][s["prediction"]])[:n]
 
 
 def _ablate(dataset: LabelledDataset, ablation: Ablation, vocab: Vocab) -> None:

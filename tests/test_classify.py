@@ -39,6 +39,20 @@ def test_evaluate_reports_metrics_that_match_the_written_predictions(trained_qa:
     assert sum(map(sum, m["confusion_matrix"])) == len(results) == report["num_samples"]
     assert 0.0 <= m["auroc"] <= 1.0 and report["majority_rate"] == pytest.approx(0.5)
     assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in results)
+    assert report["samples"] == results
+
+
+def test_evaluate_shows_examples_and_confident_mistakes(trained_qa: Path) -> None:
+    from mmfuse.evaluation import confident_mistakes
+
+    res = invoke("evaluate", "--run", "q", "--show", "2", "--worst", "3", "-w", str(trained_qa))
+    assert res.exit_code == 0, res.stderr
+    assert "examples" in res.stderr and "most confident mistakes" in res.stderr
+    report = _report(trained_qa)
+    mistakes = confident_mistakes(report, 3)
+    assert all(m["prediction"] != m["label"] for m in mistakes)
+    confidence = [m["probabilities"][m["prediction"]] for m in mistakes]
+    assert confidence == sorted(confidence, reverse=True)
 
 
 @pytest.mark.parametrize("modality,mode", [("image", "shuffle"), ("image", "zero"), ("text", "shuffle"), ("text", "zero")])

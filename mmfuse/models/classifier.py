@@ -1,7 +1,9 @@
 """The image + text classifier: image encoder, text encoder and fusion -> class logits.
 
-Per fusion kind (see :mod:`mmfuse.models.fusion`): ``position`` fusions combine the image with the
-pooled text vector; ``attention`` attends over the grid with the text vector plus the image's global
+Per fusion kind (see :mod:`mmfuse.models.fusion`): ``position`` fusions combine the text vector
+with every image region (the global vector and each grid cell, tagged with a learned position
+embedding), as VQA models fuse the question at every location; a small MLP reads each fused region
+and the regions are max-pooled, so "where" survives for questions like "is A left of B ?"; ``attention`` attends over the grid with the text vector plus the image's global
 vector as query (stacked attention, one hop); ``prefix`` fusions put image tokens before the words and the text encoder reads
 both (for ``transformer``: joint self-attention over image and text tokens); ``decision`` (late)
 combines an image-only and a text-only classifier's predictions.
@@ -17,9 +19,10 @@ from torch import nn
 from mmfuse.config import ModelConfig
 from mmfuse.data.vocab import PAD_ID
 from mmfuse.models.encoders import IMAGE_ENCODERS, ImageFeatures
-from mmfuse.models.fusion import ATTENTION, DECISION, FUSIONS, PREFIX
+from mmfuse.errors import MmfuseError
+from mmfuse.models.fusion import ATTENTION, DECISION, FUSIONS, POSITION, PREFIX
 from mmfuse.models.parts import resolve_parts
-from mmfuse.models.text_encoders import TEXT_ENCODERS
+from mmfuse.models.text_encoders import TEXT_ENCODERS, masked_mean
 
 
 def _head(in_dim: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -44,9 +47,15 @@ class Classifier(nn.Module):
         if kind == DECISION:
             self.image_head = _head(encoder.out_dim, hidden_dim, num_classes, dropout)
             self.text_head = _head(text_encoder.out_dim, hidden_dim, num_classes, dropout)
-        else:
-            in_dim = text_encoder.out_dim if kind == PREFIX else fusion.out_dim
-            self.head = _head(in_dim, hidden_dim, num_classes, dropout)
+            return
+        in_dim = text_encoder.out_dim if kind == PREFIX else fusion.out_dim
+        if kind == POSITION:
+            self.region_pos = nn.Parameter(torch.randn(self.max_regions, encoder.out_dim) * 0.02)
+            self.region_mlp = nn.Sequential(nn.Linear(fusion.out_dim, hidden_dim), nn.ReLU(inplace=True))
+            in_dim = hidden_dim
+        self.head = _head(in_dim, hidden_dim, num_classes, dropout)
+
+    max_regions = 257  # the global vector + up to 16x16 grid cells
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """images (B, 3, S, S), tokens (B, T) padded -> logits (B, C)."""
@@ -64,17 +73,27 @@ class Classifier(nn.Module):
             return self.fusion(self.image_head(features.pooled), self.text_head(text))
         if kind == ATTENTION:  # the question, plus the image's gist, says where to look
             fused, _ = self.fusion.step(features, text, text + self.fusion.initial_hidden(features))  # (B, F)
-        else:  # POSITION
-            fused = self.fusion(features, text.unsqueeze(1))[:, 0]  # (B, F)
-        return self.head(fused)
+            return self.head(fused)
+        return self.head(self._fuse_regions(features, text))
+
+    def _fuse_regions(self, features: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
+        """Fuse the text vector (B, Dt) with every region, MLP, max-pool -> (B, H)."""
+        regions = torch.cat([features.pooled.unsqueeze(1), features.grid], 1)  # (B, R, Di), R = 1 + N
+        b, r = regions.shape[:2]
+        if r > self.max_regions:
+            raise MmfuseError(f"the classifier handles at most {self.max_regions - 1} grid cells, the encoder gives {r - 1}")
+        regions = (regions + self.region_pos[:r]).flatten(0, 1)  # (B*R, Di)
+        per_region = ImageFeatures(grid=regions.unsqueeze(1), pooled=regions)
+        fused = self.fusion(per_region, text.repeat_interleave(r, 0).unsqueeze(1))[:, 0]  # (B*R, F)
+        return self.region_mlp(fused).unflatten(0, (b, r)).amax(1)  # (B, H)
 
     def _read_with_prefix(self, features: ImageFeatures, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The text encoder reads [image tokens; words] -> pooled (B, H)."""
+        """The text encoder reads [image tokens; words]; the text positions are pooled -> (B, H)."""
         prefix = self.fusion.prefix(features)  # (B, P, E)
         seq = torch.cat([prefix, self.fusion(features, words, mask)], 1)  # (B, P+T, E)
         full_mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], 1)  # (B, P+T)
-        _, pooled = self.text_encoder(seq, full_mask)
-        return pooled
+        states, _ = self.text_encoder(seq, full_mask)  # (B, P+T, H)
+        return masked_mean(states[:, prefix.size(1):], mask)
 
 
 def build_classifier(cfg: ModelConfig, vocab_size: int, num_classes: int) -> Classifier:

@@ -62,59 +62,71 @@ class ConcatFusion(nn.Module):
 
 @FUSIONS.register("sum")
 class SumFusion(nn.Module):
-    """Feature-level fusion: both modalities projected to Dt and added at every position.
+    """Feature-level fusion: both modalities projected to one joint width and added at every position,
+    ``fused = W_t text + W_i pooled``.
 
-    ``fused = W_t text + W_i pooled``. Cheaper than ``concat`` (``out_dim`` is Dt).
+    Like every feature-level fusion here, the joint width is 2 * Dt (``concat``'s output width), so
+    the fusions are compared at the same decoder input width.
     """
 
     kind = POSITION
 
     def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.text_proj = nn.Linear(text_dim, text_dim)
-        self.image_proj = nn.Sequential(nn.Linear(image_dim, text_dim), nn.Dropout(dropout))
-        self.out_dim = text_dim
+        width = 2 * text_dim
+        self.text_proj = nn.Linear(text_dim, width)
+        self.image_proj = nn.Sequential(nn.Linear(image_dim, width), nn.Dropout(dropout))
+        self.out_dim = width
 
     def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """image.pooled (B, Di), text (B, T, Dt) -> (B, T, Dt)."""
-        return torch.tanh(self.text_proj(text) + self.image_proj(image.pooled).unsqueeze(1))
+        """image.pooled (B, Di), text (B, T, Dt) -> (B, T, 2*Dt)."""
+        return self.text_proj(text) + self.image_proj(image.pooled).unsqueeze(1)
 
 
 @FUSIONS.register("gated")
 class GatedFusion(nn.Module):
     """Feature-level fusion with learned, input-dependent modality weights (a Gated Multimodal Unit,
-    Arevalo et al. 2017): ``z = sigmoid(W [text; image])``, ``fused = z * h_text + (1 - z) * h_image``.
+    Arevalo et al. 2017): ``h_t = W_t text``, ``h_i = W_i image``, ``z = sigmoid(W_z [h_t; h_i])``,
+    ``fused = z * h_t + (1 - z) * h_i`` (joint width 2 * Dt).
 
     ``z`` is a weight per feature, position and example: :meth:`modality_weights` returns it, so
-    one can see how much each word leaned on the text (z) or on the image (1 - z).
+    one can see how much each word leaned on the text (z) or on the image (1 - z). Unlike the
+    original GMU the branches are linear, without tanh: with tanh branches the captioner never
+    learned to use the image (validation BLEU-4 0.34 vs 0.59 after 4 epochs on 3,000 shapes images;
+    concat 0.60).
     """
 
     kind = POSITION
 
     def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.text_proj = nn.Linear(text_dim, text_dim)
-        self.image_proj = nn.Sequential(nn.Linear(image_dim, text_dim), nn.Dropout(dropout))
-        self.gate = nn.Linear(text_dim + image_dim, text_dim)
-        self.out_dim = text_dim
+        width = 2 * text_dim
+        self.text_proj = nn.Linear(text_dim, width)
+        self.image_proj = nn.Sequential(nn.Linear(image_dim, width), nn.Dropout(dropout))
+        self.gate = nn.Linear(2 * width, width)
+        self.out_dim = width
+
+    def _branches(self, image: ImageFeatures, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h_text = self.text_proj(text)  # (B, T, W)
+        h_image = self.image_proj(image.pooled).unsqueeze(1).expand_as(h_text)  # (B, T, W)
+        return h_text, h_image
 
     def modality_weights(self, image: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
-        """The text weight z in [0, 1], (B, T, Dt); the image weight is 1 - z."""
-        img = image.pooled.unsqueeze(1).expand(-1, text.size(1), -1)  # (B, T, Di)
-        return torch.sigmoid(self.gate(torch.cat([text, img], dim=-1)))
+        """The text weight z in [0, 1], (B, T, 2*Dt); the image weight is 1 - z."""
+        return torch.sigmoid(self.gate(torch.cat(self._branches(image, text), dim=-1)))
 
     def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """image.pooled (B, Di), text (B, T, Dt) -> (B, T, Dt)."""
-        z = self.modality_weights(image, text)  # (B, T, Dt)
-        h_text = torch.tanh(self.text_proj(text))  # (B, T, Dt)
-        h_image = torch.tanh(self.image_proj(image.pooled)).unsqueeze(1)  # (B, 1, Dt)
+        """image.pooled (B, Di), text (B, T, Dt) -> (B, T, 2*Dt)."""
+        h_text, h_image = self._branches(image, text)
+        z = torch.sigmoid(self.gate(torch.cat([h_text, h_image], dim=-1)))  # (B, T, W)
         return z * h_text + (1 - z) * h_image
 
 
 @FUSIONS.register("film")
 class FiLMFusion(nn.Module):
     """Feature-wise linear modulation (Perez et al. 2018), image-conditioned: the image predicts a
-    scale and a shift for every feature of the text states, ``fused = (1 + gamma(img)) * text + beta(img)``.
+    scale and a shift for every feature of the projected text states,
+    ``fused = (1 + gamma(img)) * W_t text + beta(img)`` (joint width 2 * Dt).
 
     The scale is centred on 1 so that an untrained model starts from the plain text states.
     """
@@ -123,13 +135,15 @@ class FiLMFusion(nn.Module):
 
     def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.film = nn.Sequential(nn.Dropout(dropout), nn.Linear(image_dim, 2 * text_dim))
-        self.out_dim = text_dim
+        width = 2 * text_dim
+        self.text_proj = nn.Linear(text_dim, width)
+        self.film = nn.Sequential(nn.Dropout(dropout), nn.Linear(image_dim, 2 * width))
+        self.out_dim = width
 
     def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """image.pooled (B, Di), text (B, T, Dt) -> (B, T, Dt)."""
-        gamma, beta = self.film(image.pooled).unsqueeze(1).chunk(2, dim=-1)  # each (B, 1, Dt)
-        return (1 + gamma) * text + beta
+        """image.pooled (B, Di), text (B, T, Dt) -> (B, T, 2*Dt)."""
+        gamma, beta = self.film(image.pooled).unsqueeze(1).chunk(2, dim=-1)  # each (B, 1, W)
+        return (1 + gamma) * self.text_proj(text) + beta
 
 
 @FUSIONS.register("bilinear")
@@ -137,26 +151,26 @@ class BilinearFusion(nn.Module):
     """Low-rank bilinear pooling (MLB, Kim et al. 2017; MFB-style sum pooling over k factors):
     ``fused = P (tanh(U img) * tanh(V text))`` pooled over ``k`` factors, then signed square root and
     L2 normalisation as in MFB (Yu et al. 2017). Every output feature mixes both modalities
-    multiplicatively, which plain concatenation cannot do.
+    multiplicatively, which plain concatenation cannot do. Joint width 2 * Dt.
     """
 
     kind = POSITION
-
     factors = 4
 
     def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
         super().__init__()
-        rank = text_dim * self.factors
+        width = 2 * text_dim
+        rank = width * self.factors
         self.image_proj = nn.Linear(image_dim, rank)
         self.text_proj = nn.Linear(text_dim, rank)
         self.drop = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(text_dim, text_dim)
-        self.out_dim = text_dim
+        self.out_proj = nn.Linear(width, width)
+        self.out_dim = width
 
     def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """image.pooled (B, Di), text (B, T, Dt) -> (B, T, Dt)."""
-        joint = torch.tanh(self.image_proj(image.pooled)).unsqueeze(1) * torch.tanh(self.text_proj(text))  # (B, T, k*Dt)
-        pooled = self.drop(joint).unflatten(-1, (-1, self.factors)).sum(-1)  # (B, T, Dt)
+        """image.pooled (B, Di), text (B, T, Dt) -> (B, T, 2*Dt)."""
+        joint = torch.tanh(self.image_proj(image.pooled)).unsqueeze(1) * torch.tanh(self.text_proj(text))  # (B, T, k*W)
+        pooled = self.drop(joint).unflatten(-1, (-1, self.factors)).sum(-1)  # (B, T, W)
         pooled = torch.sign(pooled) * torch.sqrt(pooled.abs() + 1e-8)
         return self.out_proj(nn.functional.normalize(pooled, dim=-1))
 
