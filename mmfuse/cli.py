@@ -177,8 +177,8 @@ _MODEL_HELP = {
     "task": "caption, classify, or auto (the data set's task).",
     "fusion": "Fusion strategy.",
     "encoder": "Image encoder.",
-    "decoder": "Caption decoder (auto: transformer for the transformer fusion, else lstm).",
-    "text_encoder": "Classifier text encoder (auto: transformer for the transformer fusion, else lstm).",
+    "decoder": "Caption decoder (auto: transformer for the transformer and prefix fusions, else lstm).",
+    "text_encoder": "Classifier text encoder (auto: transformer for the transformer and prefix fusions, else lstm).",
 }
 
 

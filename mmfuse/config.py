@@ -50,7 +50,7 @@ class ModelConfig:
         encoder: image encoder name (registry ``IMAGE_ENCODERS``).
         fusion: fusion strategy name (registry ``FUSIONS``).
         decoder: caption decoder name (registry ``DECODERS``), or ``auto`` (the Transformer for the
-            transformer fusion, else the LSTM).
+            transformer and prefix fusions, else the LSTM).
         text_encoder: classifier text encoder (registry ``TEXT_ENCODERS``), or ``auto`` (as for decoder).
         image_size: side of the square input images (0 = take the data set's).
         feature_dim: width of the image features (grid and global vector).
