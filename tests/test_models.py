@@ -87,6 +87,7 @@ def test_every_fusion_is_usable_for_some_task_and_pairings_are_refused_not_chang
 
 def test_auto_sequence_model_follows_the_fusion() -> None:
     assert resolve_parts(ModelConfig(fusion="transformer"), "caption").decoder == "transformer"
+    assert resolve_parts(ModelConfig(fusion="prefix"), "caption").decoder == "transformer"
     assert resolve_parts(ModelConfig(fusion="attention"), "caption").decoder == "lstm"
     assert resolve_parts(ModelConfig(fusion="transformer"), "classify").text_encoder == "transformer"
 
