@@ -91,6 +91,13 @@ class GRUDecoder(_RecurrentDecoder):
         return state.index_select(1, index)
 
 
+def transformer_blocks(width: int, num_layers: int, dropout: float) -> nn.TransformerEncoder:
+    """Pre-norm Transformer blocks of ``width`` (heads: 4, or 1 when width is not divisible by 4)."""
+    heads = 4 if width % 4 == 0 else 1
+    layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+
+
 class TransformerState(NamedTuple):
     """What a Transformer decoder carries between steps: the inputs so far and the length of the
     leading block that attends both ways (0 for a plain causal sequence)."""
@@ -116,11 +123,9 @@ class TransformerDecoder(nn.Module):
 
     def __init__(self, input_dim: int, hidden_dim: int, vocab_size: int, num_layers: int = 1, dropout: float = 0.0):
         super().__init__()
-        heads = 4 if hidden_dim % 4 == 0 else 1
         self.inp = nn.Linear(input_dim, hidden_dim)
         self.pos = nn.Embedding(self.max_positions, hidden_dim)
-        layer = nn.TransformerEncoderLayer(hidden_dim, heads, 4 * hidden_dim, dropout, batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.blocks = transformer_blocks(hidden_dim, num_layers, dropout)
         self.norm = nn.LayerNorm(hidden_dim)
         self.out = nn.Linear(hidden_dim, vocab_size)
 

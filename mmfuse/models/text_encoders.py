@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from mmfuse.models.decoders import transformer_blocks
 from mmfuse.registry import Registry
 
 TEXT_ENCODERS: Registry[nn.Module] = Registry("text encoder")
@@ -75,11 +76,9 @@ class TransformerTextEncoder(nn.Module):
 
     def __init__(self, input_dim: int, hidden_dim: int, num_layers: int = 1, dropout: float = 0.0):
         super().__init__()
-        heads = 4 if hidden_dim % 4 == 0 else 1
         self.inp = nn.Linear(input_dim, hidden_dim)
         self.pos = nn.Embedding(self.max_positions, hidden_dim)
-        layer = nn.TransformerEncoderLayer(hidden_dim, heads, 4 * hidden_dim, dropout, batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.blocks = transformer_blocks(hidden_dim, num_layers, dropout)
         self.norm = nn.LayerNorm(hidden_dim)
         self.out_dim = hidden_dim
 
