@@ -217,10 +217,16 @@ def _prefix_outputs(model, feats) -> torch.Tensor:
     return model.decoder(prefix, None, prefix.size(1))[0]
 
 
-def test_prefix_fusion_gives_k_tokens_read_before_the_words() -> None:
-    fusion = FUSIONS.create("prefix", image_dim=16, text_dim=8)
-    prefix = fusion.prefix(_feats())
+def test_prefix_fusion_resamples_the_grid_into_k_tokens() -> None:
+    fusion = FUSIONS.create("prefix", image_dim=16, text_dim=8).eval()
+    feats = _feats()
+    prefix = fusion.prefix(feats)
     assert prefix.shape == (2, fusion.tokens, 8)
+    grid = feats.grid.clone()
+    grid[0, -1] += 5.0  # one grid cell of the first image
+    changed = fusion.prefix(feats._replace(grid=grid))
+    assert all(not torch.allclose(prefix[0, k], changed[0, k]) for k in range(fusion.tokens))  # all attend to all cells
+    assert torch.allclose(prefix[1], changed[1])
 
 
 def test_late_fusion_weights_are_a_distribution_and_combine_log_probabilities() -> None:

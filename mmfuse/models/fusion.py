@@ -126,9 +126,11 @@ class GatedFusion(nn.Module):
 class FiLMFusion(nn.Module):
     """Feature-wise linear modulation (Perez et al. 2018), image-conditioned: the image predicts a
     scale and a shift for every feature of the projected text states,
-    ``fused = (1 + gamma(img)) * W_t text + beta(img)`` (joint width 2 * Dt).
+    ``fused = (1 + tanh(gamma(img))) * W_t text + beta(img)`` (joint width 2 * Dt).
 
-    The scale is centred on 1 so that an untrained model starts from the plain text states.
+    The scale is centred on 1 and bounded to (0, 2): with an unbounded scale the modulation blew up
+    the word features and the captioner learned slowly (validation BLEU-4 0.40 after 4 epochs on
+    3,000 shapes images, also with the scale initialised at 1; bounded: 0.60, as ``concat``).
     """
 
     kind = POSITION
@@ -143,15 +145,19 @@ class FiLMFusion(nn.Module):
     def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """image.pooled (B, Di), text (B, T, Dt) -> (B, T, 2*Dt)."""
         gamma, beta = self.film(image.pooled).unsqueeze(1).chunk(2, dim=-1)  # each (B, 1, W)
-        return (1 + gamma) * self.text_proj(text) + beta
+        return (1 + torch.tanh(gamma)) * self.text_proj(text) + beta
 
 
 @FUSIONS.register("bilinear")
 class BilinearFusion(nn.Module):
-    """Low-rank bilinear pooling (MLB, Kim et al. 2017; MFB-style sum pooling over k factors):
-    ``fused = P (tanh(U img) * tanh(V text))`` pooled over ``k`` factors, then signed square root and
-    L2 normalisation as in MFB (Yu et al. 2017). Every output feature mixes both modalities
-    multiplicatively, which plain concatenation cannot do. Joint width 2 * Dt.
+    """Low-rank bilinear pooling (MLB, Kim et al. 2017; MFB-style sum pooling over k factors,
+    Yu et al. 2017): ``fused = P LayerNorm(sum_k (tanh(U img) * tanh(V text)))``. Every output
+    feature mixes both modalities multiplicatively, which plain concatenation cannot do. Joint
+    width 2 * Dt.
+
+    MFB normalises the pooled vector with a signed square root and an L2 norm, made for a
+    classifier on top; feeding a decoder, that unit-norm vector starved it (validation BLEU-4 0.41
+    after 4 epochs on 3,000 shapes images); a LayerNorm, with its learned gain, reached 0.53.
     """
 
     kind = POSITION
@@ -164,6 +170,7 @@ class BilinearFusion(nn.Module):
         self.image_proj = nn.Linear(image_dim, rank)
         self.text_proj = nn.Linear(text_dim, rank)
         self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(width)
         self.out_proj = nn.Linear(width, width)
         self.out_dim = width
 
@@ -171,8 +178,7 @@ class BilinearFusion(nn.Module):
         """image.pooled (B, Di), text (B, T, Dt) -> (B, T, 2*Dt)."""
         joint = torch.tanh(self.image_proj(image.pooled)).unsqueeze(1) * torch.tanh(self.text_proj(text))  # (B, T, k*W)
         pooled = self.drop(joint).unflatten(-1, (-1, self.factors)).sum(-1)  # (B, T, W)
-        pooled = torch.sign(pooled) * torch.sqrt(pooled.abs() + 1e-8)
-        return self.out_proj(nn.functional.normalize(pooled, dim=-1))
+        return self.out_proj(self.norm(pooled))
 
 
 @FUSIONS.register("attention")
@@ -253,9 +259,7 @@ class TransformerFusion(nn.Module):
 
     def prefix(self, image: ImageFeatures) -> torch.Tensor:
         """image.pooled (B, Di), image.grid (B, N, Di) -> image tokens (B, 1 + N, Dt)."""
-        n = image.grid.size(1)
-        if n > self.max_grid:
-            raise MmfuseError(f"the transformer fusion takes at most {self.max_grid} grid cells, the encoder gives {n}")
+        n = _check_grid(image.grid.size(1), self.max_grid, "transformer")
         tokens = torch.cat([self.global_proj(image.pooled).unsqueeze(1), self.grid_proj(image.grid)], 1)  # (B, 1+N, Dt)
         return tokens + self.grid_pos[: n + 1] + self.modality[0]
 
@@ -266,26 +270,43 @@ class TransformerFusion(nn.Module):
 
 @FUSIONS.register("prefix")
 class PrefixFusion(nn.Module):
-    """LLM-style prefix fusion (ClipCap, Mokady et al. 2021; LLaVA's projector): an MLP maps the
-    global image vector to ``k`` prefix tokens in the word-embedding space, and the decoder reads
-    them before the words, causally, like a prompt. Works with every decoder (for an LSTM it is
-    Show-and-Tell's "image as the first inputs", generalised to k tokens).
+    """LLM-style prefix fusion: ``k`` image tokens in the word-embedding space that the decoder reads
+    before the words, causally, like a prompt (ClipCap, Mokady et al. 2021; LLaVA). The k tokens
+    come from a resampler, as in Flamingo's Perceiver Resampler and BLIP-2's Q-Former: k learned
+    queries attend over the image's global vector and grid cells (projected to Dt, with learned
+    positions), followed by a feed-forward layer. Works with every decoder (for an LSTM it is Show-and-Tell's "image as the
+    first inputs", generalised to k tokens).
+
+    Why a resampler over the grid rather than ClipCap's MLP of the global vector: with the MLP the
+    Transformer decoder reached validation BLEU-4 0.46 after 4 epochs on 3,000 shapes images, with
+    the resampler 0.62 (and in 45 s, against 81 s for the 65 tokens of ``transformer``, which
+    reached 0.64).
     """
 
     kind = PREFIX
     bidirectional = False
-    tokens = 4
+    tokens = 8
+    max_grid = 256
 
     def __init__(self, image_dim: int, text_dim: int, dropout: float = 0.0):
         super().__init__()
-        hidden = (text_dim * self.tokens + image_dim) // 2
-        self.mapper = nn.Sequential(nn.Linear(image_dim, hidden), nn.Tanh(), nn.Dropout(dropout),
-                                    nn.Linear(hidden, text_dim * self.tokens))
+        self.queries = nn.Parameter(torch.randn(self.tokens, text_dim) * 0.02)
+        self.grid_proj = nn.Linear(image_dim, text_dim)
+        self.grid_pos = nn.Parameter(torch.randn(self.max_grid + 1, text_dim) * 0.02)
+        heads = 4 if text_dim % 4 == 0 else 1
+        self.attn = nn.MultiheadAttention(text_dim, heads, dropout=dropout, batch_first=True)
+        self.ff = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, 4 * text_dim), nn.GELU(),
+                                nn.Dropout(dropout), nn.Linear(4 * text_dim, text_dim))
         self.out_dim = text_dim
 
     def prefix(self, image: ImageFeatures) -> torch.Tensor:
-        """image.pooled (B, Di) -> k prefix tokens (B, k, Dt)."""
-        return self.mapper(image.pooled).unflatten(-1, (self.tokens, -1))
+        """image.pooled (B, Di), image.grid (B, N, Di) -> k prefix tokens (B, k, Dt)."""
+        n = _check_grid(image.grid.size(1), self.max_grid, "prefix")
+        cells = torch.cat([image.pooled.unsqueeze(1), image.grid], 1)  # (B, 1+N, Di)
+        cells = self.grid_proj(cells) + self.grid_pos[: n + 1]  # (B, 1+N, Dt)
+        queries = self.queries.unsqueeze(0).expand(cells.size(0), -1, -1)  # (B, k, Dt)
+        tokens = queries + self.attn(queries, cells, cells, need_weights=False)[0]  # (B, k, Dt)
+        return tokens + self.ff(tokens)
 
     def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The words pass unchanged: (B, T, Dt) -> (B, T, Dt)."""
@@ -319,3 +340,10 @@ class LateFusion(nn.Module):
         w = self.modality_weights()
         combined = w[0] * torch.log_softmax(image_logits, -1) + w[1] * torch.log_softmax(text_logits, -1)
         return torch.log_softmax(combined, -1)
+
+
+def _check_grid(cells: int, max_grid: int, fusion: str) -> int:
+    """``cells`` if a fusion with ``max_grid`` learned cell positions can take that many grid cells."""
+    if cells > max_grid:
+        raise MmfuseError(f"the {fusion} fusion takes at most {max_grid} grid cells, the encoder gives {cells}")
+    return cells
