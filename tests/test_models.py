@@ -137,6 +137,19 @@ def test_film_reduces_to_the_projected_text_when_the_image_is_silent() -> None:
     assert torch.equal(fusion(feats, text), fusion.text_proj(text))
 
 
+def test_film_scale_stays_between_0_and_2_however_loud_the_image() -> None:
+    torch.manual_seed(0)
+    fusion = FUSIONS.create("film", image_dim=6, text_dim=5).eval()
+    text = torch.randn(2, 3, 5)
+    feats = IMAGE_ENCODERS.create("small_cnn", feature_dim=6, image_size=32)(torch.randn(2, 3, 32, 32))
+    loud = feats._replace(pooled=feats.pooled * 100 + 10)
+    with torch.no_grad():
+        beta = fusion.film(loud.pooled).unsqueeze(1).chunk(2, dim=-1)[1]
+        scale = (fusion(loud, text) - beta) / fusion.text_proj(text)
+    assert bool(((scale >= -1e-3) & (scale <= 2 + 1e-3)).all())
+    assert scale.max() > 1.5 and scale.min() < 0.5  # the image does modulate, in both directions
+
+
 @pytest.mark.parametrize("encoder,fusion,decoder", CAPTION)
 def test_step_by_step_decoding_equals_the_teacher_forced_pass(encoder: str, fusion: str, decoder: str) -> None:
     """What generation sees one token at a time equals training's forward (causality, state, prefix)."""
