@@ -22,8 +22,8 @@ RECURRENT = ("lstm", "gru")
 def _auto_sequence_model(fusion: str) -> str:
     """The decoder / text encoder ``auto`` stands for: the Transformer for the transformer fusion
     (it IS the joint self-attention model) and for prefix (ClipCap's prefix is read by a causal
-    Transformer; an LSTM reading 4 prefix tokens ignored the image: val BLEU-4 0.34, the language
-    prior, after 4 epochs on 3,000 shapes images, the Transformer 0.46), an LSTM otherwise."""
+    Transformer; an LSTM reading the 8 prefix tokens reached val BLEU-4 0.41 after 4 epochs on
+    3,000 shapes images, the Transformer 0.62), an LSTM otherwise."""
     return "transformer" if fusion in ("transformer", "prefix") else "lstm"
 
 
