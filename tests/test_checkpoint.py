@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
 from mmfuse.config import ModelConfig, RunConfig, TrainConfig, from_dict, to_dict
 from mmfuse.errors import MmfuseError
 from mmfuse.models.captioner import build_captioner
 from mmfuse.models.checkpoint import load_run, read_metadata, save_weights
+from mmfuse.workspace import atomic_write_bytes
 
 
 def _run_dir(tmp_path: Path, cfg: RunConfig, vocab_tokens: list[str]) -> Path:
@@ -45,7 +47,18 @@ def test_mismatched_config_is_a_clear_error(tmp_path: Path) -> None:
     tokens = ["<pad>", "<bos>", "<eos>", "<unk>"]
     run = _run_dir(tmp_path, RunConfig(model=ModelConfig(image_size=32, feature_dim=16, embed_dim=8, hidden_dim=20)), tokens)
     save_weights(run / "best.safetensors", build_captioner(cfg.model, 4), {})
-    with pytest.raises(MmfuseError, match="do not match"):
+    with pytest.raises(MmfuseError, match=r"do not match the run's config \(other shape: decoder\."):
+        load_run(run)
+
+
+def test_weights_of_another_fusion_design_name_the_tensors_that_differ(tmp_path: Path) -> None:
+    tokens = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    cfg = RunConfig(model=ModelConfig(image_size=32, feature_dim=16, embed_dim=8, hidden_dim=16, fusion="prefix"))
+    run = _run_dir(tmp_path, cfg, tokens)
+    state = build_captioner(cfg.model, 4).state_dict()
+    state["fusion.mapper.0.weight"] = state.pop("fusion.queries")  # as an older prefix fusion would have it
+    atomic_write_bytes(run / "best.safetensors", st_save({k: v.contiguous() for k, v in state.items()}))
+    with pytest.raises(MmfuseError, match=r"missing: fusion\.queries; unexpected: fusion\.mapper\.0\.weight\).*Retrain"):
         load_run(run)
 
 

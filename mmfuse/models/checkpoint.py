@@ -74,8 +74,13 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
         model: nn.Module = build_classifier(config.model, len(vocab), len(labels))
     else:
         model = build_captioner(config.model, len(vocab))
+    state = read_weights(weights)
+    problem = _mismatch(model.state_dict(), state)
+    if problem:
+        raise MmfuseError(f"weights {weights} do not match the run's config ({problem}); was the run trained "
+                          f"by another version of mmfuse? Retrain it")
     try:
-        model.load_state_dict(read_weights(weights), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise MmfuseError(f"weights {weights} do not match the run's config: {first}") from None
@@ -96,3 +101,13 @@ def _pick_weights(run_dir: Path, which: str) -> Path:
     if not path.is_file():
         raise MmfuseError(f"run {run_dir.name!r} has no {which} weights yet ({path} is missing; did training finish an epoch?)")
     return path
+
+
+def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """What differs between the model's tensors and the file's, in a few words ("" if nothing)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    resized = sorted(k for k in set(expected) & set(found) if expected[k].shape != found[k].shape)
+    parts = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+             for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", resized)) if keys]
+    return "; ".join(parts)
