@@ -91,10 +91,14 @@ class GRUDecoder(_RecurrentDecoder):
         return state.index_select(1, index)
 
 
+def attention_heads(width: int) -> int:
+    """Heads of every multi-head attention of ``width`` here: 4, or 1 when width is not divisible by 4."""
+    return 4 if width % 4 == 0 else 1
+
+
 def transformer_blocks(width: int, num_layers: int, dropout: float) -> nn.TransformerEncoder:
-    """Pre-norm Transformer blocks of ``width`` (heads: 4, or 1 when width is not divisible by 4)."""
-    heads = 4 if width % 4 == 0 else 1
-    layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, batch_first=True, norm_first=True)
+    """Pre-norm Transformer blocks of ``width`` (heads: :func:`attention_heads`)."""
+    layer = nn.TransformerEncoderLayer(width, attention_heads(width), 4 * width, dropout, batch_first=True, norm_first=True)
     return nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from mmfuse.errors import MmfuseError
+from mmfuse.models.decoders import attention_heads
 from mmfuse.models.encoders import ImageFeatures
 from mmfuse.registry import Registry
 
@@ -293,8 +294,7 @@ class PrefixFusion(nn.Module):
         self.queries = nn.Parameter(torch.randn(self.tokens, text_dim) * 0.02)
         self.grid_proj = nn.Linear(image_dim, text_dim)
         self.grid_pos = nn.Parameter(torch.randn(self.max_grid + 1, text_dim) * 0.02)
-        heads = 4 if text_dim % 4 == 0 else 1
-        self.attn = nn.MultiheadAttention(text_dim, heads, dropout=dropout, batch_first=True)
+        self.attn = nn.MultiheadAttention(text_dim, attention_heads(text_dim), dropout=dropout, batch_first=True)
         self.ff = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, 4 * text_dim), nn.GELU(),
                                 nn.Dropout(dropout), nn.Linear(4 * text_dim, text_dim))
         self.out_dim = text_dim
