@@ -379,6 +379,13 @@ def _print_classification(report: dict[str, Any], show: int, worst: int) -> None
     for label, row in zip(report["labels"], m["confusion_matrix"]):
         confusion.add_row(escape(label), *map(str, row))
     console().print(confusion)
+    if "per_group" in report:
+        groups = Table(title="accuracy per group")
+        for name in ("group", "accuracy", "samples"):
+            groups.add_column(name, justify="left" if name == "group" else "right")
+        for name, g in report["per_group"].items():
+            groups.add_row(escape(name or "(none)"), f"{g['accuracy']:.4f}", str(g["support"]))
+        console().print(groups)
     if show:
         _print_samples("examples", report["samples"][:show])
     if worst:
@@ -543,6 +550,7 @@ _BOARD_HEADERS = {"fusion": "fusion", "sequence_model": "model", "parameters": "
 
 def _print_leaderboard(board: dict[str, Any]) -> None:
     """The leaderboard's main columns (every column is in the JSON and CSV files)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from mmfuse.ui import console
@@ -550,13 +558,16 @@ def _print_leaderboard(board: dict[str, Any]) -> None:
     main = board["ranked_by"]
     columns = [c for c in _BOARD_HEADERS if c in board["rows"][0]]
     ablated = [k for k in board["rows"][0] if k.startswith(f"{main}_without_")]
+    groups = [k for k in board["rows"][0] if k.startswith("group:")]  # accuracy per group (e.g. question kind)
     table = Table(title=f"{board['data']} ({board['task']}), ranked by {_BOARD_HEADERS[main]}")
     for column in columns:
         table.add_column(_BOARD_HEADERS[column], justify="left" if column in ("fusion", "sequence_model") else "right")
     for column in ablated:
         table.add_column(f"{_BOARD_HEADERS[main]} w/o {column.rsplit('_', 1)[1]}", justify="right")
+    for column in groups:
+        table.add_column(escape(column.split(":", 1)[1]), justify="right")
     for row in board["rows"]:
-        table.add_row(*(_cell(c, row[c]) for c in columns + ablated))
+        table.add_row(*(_cell(c, row.get(c, "")) for c in columns + ablated + groups))
     console().print(table)
 
 

@@ -80,7 +80,9 @@ def _train_and_score(workspace: Workspace, cfg: RunConfig, task: str, ablations:
         "best_epoch": result.best_epoch,
         "run": run,
     }
-    row.update(_scores(evaluate_run(workspace, run, with_meteor=with_meteor), task))
+    report = evaluate_run(workspace, run, with_meteor=with_meteor)
+    row.update(_scores(report, task))
+    row.update({f"group:{g}": v["accuracy"] for g, v in report.get("per_group", {}).items() if g})
     for ablation in ablations:
         scores = _scores(evaluate_run(workspace, run, with_meteor=False, ablation=ablation), task)
         row.update({f"{k}_without_{ablation.modality}": v for k, v in scores.items() if k != "majority_rate"})

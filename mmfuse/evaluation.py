@@ -146,11 +146,22 @@ def _classify_split(loaded: LoadedRun, data_dir: Path, split: str, batch_size: i
     counts = Counter(dataset.labels)
     report = {"task": "classify", "num_samples": len(records), "labels": labels, "metrics": report,
               "majority_rate": max(counts.values()) / len(records)}
+    groups = [r.group for r in records]
+    if any(groups):
+        report["per_group"] = group_accuracy(groups, dataset.labels, predicted)
     results = [{"id": r.id, "image": str(path), "text": r.text, "label": r.label, "prediction": labels[p],
-                "probabilities": dict(zip(labels, [round(x, 6) for x in row]))}
+                "probabilities": dict(zip(labels, [round(x, 6) for x in row])), **({"group": r.group} if r.group else {})}
                for r, path, p, row in zip(records, dataset.paths, predicted, probs.tolist())]
     report["samples"] = results
     return report, results
+
+
+def group_accuracy(groups: list[str], y_true: list[int], y_pred: list[int]) -> dict[str, dict[str, Any]]:
+    """Accuracy and support of each group (samples without a group count as ``""``), by name."""
+    hits: dict[str, list[int]] = {}
+    for group, t, p in zip(groups, y_true, y_pred):
+        hits.setdefault(group, []).append(int(t == p))
+    return {g: {"accuracy": sum(h) / len(h), "support": len(h)} for g, h in sorted(hits.items())}
 
 
 def confident_mistakes(report: dict[str, Any], n: int) -> list[dict[str, Any]]:

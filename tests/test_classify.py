@@ -42,6 +42,20 @@ def test_evaluate_reports_metrics_that_match_the_written_predictions(trained_qa:
     assert report["samples"] == results
 
 
+def test_evaluate_reports_accuracy_per_question_kind(trained_qa: Path) -> None:
+    report = _report(trained_qa)
+    results = json.loads((trained_qa / "runs" / "q" / "results-test.json").read_text())
+    kinds = {r["group"] for r in results}
+    assert kinds <= {"existence", "attribute", "relation"} and len(kinds) >= 2
+    for kind in kinds:
+        mine = [r for r in results if r["group"] == kind]
+        expected = sum(r["prediction"] == r["label"] for r in mine) / len(mine)
+        assert report["per_group"][kind] == {"accuracy": pytest.approx(expected), "support": len(mine)}
+    assert sum(g["support"] for g in report["per_group"].values()) == len(results)
+    shown = invoke("evaluate", "--run", "q", "-w", str(trained_qa))
+    assert "accuracy per group" in shown.stderr + shown.stdout and "existence" in shown.stderr + shown.stdout
+
+
 def test_evaluate_shows_examples_and_confident_mistakes(trained_qa: Path) -> None:
     from mmfuse.evaluation import confident_mistakes
 

@@ -49,3 +49,14 @@ def test_compare_refuses_bad_fusions_before_training_anything(workspace: Path) -
     res = invoke("compare", "--fusion", "concat", "--ablate", "sound", *SMALL)
     assert res.exit_code == 1 and "--ablate must be image or text" in res.stderr
     assert not (workspace / "runs").exists()
+
+
+def test_compare_on_questions_reports_accuracy_per_kind(workspace: Path) -> None:
+    assert invoke("prepare-data", "shapes-qa", "--name", "qa", *TINY).exit_code == 0
+    res = invoke("compare", "--data", "qa", "--fusion", "sum", "--name", "qa-cmp", "--json", *SMALL)
+    assert res.exit_code == 0, res.stderr
+    (row,) = json.loads(res.stdout)["rows"]
+    report = json.loads((workspace / "runs" / row["run"] / "eval-test.json").read_text())
+    kinds = {k.split(":", 1)[1]: v for k, v in row.items() if k.startswith("group:")}
+    assert kinds == {g: v["accuracy"] for g, v in report["per_group"].items()} and len(kinds) >= 2
+    assert "relation" in res.stderr or "existence" in res.stderr  # per-kind columns in the printed table

@@ -37,6 +37,7 @@ def test_same_seed_same_bytes_and_two_balanced_questions_per_image(tmp_path: Pat
     for rec in _lines(a / "train.jsonl"):
         per_image[rec["image"]].append(rec["label"])
         assert (a / rec["image"]).is_file() and rec["tokens"][-1] == "?"
+        assert rec["group"] == _kind(rec["text"])  # the question kind, reported apart by evaluate
     assert len(per_image) == 40 and all(sorted(v) == ["no", "yes"] for v in per_image.values())
 
 
@@ -57,15 +58,22 @@ def _answer(question: str, objects: list[ShapeObject]) -> bool:
     return obj.colour == m.group(2)
 
 
+def _kind(question: str) -> str:
+    if question.startswith("is there"):
+        return "existence"
+    return "relation" if re.search(r" to the (left|right) of ", question) else "attribute"
+
+
 def test_yes_questions_are_true_and_no_questions_false_for_every_kind() -> None:
     kinds: Counter = Counter()
     for i in range(400):
         rng = np.random.default_rng([11, i])
         _, objects, _ = make_scene(rng, 64)
-        yes, no = make_questions(rng, objects)
+        kind, yes, no = make_questions(rng, objects)
         assert _answer(yes, objects) and not _answer(no, objects), (yes, no, objects)
-        kinds[yes.split()[1]] += 1  # "there" / "the"
-    assert kinds["there"] > 50 and kinds["the"] > 150  # existence, and attribute + relation questions
+        assert kind == _kind(yes) == _kind(no)
+        kinds[kind] += 1
+    assert min(kinds.values()) > 50 and len(kinds) == 3, kinds
 
 
 def test_neither_the_question_nor_the_image_alone_gives_the_answer(tmp_path: Path) -> None:

@@ -60,6 +60,7 @@ class LabelledRecord:
     text: str
     tokens: tuple[str, ...]
     label: str
+    group: str = ""  # optional subgroup (e.g. the question kind) that evaluation reports separately
 
 
 def load_split(root: Path, split: str) -> list[Record]:
@@ -97,7 +98,7 @@ def _parse(root: Path, raw: dict[str, Any]) -> Record:
 
 def _parse_labelled(root: Path, raw: dict[str, Any]) -> LabelledRecord:
     return LabelledRecord(id=str(raw["id"]), image=root / raw["image"], text=str(raw["text"]),
-                          tokens=tuple(raw["tokens"]), label=str(raw["label"]))
+                          tokens=tuple(raw["tokens"]), label=str(raw["label"]), group=str(raw.get("group", "")))
 
 
 class CaptionDataset(Dataset):

@@ -2,8 +2,8 @@
 
 Format (``FORMAT_VERSION``): ``manifest.json``, ``vocab.json``, one ``<split>.jsonl`` per split and
 ``images/<split>/<image id>.png``. A line of a split is ``{"id", "image", "captions", "tokens"}`` for
-captioning, ``{"id", "image", "text", "tokens", "label"}`` for classification (image paths relative
-to the data set; the manifest lists the ``labels``). The directory is built aside and swapped in
+captioning, ``{"id", "image", "text", "tokens", "label"}`` and an optional ``"group"`` for
+classification (image paths relative to the data set; the manifest lists the ``labels``). The directory is built aside and swapped in
 whole, so an interrupted run leaves the previous data set untouched.
 """
 
@@ -116,7 +116,8 @@ def _classify_record(sample: RawSample, rel: str) -> dict[str, Any]:
     text, label = sample.text.strip(), sample.label.strip()
     if not label:
         raise MmfuseError(f"sample {sample.id} has no label")
-    return {"id": sample.id, "image": rel, "text": text, "tokens": tokenize(text) if text else [], "label": label}
+    record = {"id": sample.id, "image": rel, "text": text, "tokens": tokenize(text) if text else [], "label": label}
+    return {**record, "group": sample.group} if sample.group else record
 
 
 def _check_not_empty(splits: dict[str, dict[str, int]], source: str) -> None:

@@ -30,6 +30,8 @@ class RawSample:
         text: the text paired with the image, raw (classification).
         label: the class name (classification).
         image_id: samples with the same ``image_id`` share one image file (default: ``id``).
+        group: an optional subgroup name (classification), e.g. the question kind; ``evaluate``
+            reports the accuracy per group.
     """
 
     split: str
@@ -39,6 +41,7 @@ class RawSample:
     text: str = ""
     label: str = ""
     image_id: str = ""
+    group: str = ""
 
 
 class Source(Protocol):

@@ -10,6 +10,8 @@ image allows:
 - attribute: "is the small triangle green ?" (yes: its colour, no: another colour),
 - existence: "is there a large yellow circle ?" (yes: an object in the image, no: one that is not).
 
+Each sample's ``group`` is its kind, so ``evaluate`` reports the accuracy per kind.
+
 Objects are named by the shortest description that is unique in the image (shape; colour + shape;
 size + colour + shape). Deterministic: image ``i`` of a split depends only on ``(seed, split, i)``.
 """
@@ -17,7 +19,7 @@ size + colour + shape). Deterministic: image ``i`` of a split depends only on ``
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -27,7 +29,14 @@ from mmfuse.data.sources.shapes import COLOURS, SHAPES, SIZES, ShapeObject, make
 from mmfuse.errors import MmfuseError
 
 LABELS = ("no", "yes")
-Question = tuple[str, str]  # (yes question, no question)
+
+
+class Question(NamedTuple):
+    """A question pair about one image; ``kind`` is ``existence``, ``attribute`` or ``relation``."""
+
+    kind: str
+    yes: str
+    no: str
 
 
 @SOURCES.register("shapes-qa")
@@ -55,11 +64,11 @@ class ShapesQASource:
             for i in range(getattr(self.opts, f"{split}_images")):
                 rng = np.random.default_rng([self.opts.seed, split_index, i, 7])
                 image, objects, _ = make_scene(rng, self.opts.image_size)
-                yes, no = make_questions(rng, objects)
+                pair = make_questions(rng, objects)
                 image_id = f"{split}-{i:06d}"
-                for k, (text, label) in enumerate(_shuffled([(yes, "yes"), (no, "no")], rng)):
+                for k, (text, label) in enumerate(_shuffled([(pair.yes, "yes"), (pair.no, "no")], rng)):
                     yield RawSample(split=split, id=f"{image_id}-q{k}", image=image, text=text, label=label,
-                                    image_id=image_id)
+                                    image_id=image_id, group=pair.kind)
 
 
 def _shuffled(pair: list[tuple[str, str]], rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -110,7 +119,7 @@ def _relation(rng: np.random.Generator, objects: list[ShapeObject], names: list[
     template = "is the {} to the left of the {} ?" if rng.random() < 0.5 else "is the {} to the right of the {} ?"
     left_question = "left" in template
     first, second = (a, b) if left_question else (b, a)
-    return template.format(names[first], names[second]), template.format(names[second], names[first])
+    return Question("relation", template.format(names[first], names[second]), template.format(names[second], names[first]))
 
 
 def _attribute(rng: np.random.Generator, objects: list[ShapeObject], names: list[str]) -> Question:
@@ -118,7 +127,7 @@ def _attribute(rng: np.random.Generator, objects: list[ShapeObject], names: list
     obj, desc = candidates[int(rng.integers(len(candidates)))]
     others = [c for c in COLOURS if c != obj.colour]
     wrong = others[int(rng.integers(len(others)))]
-    return f"is the {desc} {obj.colour} ?", f"is the {desc} {wrong} ?"
+    return Question("attribute", f"is the {desc} {obj.colour} ?", f"is the {desc} {wrong} ?")
 
 
 def _existence(rng: np.random.Generator, objects: list[ShapeObject], names: list[str]) -> Question:
@@ -126,4 +135,4 @@ def _existence(rng: np.random.Generator, objects: list[ShapeObject], names: list
     obj = objects[int(rng.integers(len(objects)))]
     absent = [(s, c, h) for s in SIZES for c in COLOURS for h in SHAPES if (s, c, h) not in present]
     size, colour, shape = absent[int(rng.integers(len(absent)))]
-    return f"is there a {obj.size} {obj.colour} {obj.shape} ?", f"is there a {size} {colour} {shape} ?"
+    return Question("existence", f"is there a {obj.size} {obj.colour} {obj.shape} ?", f"is there a {size} {colour} {shape} ?")
