@@ -3,8 +3,9 @@
 Format (``FORMAT_VERSION``): ``manifest.json``, ``vocab.json``, one ``<split>.jsonl`` per split and
 ``images/<split>/<image id>.png``. A line of a split is ``{"id", "image", "captions", "tokens"}`` for
 captioning, ``{"id", "image", "text", "tokens", "label"}`` and an optional ``"group"`` for
-classification (image paths relative to the data set; the manifest lists the ``labels``). The directory is built aside and swapped in
-whole, so an interrupted run leaves the previous data set untouched.
+classification (image paths relative to the data set; the manifest lists the ``labels``). The
+directory is built aside and swapped in whole, so an interrupted run leaves the previous data set
+untouched.
 """
 
 from __future__ import annotations
