@@ -150,7 +150,8 @@ def _classify_split(loaded: LoadedRun, data_dir: Path, split: str, batch_size: i
     if any(groups):
         report["per_group"] = group_accuracy(groups, dataset.labels, predicted)
     results = [{"id": r.id, "image": str(path), "text": r.text, "label": r.label, "prediction": labels[p],
-                "probabilities": dict(zip(labels, [round(x, 6) for x in row])), **({"group": r.group} if r.group else {})}
+                "probabilities": dict(zip(labels, [round(x, 6) for x in row])),
+                **({"group": r.group} if r.group else {})}
                for r, path, p, row in zip(records, dataset.paths, predicted, probs.tolist())]
     report["samples"] = results
     return report, results

@@ -75,15 +75,12 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
     else:
         model = build_captioner(config.model, len(vocab))
     state = read_weights(weights)
-    problem = _mismatch(model.state_dict(), state)
-    if problem:
-        raise MmfuseError(f"weights {weights} do not match the run's config ({problem}); was the run trained "
-                          f"by another version of mmfuse? Retrain it")
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise MmfuseError(f"weights {weights} do not match the run's config: {first}") from None
+    except RuntimeError as exc:  # torch's message lists every tensor; name the first few instead
+        problem = _mismatch(model.state_dict(), state) or str(exc).strip().splitlines()[-1].strip()
+        raise MmfuseError(f"weights {weights} do not match the run's config ({problem}); was the run trained "
+                          f"by another version of mmfuse? Retrain it") from None
     return LoadedRun(config, vocab, model.to(device).eval(), weights, labels)
 
 

@@ -119,7 +119,8 @@ def _relation(rng: np.random.Generator, objects: list[ShapeObject], names: list[
     template = "is the {} to the left of the {} ?" if rng.random() < 0.5 else "is the {} to the right of the {} ?"
     left_question = "left" in template
     first, second = (a, b) if left_question else (b, a)
-    return Question("relation", template.format(names[first], names[second]), template.format(names[second], names[first]))
+    yes, no = template.format(names[first], names[second]), template.format(names[second], names[first])
+    return Question("relation", yes, no)
 
 
 def _attribute(rng: np.random.Generator, objects: list[ShapeObject], names: list[str]) -> Question:
@@ -135,4 +136,5 @@ def _existence(rng: np.random.Generator, objects: list[ShapeObject], names: list
     obj = objects[int(rng.integers(len(objects)))]
     absent = [(s, c, h) for s in SIZES for c in COLOURS for h in SHAPES if (s, c, h) not in present]
     size, colour, shape = absent[int(rng.integers(len(absent)))]
-    return Question("existence", f"is there a {obj.size} {obj.colour} {obj.shape} ?", f"is there a {size} {colour} {shape} ?")
+    yes, no = f"is there a {obj.size} {obj.colour} {obj.shape} ?", f"is there a {size} {colour} {shape} ?"
+    return Question("existence", yes, no)
