@@ -58,6 +58,8 @@ class ModelConfig:
         hidden_dim: decoder / text encoder width (and the classifier head's).
         num_layers: stacked decoder / text encoder layers.
         dropout: dropout on embeddings and decoder outputs.
+        grounding: classifier only: add word grounding (where each word's referent is in the image)
+            beside every fusion but ``late``; off only to measure what it adds (config file).
     """
 
     task: str = "auto"
@@ -71,6 +73,7 @@ class ModelConfig:
     hidden_dim: int = 256
     num_layers: int = 1
     dropout: float = 0.1
+    grounding: bool = True
 
     def validate(self) -> None:
         _positive(self, "feature_dim", "embed_dim", "hidden_dim", "num_layers")

@@ -3,10 +3,15 @@
 Per fusion kind (see :mod:`mmfuse.models.fusion`): ``position`` fusions combine the text vector
 with every image region (the global vector and each grid cell, tagged with a learned position
 embedding), as VQA models fuse the question at every location; a small MLP reads each fused region
-and the regions are max-pooled, so "where" survives for questions like "is A left of B ?"; ``attention`` attends over the grid with the text vector plus the image's global
-vector as query (stacked attention, one hop); ``prefix`` fusions put image tokens before the words and the text encoder reads
-both (for ``transformer``: joint self-attention over image and text tokens); ``decision`` (late)
-combines an image-only and a text-only classifier's predictions.
+and the regions are max-pooled; ``attention`` attends over the grid with the text vector plus the
+image's global vector as query (stacked attention, one hop); ``prefix`` fusions put image tokens
+before the words and the text encoder reads both (for ``transformer``: joint self-attention over
+image and text tokens); ``decision`` (late) combines an image-only and a text-only classifier's
+predictions.
+
+Every fusion except ``late`` also gets :class:`~mmfuse.models.grounding.WordGrounding` beside it:
+where each word's referent is in the grid, combined by roles read from the text, so questions like
+"is A left of B ?" can compare two positions. The head reads [fused vector; grounding vector].
 
 Shape legend: B batch, T text positions, N grid cells, P prefix tokens, D widths, C classes.
 """
@@ -21,6 +26,7 @@ from mmfuse.data.vocab import PAD_ID
 from mmfuse.models.encoders import IMAGE_ENCODERS, ImageFeatures
 from mmfuse.errors import MmfuseError
 from mmfuse.models.fusion import ATTENTION, DECISION, FUSIONS, POSITION, PREFIX
+from mmfuse.models.grounding import WordGrounding
 from mmfuse.models.parts import resolve_parts
 from mmfuse.models.text_encoders import TEXT_ENCODERS, masked_mean
 
@@ -36,7 +42,7 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, text_encoder: nn.Module, fusion: nn.Module, vocab_size: int,
-                 embed_dim: int, hidden_dim: int, num_classes: int, dropout: float):
+                 embed_dim: int, hidden_dim: int, num_classes: int, dropout: float, grounding: bool = True):
         super().__init__()
         self.encoder = encoder
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
@@ -53,7 +59,8 @@ class Classifier(nn.Module):
             self.region_pos = nn.Parameter(torch.randn(self.max_regions, encoder.out_dim) * 0.02)
             self.region_mlp = nn.Sequential(nn.Linear(fusion.out_dim, hidden_dim), nn.ReLU(inplace=True))
             in_dim = hidden_dim
-        self.head = _head(in_dim, hidden_dim, num_classes, dropout)
+        self.grounding = WordGrounding(encoder.out_dim, text_encoder.out_dim, hidden_dim) if grounding else None
+        self.head = _head(in_dim + (hidden_dim if grounding else 0), hidden_dim, num_classes, dropout)
 
     max_regions = 257  # the global vector + up to 16x16 grid cells
 
@@ -67,14 +74,22 @@ class Classifier(nn.Module):
         words = self.embed_drop(self.embed(tokens))  # (B, T, E)
         kind = self.fusion.kind
         if kind == PREFIX:
-            return self.head(self._read_with_prefix(features, words, mask))
-        _, text = self.text_encoder(words, mask)  # (B, Dt)
-        if kind == DECISION:
-            return self.fusion(self.image_head(features.pooled), self.text_head(text))
-        if kind == ATTENTION:  # the question, plus the image's gist, says where to look
+            states, fused = self._read_with_prefix(features, words, mask)  # (B, T, H), (B, H)
+        else:
+            states, text = self.text_encoder(words, mask)  # (B, T, Dt), (B, Dt)
+            if kind == DECISION:
+                return self.fusion(self.image_head(features.pooled), self.text_head(text))
+            fused = self._fuse(features, text)  # (B, F)
+        if self.grounding is not None:
+            fused = torch.cat([fused, self.grounding(features.grid, states, mask)], 1)  # (B, F + H)
+        return self.head(fused)
+
+    def _fuse(self, features: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
+        """The fusion's joint vector (B, F) from image features and the text vector (B, Dt)."""
+        if self.fusion.kind == ATTENTION:  # the question, plus the image's gist, says where to look
             fused, _ = self.fusion.step(features, text, text + self.fusion.initial_hidden(features))  # (B, F)
-            return self.head(fused)
-        return self.head(self._fuse_regions(features, text))
+            return fused
+        return self._fuse_regions(features, text)
 
     def _fuse_regions(self, features: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
         """Fuse the text vector (B, Dt) with every region, MLP, max-pool -> (B, H)."""
@@ -87,13 +102,16 @@ class Classifier(nn.Module):
         fused = self.fusion(per_region, text.repeat_interleave(r, 0).unsqueeze(1))[:, 0]  # (B*R, F)
         return self.region_mlp(fused).unflatten(0, (b, r)).amax(1)  # (B, H)
 
-    def _read_with_prefix(self, features: ImageFeatures, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The text encoder reads [image tokens; words]; the text positions are pooled -> (B, H)."""
+    def _read_with_prefix(self, features: ImageFeatures, words: torch.Tensor,
+                          mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text encoder reads [image tokens; words] -> the word positions' states (B, T, H) and
+        their mean (B, H)."""
         prefix = self.fusion.prefix(features)  # (B, P, E)
         seq = torch.cat([prefix, self.fusion(features, words, mask)], 1)  # (B, P+T, E)
         full_mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], 1)  # (B, P+T)
         states, _ = self.text_encoder(seq, full_mask)  # (B, P+T, H)
-        return masked_mean(states[:, prefix.size(1):], mask)
+        states = states[:, prefix.size(1):]  # (B, T, H)
+        return states, masked_mean(states, mask)
 
 
 def build_classifier(cfg: ModelConfig, vocab_size: int, num_classes: int) -> Classifier:
@@ -106,7 +124,8 @@ def build_classifier(cfg: ModelConfig, vocab_size: int, num_classes: int) -> Cla
     text_dim = cfg.embed_dim if fusion_cls.kind == PREFIX else text_encoder.out_dim
     extra = {"query_dim": text_encoder.out_dim} if fusion_cls.kind == ATTENTION else {}
     fusion = FUSIONS.create(cfg.fusion, image_dim=encoder.out_dim, text_dim=text_dim, dropout=cfg.dropout, **extra)
-    return Classifier(encoder, text_encoder, fusion, vocab_size, cfg.embed_dim, cfg.hidden_dim, num_classes, cfg.dropout)
+    return Classifier(encoder, text_encoder, fusion, vocab_size, cfg.embed_dim, cfg.hidden_dim, num_classes,
+                      cfg.dropout, cfg.grounding)
 
 
 
