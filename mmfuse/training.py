@@ -188,7 +188,7 @@ class _Loop:
         self.task, self.model, self.cfg, self.device, self.run_dir = task, task.model, cfg, device, run_dir
         tc = cfg.train
         generator = torch.Generator().manual_seed(tc.seed)
-        self.loader = DataLoader(task.train_set, batch_size=tc.batch_size, shuffle=True, generator=generator,
+        self.loader = DataLoader(task.train_set, batch_size=tc.batch_size, sampler=task.train_set.sampler(generator),
                                  collate_fn=task.train_set.collate, drop_last=False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * len(self.loader))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmfuse.data.dataset import load_labelled_split
+from mmfuse.data.dataset import ImageGroupedSampler, load_labelled_split
 from mmfuse.training import balanced_class_weights
 from tests.conftest import TINY, invoke
 
@@ -139,3 +139,15 @@ def test_class_weighted_training_runs(workspace: Path) -> None:
                  "--run", "w", "--feature-dim", "16", "--embed-dim", "8", "--hidden-dim", "16")
     assert res.exit_code == 0, res.stderr
     assert json.loads((workspace / "runs" / "w" / "config.json").read_text())["train"]["class_weights"] == "balanced"
+
+
+def test_training_order_keeps_each_images_questions_together_and_draws_each_once() -> None:
+    keys = [f"img{i // 3}" if i < 30 else f"img{i}" for i in range(40)]  # 10 images x 3 samples, then 10 x 1
+    sampler = ImageGroupedSampler(keys, torch.Generator().manual_seed(0))
+    first, second = list(sampler), list(sampler)
+    for order in (first, second):
+        assert sorted(order) == list(range(40)) and len(sampler) == 40
+        runs = [k for i, k in enumerate(keys[j] for j in order) if i == 0 or k != keys[order[i - 1]]]
+        assert len(runs) == len(set(keys)), "an image's samples are split"
+    assert first != second  # a new order every epoch
+    assert first == list(ImageGroupedSampler(keys, torch.Generator().manual_seed(0)))  # seeded

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, RandomSampler, Sampler
 
 from mmfuse.data.prepare import FORMAT_VERSION
 from mmfuse.data.vocab import PAD_ID, Vocab
@@ -126,6 +126,10 @@ class CaptionDataset(Dataset):
         self.seed = seed
         self.epoch = 0
 
+    def sampler(self, generator: torch.Generator) -> Sampler[int]:
+        """Training order: images shuffled (each brings its captions)."""
+        return RandomSampler(self, generator=generator)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -178,6 +182,11 @@ class LabelledDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def sampler(self, generator: torch.Generator) -> Sampler[int]:
+        """Training order: images shuffled, each image's samples next to each other (see
+        :class:`ImageGroupedSampler`)."""
+        return ImageGroupedSampler(self.paths, generator)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, list[int], int]:
         return self.normalize(self._pixels(self.paths[i])), self.token_ids[i], self.labels[i]
 
@@ -196,6 +205,33 @@ class LabelledDataset(Dataset):
         """-> images (B, 3, S, S), tokens (B, T) padded, labels (B,)."""
         images, tokens, labels = zip(*batch)
         return {"images": torch.stack(images), "tokens": pad(list(tokens)), "labels": torch.tensor(labels)}
+
+
+class ImageGroupedSampler(Sampler[int]):
+    """Sample indices in a random order of images, each image's samples consecutive (so they share
+    a batch unless one falls on a batch boundary), in a random order within the image.
+
+    With questions asked in pairs about one image (shapes-qa: one "yes", one "no"), a batch then
+    holds both twins and every step sees what tells them apart: the same image, other words. Each
+    sample is drawn once per epoch, as with plain shuffling.
+    """
+
+    def __init__(self, keys: list[Any], generator: torch.Generator):
+        groups: dict[Any, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        self.groups = list(groups.values())
+        self.generator = generator
+        self.count = len(keys)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        for g in torch.randperm(len(self.groups), generator=self.generator).tolist():
+            group = self.groups[g]
+            for j in torch.randperm(len(group), generator=self.generator).tolist():
+                yield group[j]
 
 
 class ImageDataset(Dataset):
