@@ -189,6 +189,7 @@ class _Loop:
         tc = cfg.train
         generator = torch.Generator().manual_seed(tc.seed)
         self.loader = DataLoader(task.train_set, batch_size=tc.batch_size, sampler=task.train_set.sampler(generator),
+                                 generator=generator,  # as before: the loader's per-epoch seed draw from it, not torch's
                                  collate_fn=task.train_set.collate, drop_last=False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * len(self.loader))
