@@ -13,7 +13,7 @@ from tests.conftest import invoke
 
 # measured with these budgets (seed 0): concat 0.51, attention 0.66
 MIN_TEST_BLEU4 = {"concat": 0.40, "attention": 0.55}
-MIN_QA_ACCURACY = 0.70  # transformer fusion; measured 0.7575 (image ablated 0.53, text ablated 0.5025)
+MIN_QA_ACCURACY = 0.70  # transformer fusion; measured 0.7675 (image ablated 0.505, text ablated 0.505)
 MAX_ABLATED_ACCURACY = 0.56  # the majority-class rate is 0.50
 
 
