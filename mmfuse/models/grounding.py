@@ -66,15 +66,20 @@ class WordGrounding(nn.Module):
 
     def referents(self, grid: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """grid (B, N, Di), states (B, T, Dt) -> for each word, a distribution over cells (B, N, T)."""
-        positions = grid_position_features(grid.size(1), grid.device).to(grid.dtype)  # (N, P)
-        keys = self.key(torch.cat([grid, positions.expand(grid.size(0), -1, -1)], -1))  # (B, N, D)
-        scores = torch.einsum("bnd,btd->bnt", keys, self.query(states)) / math.sqrt(keys.size(-1))
-        return scores.softmax(1)  # (B, N, T), each word's column sums to 1
+        return self._where(grid, states, self._positions(grid))
 
     def forward(self, grid: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """grid (B, N, Di), states (B, T, Dt), mask (B, T) -> (B, out_dim)."""
-        where = self.referents(grid, states)  # (B, N, T)
-        positions = grid_position_features(grid.size(1), grid.device).to(grid.dtype)  # (N, P)
-        word_positions = torch.einsum("bnt,np->btp", where, positions)  # (B, T, P)
+        positions = self._positions(grid)  # (N, P)
+        word_positions = torch.einsum("bnt,np->btp", self._where(grid, states, positions), positions)  # (B, T, P)
         roles = self.role(states) * mask.unsqueeze(-1).to(states.dtype)  # (B, T, R), 0 on padding
         return self.out(torch.einsum("btr,btp->brp", roles, word_positions).flatten(1))  # (B, out_dim)
+
+    @staticmethod
+    def _positions(grid: torch.Tensor) -> torch.Tensor:
+        return grid_position_features(grid.size(1), grid.device).to(grid.dtype)  # (N, P)
+
+    def _where(self, grid: torch.Tensor, states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        keys = self.key(torch.cat([grid, positions.expand(grid.size(0), -1, -1)], -1))  # (B, N, D)
+        scores = torch.einsum("bnd,btd->bnt", keys, self.query(states)) / math.sqrt(keys.size(-1))
+        return scores.softmax(1)  # (B, N, T), each word's column sums to 1
