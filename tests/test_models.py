@@ -13,8 +13,8 @@ from mmfuse.errors import MmfuseError
 from mmfuse.models.captioner import build_captioner
 from mmfuse.models.classifier import build_classifier
 from mmfuse.models.decoders import DECODERS
-from mmfuse.models.encoders import IMAGE_ENCODERS
-from mmfuse.models.fusion import FUSIONS
+from mmfuse.models.encoders import IMAGE_ENCODERS, ImageFeatures
+from mmfuse.models.fusion import FUSIONS, POSITION
 from mmfuse.models.parts import resolve_parts
 from mmfuse.models.text_encoders import TEXT_ENCODERS
 
@@ -125,6 +125,20 @@ def test_gated_fusion_exposes_its_modality_weights() -> None:
         fusion.gate.bias.fill_(50.0)
         fused = fusion(image, text)
     assert torch.allclose(fused, fusion.text_proj(text), atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", sorted(n for n in FUSIONS.names() if FUSIONS.get(n).kind == POSITION))
+def test_position_fusions_broadcast_one_text_over_many_regions_as_if_fused_one_by_one(fusion: str) -> None:
+    torch.manual_seed(0)
+    module = FUSIONS.create(fusion, image_dim=6, text_dim=5).eval()
+    regions, text = torch.randn(2, 7, 6), torch.randn(2, 5)  # (B, R, Di), (B, Dt)
+    with torch.no_grad():
+        together = module(ImageFeatures(grid=regions, pooled=regions), text[:, None, None])[:, :, 0]  # (B, R, F)
+        one_by_one = torch.stack([module(ImageFeatures(grid=regions[:, r, None], pooled=regions[:, r]),
+                                         text[:, None])[:, 0] for r in range(7)], 1)  # (B, R, F)
+    assert together.shape == (2, 7, module.out_dim)
+    assert torch.allclose(together, one_by_one, atol=1e-5)
+    assert not torch.allclose(together[:, 0], together[:, 1])  # each region keeps its own features
 
 
 def test_film_reduces_to_the_projected_text_when_the_image_is_silent() -> None:

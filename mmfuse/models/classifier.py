@@ -94,13 +94,13 @@ class Classifier(nn.Module):
     def _fuse_regions(self, features: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
         """Fuse the text vector (B, Dt) with every region, MLP, max-pool -> (B, H)."""
         regions = torch.cat([features.pooled.unsqueeze(1), features.grid], 1)  # (B, R, Di), R = 1 + N
-        b, r = regions.shape[:2]
-        if r > self.max_regions:
-            raise MmfuseError(f"the classifier handles at most {self.max_regions - 1} grid cells, the encoder gives {r - 1}")
-        regions = (regions + self.region_pos[:r]).flatten(0, 1)  # (B*R, Di)
-        per_region = ImageFeatures(grid=regions.unsqueeze(1), pooled=regions)
-        fused = self.fusion(per_region, text.repeat_interleave(r, 0).unsqueeze(1))[:, 0]  # (B*R, F)
-        return self.region_mlp(fused).unflatten(0, (b, r)).amax(1)  # (B, H)
+        if regions.size(1) > self.max_regions:
+            raise MmfuseError(f"the classifier handles at most {self.max_regions - 1} grid cells, "
+                              f"the encoder gives {regions.size(1) - 1}")
+        regions = regions + self.region_pos[:regions.size(1)]  # (B, R, Di)
+        per_region = ImageFeatures(grid=regions, pooled=regions)
+        fused = self.fusion(per_region, text[:, None, None])[:, :, 0]  # (B, R, F): pooled broadcasts over R
+        return self.region_mlp(fused).amax(1)  # (B, H)
 
     def _read_with_prefix(self, features: ImageFeatures, words: torch.Tensor,
                           mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,10 @@ test and one ablation command serve them all:
 
 - ``position`` (feature level: concat, sum, gated, film, bilinear):
   ``forward(ImageFeatures, text (B, T, Dt), mask (B, T) or None) -> fused (B, T, out_dim)``, applied
-  position by position, so it also works one decoding step at a time (T = 1).
+  position by position, so it also works one decoding step at a time (T = 1). They read only
+  ``pooled`` and broadcast it over T; extra leading dimensions broadcast too (pooled (B, R, Di) with
+  text (B, 1, 1, Dt) -> (B, R, 1, out_dim)), which the classifier uses to fuse one question with
+  every image region while projecting the question once.
 - ``attention`` (Show, Attend and Tell): ``step(ImageFeatures, text (B, Dt), query (B, Q)) ->
   (fused (B, out_dim), weights (B, N))`` at every step, with the query coming from the decoder's
   previous hidden state (captioning) or the question vector (classification).
@@ -56,9 +59,8 @@ class ConcatFusion(nn.Module):
 
     def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """image.pooled (B, Di), text (B, T, Dt) -> (B, T, 2*Dt). ``mask`` is unused here."""
-        img = self.proj(image.pooled)  # (B, Dt)
-        img = img.unsqueeze(1).expand(-1, text.size(1), -1)  # (B, T, Dt)
-        return torch.cat([text, img], dim=-1)
+        img = self.proj(image.pooled).unsqueeze(-2)  # (B, 1, Dt)
+        return torch.cat(torch.broadcast_tensors(text, img), dim=-1)  # (B, T, 2*Dt)
 
 
 @FUSIONS.register("sum")
@@ -81,7 +83,7 @@ class SumFusion(nn.Module):
 
     def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """image.pooled (B, Di), text (B, T, Dt) -> (B, T, 2*Dt)."""
-        return self.text_proj(text) + self.image_proj(image.pooled).unsqueeze(1)
+        return self.text_proj(text) + self.image_proj(image.pooled).unsqueeze(-2)
 
 
 @FUSIONS.register("gated")
@@ -109,8 +111,8 @@ class GatedFusion(nn.Module):
 
     def _branches(self, image: ImageFeatures, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h_text = self.text_proj(text)  # (B, T, W)
-        h_image = self.image_proj(image.pooled).unsqueeze(1).expand_as(h_text)  # (B, T, W)
-        return h_text, h_image
+        h_image = self.image_proj(image.pooled).unsqueeze(-2)  # (B, 1, W)
+        return torch.broadcast_tensors(h_text, h_image)  # each (B, T, W)
 
     def modality_weights(self, image: ImageFeatures, text: torch.Tensor) -> torch.Tensor:
         """The text weight z in [0, 1], (B, T, 2*Dt); the image weight is 1 - z."""
@@ -145,7 +147,7 @@ class FiLMFusion(nn.Module):
 
     def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """image.pooled (B, Di), text (B, T, Dt) -> (B, T, 2*Dt)."""
-        gamma, beta = self.film(image.pooled).unsqueeze(1).chunk(2, dim=-1)  # each (B, 1, W)
+        gamma, beta = self.film(image.pooled).unsqueeze(-2).chunk(2, dim=-1)  # each (B, 1, W)
         return (1 + torch.tanh(gamma)) * self.text_proj(text) + beta
 
 
@@ -177,7 +179,7 @@ class BilinearFusion(nn.Module):
 
     def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """image.pooled (B, Di), text (B, T, Dt) -> (B, T, 2*Dt)."""
-        joint = torch.tanh(self.image_proj(image.pooled)).unsqueeze(1) * torch.tanh(self.text_proj(text))  # (B, T, k*W)
+        joint = torch.tanh(self.image_proj(image.pooled)).unsqueeze(-2) * torch.tanh(self.text_proj(text))  # (B, T, k*W)
         pooled = self.drop(joint).unflatten(-1, (-1, self.factors)).sum(-1)  # (B, T, W)
         return self.out_proj(self.norm(pooled))
 
