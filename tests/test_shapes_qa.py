@@ -76,6 +76,22 @@ def test_yes_questions_are_true_and_no_questions_false_for_every_kind() -> None:
     assert min(kinds.values()) > 50 and len(kinds) == 3, kinds
 
 
+def test_existence_no_questions_are_near_misses_of_the_yes_object() -> None:
+    """The "no" twin names the "yes" object with exactly one attribute changed, and every attribute
+    (size, colour, shape) gets changed in some pairs: no attribute can be ignored."""
+    changed: Counter = Counter()
+    for i in range(600):
+        rng = np.random.default_rng([5, i])
+        _, objects, _ = make_scene(rng, 64)
+        kind, yes, no = make_questions(rng, objects)
+        if kind != "existence":
+            continue
+        diff = [k for k, (a, b) in enumerate(zip(yes.split(), no.split())) if a != b]
+        assert len(yes.split()) == len(no.split()) and len(diff) == 1, (yes, no)
+        changed[diff[0]] += 1
+    assert sorted(changed) == [3, 4, 5] and min(changed.values()) > 10, changed  # size, colour, shape words
+
+
 def test_neither_the_question_nor_the_image_alone_gives_the_answer(tmp_path: Path) -> None:
     """A lookup of the training answers by exact question text, applied to the test split, is at
     chance; so is any image-only rule (each image has one yes and one no question)."""

@@ -8,7 +8,8 @@ image allows:
 
 - relation: "is the red circle to the left of the blue square ?" (yes: the true order, no: swapped),
 - attribute: "is the small triangle green ?" (yes: its colour, no: another colour),
-- existence: "is there a large yellow circle ?" (yes: an object in the image, no: one that is not).
+- existence: "is there a large yellow circle ?" (yes: an object in the image, no: the same object
+  with one attribute changed, which is not in the image).
 
 Each sample's ``group`` is its kind, so ``evaluate`` reports the accuracy per kind.
 
@@ -132,9 +133,22 @@ def _attribute(rng: np.random.Generator, objects: list[ShapeObject], names: list
 
 
 def _existence(rng: np.random.Generator, objects: list[ShapeObject], names: list[str]) -> Question:
+    """Yes: an object in the image. No: the same object with one attribute changed, absent from the
+    image (a near miss: the two questions differ in one word, so only checking every attribute of
+    the objects answers them; an object has 7 near misses and at most 2 other objects are
+    present, so one always exists)."""
     present = {(o.size, o.colour, o.shape) for o in objects}
     obj = objects[int(rng.integers(len(objects)))]
-    absent = [(s, c, h) for s in SIZES for c in COLOURS for h in SHAPES if (s, c, h) not in present]
-    size, colour, shape = absent[int(rng.integers(len(absent)))]
+    described = (obj.size, obj.colour, obj.shape)
+    near = [miss for miss in _near_misses(described) if miss not in present]
+    size, colour, shape = near[int(rng.integers(len(near)))]
     yes, no = f"is there a {obj.size} {obj.colour} {obj.shape} ?", f"is there a {size} {colour} {shape} ?"
     return Question("existence", yes, no)
+
+
+def _near_misses(described: tuple[str, str, str]) -> list[tuple[str, str, str]]:
+    """Every (size, colour, shape) that differs from ``described`` in exactly one attribute."""
+    misses = []
+    for k, values in enumerate((SIZES, COLOURS, SHAPES)):
+        misses += [described[:k] + (v,) + described[k + 1:] for v in values if v != described[k]]
+    return misses
