@@ -19,6 +19,7 @@ Shape legend: B batch, N grid cells (g x g), T text positions, R roles, P positi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -29,10 +30,12 @@ from mmfuse.errors import MmfuseError
 FREQUENCIES = (1, 2, 3, 4)
 
 
+@functools.lru_cache(maxsize=16)
 def grid_position_features(cells: int, device: torch.device | None = None) -> torch.Tensor:
     """Fourier features of the centres of a square grid of ``cells`` cells, row-major -> (N, P).
 
     P = 1 + 4 * len(FREQUENCIES): a constant, then sin and cos of x and y at each frequency.
+    A constant per (cells, device), built once and shared: callers must not modify it.
     """
     side = math.isqrt(cells)
     if side * side != cells:
