@@ -3,8 +3,9 @@ needs BOTH the image and the question.
 
 Each image (drawn as in ``shapes``) gets two questions of one kind, one answered "yes" and one
 "no", so the answer is balanced per image (the image alone says nothing) and, by symmetry, per
-question text (the question alone says nothing). Kinds, chosen uniformly among those that the
-image allows:
+question text (the question alone says nothing). The kinds are balanced too: each image first
+draws its kind uniformly, then scenes are drawn until one allows that kind (a relation needs two
+objects with unique names, which only about half of the scenes have):
 
 - relation: "is the red circle to the left of the blue square ?" (yes: the true order, no: swapped),
 - attribute: "is the small triangle green ?" (yes: its colour, no: another colour),
@@ -23,6 +24,7 @@ from dataclasses import asdict
 from typing import Any, Iterator, NamedTuple
 
 import numpy as np
+from PIL import Image
 
 from mmfuse.config import ShapesConfig
 from mmfuse.data.sources import SPLITS, SOURCES, RawSample
@@ -30,6 +32,7 @@ from mmfuse.data.sources.shapes import COLOURS, SHAPES, SIZES, ShapeObject, make
 from mmfuse.errors import MmfuseError
 
 LABELS = ("no", "yes")
+KINDS = ("existence", "attribute", "relation")
 
 
 class Question(NamedTuple):
@@ -64,8 +67,7 @@ class ShapesQASource:
         for split_index, split in enumerate(SPLITS):
             for i in range(getattr(self.opts, f"{split}_images")):
                 rng = np.random.default_rng([self.opts.seed, split_index, i, 7])
-                image, objects, _ = make_scene(rng, self.opts.image_size)
-                pair = make_questions(rng, objects)
+                image, pair = make_example(rng, self.opts.image_size)
                 image_id = f"{split}-{i:06d}"
                 for k, (text, label) in enumerate(_shuffled([(pair.yes, "yes"), (pair.no, "no")], rng)):
                     yield RawSample(split=split, id=f"{image_id}-q{k}", image=image, text=text, label=label,
@@ -76,15 +78,29 @@ def _shuffled(pair: list[tuple[str, str]], rng: np.random.Generator) -> list[tup
     return pair if rng.random() < 0.5 else pair[::-1]
 
 
-def make_questions(rng: np.random.Generator, objects: list[ShapeObject]) -> Question:
-    """A (yes, no) question pair of one kind about ``objects``."""
+def make_example(rng: np.random.Generator, size: int) -> tuple[Image.Image, Question]:
+    """An image and a (yes, no) question pair about it; the kind is uniform over ``KINDS``."""
+    kind = KINDS[int(rng.integers(len(KINDS)))]
+    while True:  # terminates: 1-3 objects are drawn at random, so every kind comes up
+        image, objects, _ = make_scene(rng, size)
+        if kind in allowed_kinds(objects):
+            return image, make_question(rng, kind, objects)
+
+
+def allowed_kinds(objects: list[ShapeObject]) -> list[str]:
+    """The question kinds that ``objects`` can be asked about."""
     names = unique_names(objects)
-    kinds = [_existence]
+    kinds = ["existence"]
     if any(_without_colour(o, objects) for o in objects):
-        kinds.append(_attribute)
-    if len(objects) >= 2:
-        kinds.append(_relation)
-    return kinds[int(rng.integers(len(kinds)))](rng, objects, names)
+        kinds.append("attribute")
+    if any(names[a] and names[b] for a in range(len(objects)) for b in range(a + 1, len(objects))):
+        kinds.append("relation")
+    return kinds
+
+
+def make_question(rng: np.random.Generator, kind: str, objects: list[ShapeObject]) -> Question:
+    """A (yes, no) question pair of ``kind`` (one of :func:`allowed_kinds`) about ``objects``."""
+    return _MAKERS[kind](rng, objects, unique_names(objects))
 
 
 def unique_names(objects: list[ShapeObject]) -> list[str]:
@@ -114,8 +130,6 @@ def _without_colour(o: ShapeObject, objects: list[ShapeObject]) -> str:
 
 def _relation(rng: np.random.Generator, objects: list[ShapeObject], names: list[str]) -> Question:
     pairs = [(a, b) for a in range(len(objects)) for b in range(a + 1, len(objects)) if names[a] and names[b]]
-    if not pairs:
-        return _existence(rng, objects, names)
     a, b = pairs[int(rng.integers(len(pairs)))]  # objects are sorted left to right: a is left of b
     template = "is the {} to the left of the {} ?" if rng.random() < 0.5 else "is the {} to the right of the {} ?"
     left_question = "left" in template
@@ -152,3 +166,6 @@ def _near_misses(described: tuple[str, str, str]) -> list[tuple[str, str, str]]:
     for k, values in enumerate((SIZES, COLOURS, SHAPES)):
         misses += [described[:k] + (v,) + described[k + 1:] for v in values if v != described[k]]
     return misses
+
+
+_MAKERS = {"existence": _existence, "attribute": _attribute, "relation": _relation}
