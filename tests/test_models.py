@@ -256,21 +256,6 @@ def test_prefix_fusion_resamples_the_grid_into_k_tokens() -> None:
     assert torch.allclose(prefix[1], changed[1])
 
 
-@pytest.mark.parametrize("fusion", ["transformer", "prefix"])
-def test_prefix_classifiers_read_the_image_tokens_states_as_well_as_the_words(fusion: str) -> None:
-    """With the head's weights on the words' mean zeroed (and no grounding), the answer must still
-    depend on the image: through the max of the image tokens' states."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(task="classify", fusion=fusion, text_encoder="transformer", image_size=32, dropout=0.0,
-                      grounding=False)
-    model = build_classifier(cfg, vocab_size=20, num_classes=2).eval()
-    with torch.no_grad():
-        model.head[0].weight[:, :model.text_encoder.out_dim] = 0.0
-    images, tokens = torch.randn(2, 3, 32, 32), torch.randint(4, 20, (2, 5))
-    logits = model(images, tokens)
-    assert not torch.allclose(logits, model(images.flip(0), tokens), atol=1e-4)
-
-
 def test_late_fusion_weights_are_a_distribution_and_combine_log_probabilities() -> None:
     fusion = FUSIONS.create("late", image_dim=4, text_dim=4)
     w = fusion.modality_weights()

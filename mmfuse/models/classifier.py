@@ -6,8 +6,7 @@ embedding), as VQA models fuse the question at every location; a small MLP reads
 and the regions are max-pooled; ``attention`` attends over the grid with the text vector plus the
 image's global vector as query (stacked attention, one hop); ``prefix`` fusions put image tokens
 before the words and the text encoder reads both (for ``transformer``: joint self-attention over
-image and text tokens), and the head reads the mean of the word states and the max of the image
-tokens' states; ``decision`` (late) combines an image-only and a text-only classifier's
+image and text tokens); ``decision`` (late) combines an image-only and a text-only classifier's
 predictions.
 
 Every fusion except ``late`` also gets :class:`~mmfuse.models.grounding.WordGrounding` beside it:
@@ -55,7 +54,7 @@ class Classifier(nn.Module):
             self.image_head = _head(encoder.out_dim, hidden_dim, num_classes, dropout)
             self.text_head = _head(text_encoder.out_dim, hidden_dim, num_classes, dropout)
             return
-        in_dim = 2 * text_encoder.out_dim if kind == PREFIX else fusion.out_dim
+        in_dim = text_encoder.out_dim if kind == PREFIX else fusion.out_dim
         if kind == POSITION:
             self.region_pos = nn.Parameter(torch.randn(self.max_regions, encoder.out_dim) * 0.02)
             self.region_mlp = nn.Sequential(nn.Linear(fusion.out_dim, hidden_dim), nn.ReLU(inplace=True))
@@ -75,7 +74,7 @@ class Classifier(nn.Module):
         words = self.embed_drop(self.embed(tokens))  # (B, T, E)
         kind = self.fusion.kind
         if kind == PREFIX:
-            states, fused = self._read_with_prefix(features, words, mask)  # (B, T, H), (B, 2H)
+            states, fused = self._read_with_prefix(features, words, mask)  # (B, T, H), (B, H)
         else:
             states, text = self.text_encoder(words, mask)  # (B, T, Dt), (B, Dt)
             if kind == DECISION:
@@ -106,17 +105,13 @@ class Classifier(nn.Module):
     def _read_with_prefix(self, features: ImageFeatures, words: torch.Tensor,
                           mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The text encoder reads [image tokens; words] -> the word positions' states (B, T, H) and
-        [their mean; the image positions' max] (B, 2H).
-
-        Both modalities' outputs are read: an image token's state has attended to the words, so its
-        max over tokens says whether some image token matches the question (as the position
-        fusions' max over regions does); the text states alone learned far more slowly."""
+        their mean (B, H)."""
         prefix = self.fusion.prefix(features)  # (B, P, E)
         seq = torch.cat([prefix, self.fusion(features, words, mask)], 1)  # (B, P+T, E)
         full_mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], 1)  # (B, P+T)
         states, _ = self.text_encoder(seq, full_mask)  # (B, P+T, H)
-        image_states, states = states[:, :prefix.size(1)], states[:, prefix.size(1):]  # (B, P, H), (B, T, H)
-        return states, torch.cat([masked_mean(states, mask), image_states.amax(1)], 1)
+        states = states[:, prefix.size(1):]  # (B, T, H)
+        return states, masked_mean(states, mask)
 
 
 def build_classifier(cfg: ModelConfig, vocab_size: int, num_classes: int) -> Classifier:
