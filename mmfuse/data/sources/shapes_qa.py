@@ -93,7 +93,7 @@ def allowed_kinds(objects: list[ShapeObject]) -> list[str]:
     kinds = ["existence"]
     if any(_without_colour(o, objects) for o in objects):
         kinds.append("attribute")
-    if any(names[a] and names[b] for a in range(len(objects)) for b in range(a + 1, len(objects))):
+    if _relation_pairs(names):
         kinds.append("relation")
     return kinds
 
@@ -128,8 +128,13 @@ def _without_colour(o: ShapeObject, objects: list[ShapeObject]) -> str:
     return ""
 
 
+def _relation_pairs(names: list[str]) -> list[tuple[int, int]]:
+    """Index pairs (a, b), a < b, of objects that both have a unique name."""
+    return [(a, b) for a in range(len(names)) for b in range(a + 1, len(names)) if names[a] and names[b]]
+
+
 def _relation(rng: np.random.Generator, objects: list[ShapeObject], names: list[str]) -> Question:
-    pairs = [(a, b) for a in range(len(objects)) for b in range(a + 1, len(objects)) if names[a] and names[b]]
+    pairs = _relation_pairs(names)
     a, b = pairs[int(rng.integers(len(pairs)))]  # objects are sorted left to right: a is left of b
     template = "is the {} to the left of the {} ?" if rng.random() < 0.5 else "is the {} to the right of the {} ?"
     left_question = "left" in template
