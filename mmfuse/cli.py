@@ -197,6 +197,7 @@ def train_cmd(
     class_weights: Annotated[str, typer.Option(help="Classification: none, or balanced (weights n / (C * class count)).")] = _TRAIN.class_weights,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = _TRAIN.lr,
     lr_schedule: Annotated[str, typer.Option(help="Learning-rate schedule: cosine (decay to 0, per step) or constant.")] = _TRAIN.lr_schedule,
+    warmup_steps: Annotated[int, typer.Option(help="Steps of linear learning-rate warmup before the schedule (0: none).")] = _TRAIN.warmup_steps,
     seed: Annotated[int, typer.Option(help="Random seed (weights init, data order).")] = _TRAIN.seed,
     device: Device_ = _TRAIN.device,
     run: Annotated[str, typer.Option(help="Run name (default: <data>-<fusion>-<timestamp>).", show_default=False)] = _TRAIN.run,
@@ -226,7 +227,7 @@ def train_cmd(
         model=_explicit(ctx, task=task, fusion=fusion, encoder=encoder, decoder=decoder, text_encoder=text_encoder,
                         feature_dim=feature_dim, embed_dim=embed_dim, hidden_dim=hidden_dim),
         train=_explicit(ctx, data=data, epochs=epochs, batch_size=batch_size, captions_per_image=captions_per_image,
-                        class_weights=class_weights, lr=lr, lr_schedule=lr_schedule, seed=seed, device=device, run=run,
+                        class_weights=class_weights, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps, seed=seed, device=device, run=run,
                         overwrite=overwrite, select_metric=select_metric),
         decode=_explicit(ctx, max_length=max_length),
     )

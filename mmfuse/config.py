@@ -115,6 +115,8 @@ class TrainConfig:
         captions_per_image: references used per image per step (sampled when there are more).
         lr: AdamW peak learning rate.
         lr_schedule: ``cosine`` (decay to 0 over the run, per step) or ``constant``.
+        warmup_steps: steps of linear warmup from ~0 to ``lr`` before the schedule (0 = none); the
+            cosine then decays over the remaining steps (as Hugging Face's cosine-with-warmup).
         weight_decay: AdamW weight decay.
         grad_clip: max gradient norm (0 = no clipping).
         seed: seed of every random number generator involved.
@@ -133,6 +135,7 @@ class TrainConfig:
     captions_per_image: int = 1
     lr: float = 2e-3
     lr_schedule: str = "cosine"
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     seed: int = 0
@@ -145,8 +148,9 @@ class TrainConfig:
         _positive(self, "epochs", "batch_size", "captions_per_image")
         if self.lr <= 0:
             raise MmfuseError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise MmfuseError("weight_decay and grad_clip must be >= 0")
+        for name in ("weight_decay", "grad_clip", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise MmfuseError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise MmfuseError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
         if self.select_metric not in SELECT_METRICS:

@@ -10,6 +10,7 @@ per epoch goes to ``metrics.jsonl``.
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import time
@@ -174,11 +175,21 @@ def _create_run_dir(workspace: Workspace, cfg: RunConfig, vocab_json: dict[str, 
     return run_dir
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-step learning-rate schedule: cosine decay to 0 over ``total_steps``, or constant."""
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+def lr_factor(step: int, kind: str, total_steps: int, warmup_steps: int = 0) -> float:
+    """Multiplier of the peak learning rate before optimiser step ``step`` (0-based): linear warmup
+    over ``warmup_steps`` (1/w, 2/w, ..., 1), then constant or a cosine decay to 0 over the rest."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
+               warmup_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate schedule (see :func:`lr_factor`)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, kind, total_steps, warmup_steps))
 
 
 class _Loop:
@@ -192,7 +203,7 @@ class _Loop:
                                  generator=generator,  # as before: the loader's per-epoch seed draw from it, not torch's
                                  collate_fn=task.train_set.collate, drop_last=False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * len(self.loader))
+        self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * len(self.loader), tc.warmup_steps)
 
     def run(self, on_epoch: EpochHook | None) -> TrainResult:
         history: list[dict[str, Any]] = []
