@@ -78,6 +78,9 @@ class TransformerTextEncoder(nn.Module):
         super().__init__()
         self.inp = nn.Linear(input_dim, hidden_dim)
         self.pos = nn.Embedding(self.max_positions, hidden_dim)
+        # BERT's 0.02, not nn.Embedding's N(0, 1), which swamped the tokens (projected to std ~0.6):
+        # on shapes-qa (transformer fusion, lr 1e-3, 500 steps) attribute accuracy 0.71 -> 0.80.
+        nn.init.normal_(self.pos.weight, std=0.02)
         self.blocks = transformer_blocks(hidden_dim, num_layers, dropout)
         self.norm = nn.LayerNorm(hidden_dim)
         self.out_dim = hidden_dim
