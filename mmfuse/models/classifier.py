@@ -11,9 +11,7 @@ predictions.
 
 Every fusion except ``late`` also gets :class:`~mmfuse.models.grounding.WordGrounding` beside it:
 where each word's referent is in the grid, combined by roles read from the text, so questions like
-"is A left of B ?" can compare two positions. Its queries and roles always come from the question
-alone (for ``prefix`` fusions the text encoder reads the words a second time, without the image
-tokens). The head reads [fused vector; grounding vector].
+"is A left of B ?" can compare two positions. The head reads [fused vector; grounding vector].
 
 Shape legend: B batch, T text positions, N grid cells, P prefix tokens, D widths, C classes.
 """
@@ -76,8 +74,7 @@ class Classifier(nn.Module):
         words = self.embed_drop(self.embed(tokens))  # (B, T, E)
         kind = self.fusion.kind
         if kind == PREFIX:
-            fused = self._read_with_prefix(features, words, mask)  # (B, H)
-            states = self._question_states(features, words, mask) if self.grounding is not None else None
+            states, fused = self._read_with_prefix(features, words, mask)  # (B, T, H), (B, H)
         else:
             states, text = self.text_encoder(words, mask)  # (B, T, Dt), (B, Dt)
             if kind == DECISION:
@@ -105,21 +102,16 @@ class Classifier(nn.Module):
         fused = self.fusion(per_region, text[:, None, None])[:, :, 0]  # (B, R, F): pooled broadcasts over R
         return self.region_mlp(fused).amax(1)  # (B, H)
 
-    def _read_with_prefix(self, features: ImageFeatures, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The text encoder reads [image tokens; words] -> the mean of the word positions' states (B, H)."""
+    def _read_with_prefix(self, features: ImageFeatures, words: torch.Tensor,
+                          mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text encoder reads [image tokens; words] -> the word positions' states (B, T, H) and
+        their mean (B, H)."""
         prefix = self.fusion.prefix(features)  # (B, P, E)
         seq = torch.cat([prefix, self.fusion(features, words, mask)], 1)  # (B, P+T, E)
         full_mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], 1)  # (B, P+T)
         states, _ = self.text_encoder(seq, full_mask)  # (B, P+T, H)
-        return masked_mean(states[:, prefix.size(1):], mask)  # (B, H)
-
-    def _question_states(self, features: ImageFeatures, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The same text encoder over the words alone -> (B, T, H), for the grounding's queries and
-        roles. Its roles must come from the text, as with every other fusion: from the joint pass
-        (words that also attend to the image) the relation questions stayed at chance on shapes-qa
-        (0.494 after 10 epochs) while attribute questions reached 0.948."""
-        states, _ = self.text_encoder(self.fusion(features, words, mask), mask)  # (B, T, H)
-        return states
+        states = states[:, prefix.size(1):]  # (B, T, H)
+        return states, masked_mean(states, mask)
 
 
 def build_classifier(cfg: ModelConfig, vocab_size: int, num_classes: int) -> Classifier:
