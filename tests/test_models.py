@@ -109,6 +109,21 @@ def test_encoder_grid_and_pooled_shapes() -> None:
     assert feats.grid.shape == (2, 64, 24) and feats.pooled.shape == (2, 24)
 
 
+@pytest.mark.parametrize("name", sorted(TEXT_ENCODERS))
+def test_text_encoders_ignore_padding_and_evaluate_as_they_train(name: str) -> None:
+    torch.manual_seed(0)
+    encoder = TEXT_ENCODERS.create(name, input_dim=8, hidden_dim=16, num_layers=2, dropout=0.0)
+    x, mask = torch.randn(3, 6, 8), torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6, [1, 0, 0, 0, 0, 0]]).bool()
+    states, pooled = encoder(x, mask)  # training mode
+    encoder.eval()
+    with torch.inference_mode():  # where torch's own Transformer layers take their fast path
+        eval_states, eval_pooled = encoder(x, mask)
+        alone, alone_pooled = encoder(x[:1, :3], mask[:1, :3])
+    assert torch.isfinite(eval_states).all()
+    assert torch.allclose(states[mask], eval_states[mask], atol=1e-5) and torch.allclose(pooled, eval_pooled, atol=1e-5)
+    assert torch.allclose(alone[0], eval_states[0, :3], atol=1e-5) and torch.allclose(alone_pooled[0], eval_pooled[0], atol=1e-5)
+
+
 def test_unknown_part_lists_valid_names() -> None:
     with pytest.raises(MmfuseError, match="valid fusions: " + ", ".join(sorted(FUSIONS))):
         FUSIONS.create("nope", image_dim=4, text_dim=4)
