@@ -178,7 +178,7 @@ _MODEL_HELP = {
     "fusion": "Fusion strategy.",
     "encoder": "Image encoder.",
     "decoder": "Caption decoder (auto: transformer for the transformer and prefix fusions, else lstm).",
-    "text_encoder": "Classifier text encoder (auto: transformer for the transformer and prefix fusions, else lstm).",
+    "text_encoder": "Classifier text encoder (auto: gru for the transformer and prefix fusions, else lstm).",
 }
 
 

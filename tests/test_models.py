@@ -81,15 +81,17 @@ def test_every_fusion_is_usable_for_some_task_and_pairings_are_refused_not_chang
         build_captioner(ModelConfig(fusion="late"), 11)
     with pytest.raises(MmfuseError, match="use --decoder lstm or gru"):
         build_captioner(ModelConfig(fusion="attention", decoder="transformer"), 11)
-    with pytest.raises(MmfuseError, match="use --text-encoder transformer"):
-        build_classifier(ModelConfig(fusion="transformer", text_encoder="gru"), 11, 2)
+    # the classifier's joint Transformer reads any text encoder's word states (LXMERT / MCAN style)
+    assert {c[2] for c in CLASSIFY if c[1] == "transformer"} == set(TEXT_ENCODERS)
 
 
 def test_auto_sequence_model_follows_the_fusion() -> None:
     assert resolve_parts(ModelConfig(fusion="transformer"), "caption").decoder == "transformer"
     assert resolve_parts(ModelConfig(fusion="prefix"), "caption").decoder == "transformer"
     assert resolve_parts(ModelConfig(fusion="attention"), "caption").decoder == "lstm"
-    assert resolve_parts(ModelConfig(fusion="transformer"), "classify").text_encoder == "transformer"
+    assert resolve_parts(ModelConfig(fusion="transformer"), "classify").text_encoder == "gru"
+    assert resolve_parts(ModelConfig(fusion="prefix"), "classify").text_encoder == "gru"
+    assert resolve_parts(ModelConfig(fusion="concat"), "classify").text_encoder == "lstm"
 
 
 def test_captions_depend_on_their_own_image() -> None:

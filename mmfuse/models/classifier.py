@@ -5,9 +5,9 @@ with every image region (the global vector and each grid cell, tagged with a lea
 embedding), as VQA models fuse the question at every location; a small MLP reads each fused region
 and the regions are max-pooled; ``attention`` attends over the grid with the text vector plus the
 image's global vector as query (stacked attention, one hop); ``prefix`` fusions put image tokens
-before the words and the text encoder reads both (for ``transformer``: joint self-attention over
-image and text tokens); ``decision`` (late) combines an image-only and a text-only classifier's
-predictions.
+before the text encoder's word states and a joint Transformer reads both (joint self-attention over
+image and text tokens: a text-only encoder first, then cross-modal layers, as in LXMERT and MCAN);
+``decision`` (late) combines an image-only and a text-only classifier's predictions.
 
 Every fusion except ``late`` also gets :class:`~mmfuse.models.grounding.WordGrounding` beside it:
 where each word's referent is in the grid, combined by roles read from the text, so questions like
@@ -28,7 +28,7 @@ from mmfuse.errors import MmfuseError
 from mmfuse.models.fusion import ATTENTION, DECISION, FUSIONS, POSITION, PREFIX
 from mmfuse.models.grounding import WordGrounding
 from mmfuse.models.parts import resolve_parts
-from mmfuse.models.text_encoders import TEXT_ENCODERS, masked_mean
+from mmfuse.models.text_encoders import TEXT_ENCODERS, JointTransformer, masked_mean
 
 
 def _head(in_dim: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -42,7 +42,8 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, text_encoder: nn.Module, fusion: nn.Module, vocab_size: int,
-                 embed_dim: int, hidden_dim: int, num_classes: int, dropout: float, grounding: bool = True):
+                 embed_dim: int, hidden_dim: int, num_classes: int, dropout: float, grounding: bool = True,
+                 num_layers: int = 1):
         super().__init__()
         self.encoder = encoder
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
@@ -55,6 +56,8 @@ class Classifier(nn.Module):
             self.text_head = _head(text_encoder.out_dim, hidden_dim, num_classes, dropout)
             return
         in_dim = text_encoder.out_dim if kind == PREFIX else fusion.out_dim
+        if kind == PREFIX:
+            self.joint = JointTransformer(text_encoder.out_dim, num_layers, dropout)
         if kind == POSITION:
             self.region_pos = nn.Parameter(torch.randn(self.max_regions, encoder.out_dim) * 0.02)
             self.region_mlp = nn.Sequential(nn.Linear(fusion.out_dim, hidden_dim), nn.ReLU(inplace=True))
@@ -73,12 +76,12 @@ class Classifier(nn.Module):
         mask = tokens != PAD_ID  # (B, T)
         words = self.embed_drop(self.embed(tokens))  # (B, T, E)
         kind = self.fusion.kind
+        states, text = self.text_encoder(words, mask)  # (B, T, Dt), (B, Dt)
+        if kind == DECISION:
+            return self.fusion(self.image_head(features.pooled), self.text_head(text))
         if kind == PREFIX:
-            states, fused = self._read_with_prefix(features, words, mask)  # (B, T, H), (B, H)
+            fused = self._read_with_prefix(features, states, mask)  # (B, Dt)
         else:
-            states, text = self.text_encoder(words, mask)  # (B, T, Dt), (B, Dt)
-            if kind == DECISION:
-                return self.fusion(self.image_head(features.pooled), self.text_head(text))
             fused = self._fuse(features, text)  # (B, F)
         if self.grounding is not None:
             fused = torch.cat([fused, self.grounding(features.grid, states, mask)], 1)  # (B, F + H)
@@ -102,16 +105,15 @@ class Classifier(nn.Module):
         fused = self.fusion(per_region, text[:, None, None])[:, :, 0]  # (B, R, F): pooled broadcasts over R
         return self.region_mlp(fused).amax(1)  # (B, H)
 
-    def _read_with_prefix(self, features: ImageFeatures, words: torch.Tensor,
-                          mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The text encoder reads [image tokens; words] -> the word positions' states (B, T, H) and
-        their mean (B, H)."""
-        prefix = self.fusion.prefix(features)  # (B, P, E)
-        seq = torch.cat([prefix, self.fusion(features, words, mask)], 1)  # (B, P+T, E)
+    def _read_with_prefix(self, features: ImageFeatures, text: torch.Tensor,
+                          mask: torch.Tensor) -> torch.Tensor:
+        """The joint Transformer reads [image tokens; word states (B, T, Dt)] -> the mean of its
+        states at the word positions (B, Dt)."""
+        prefix = self.fusion.prefix(features)  # (B, P, Dt)
+        seq = torch.cat([prefix, self.fusion(features, text, mask)], 1)  # (B, P+T, Dt)
         full_mask = torch.cat([mask.new_ones(prefix.shape[:2]), mask], 1)  # (B, P+T)
-        states, _ = self.text_encoder(seq, full_mask)  # (B, P+T, H)
-        states = states[:, prefix.size(1):]  # (B, T, H)
-        return states, masked_mean(states, mask)
+        states = self.joint(seq, full_mask)[:, prefix.size(1):]  # (B, T, Dt)
+        return masked_mean(states, mask)
 
 
 def build_classifier(cfg: ModelConfig, vocab_size: int, num_classes: int) -> Classifier:
@@ -121,11 +123,11 @@ def build_classifier(cfg: ModelConfig, vocab_size: int, num_classes: int) -> Cla
     fusion_cls = FUSIONS.get(cfg.fusion)
     text_encoder = TEXT_ENCODERS.create(cfg.text_encoder, input_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,
                                         num_layers=cfg.num_layers, dropout=cfg.dropout)
-    text_dim = cfg.embed_dim if fusion_cls.kind == PREFIX else text_encoder.out_dim
+    text_dim = text_encoder.out_dim
     extra = {"query_dim": text_encoder.out_dim} if fusion_cls.kind == ATTENTION else {}
     fusion = FUSIONS.create(cfg.fusion, image_dim=encoder.out_dim, text_dim=text_dim, dropout=cfg.dropout, **extra)
     return Classifier(encoder, text_encoder, fusion, vocab_size, cfg.embed_dim, cfg.hidden_dim, num_classes,
-                      cfg.dropout, cfg.grounding)
+                      cfg.dropout, cfg.grounding, cfg.num_layers)
 
 
 

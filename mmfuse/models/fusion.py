@@ -242,8 +242,9 @@ class TransformerFusion(nn.Module):
     image-modality embedding; words get a text-modality embedding. The image tokens attend to each
     other both ways; text tokens attend to every image token and (when captioning) to earlier words.
 
-    The Transformer is the model's decoder (captioning) or text encoder (classification), which must
-    therefore be ``transformer``.
+    The Transformer is the model's decoder when captioning, which must therefore be ``transformer``;
+    a classifier reads the image tokens with the text encoder's word states in its own joint
+    Transformer (:class:`~mmfuse.models.text_encoders.JointTransformer`), so any text encoder works.
     """
 
     kind = PREFIX

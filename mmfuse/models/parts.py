@@ -19,12 +19,20 @@ TASKS = ("caption", "classify")
 RECURRENT = ("lstm", "gru")
 
 
-def _auto_sequence_model(fusion: str) -> str:
-    """The decoder / text encoder ``auto`` stands for: the Transformer for the transformer fusion
-    (it IS the joint self-attention model) and for prefix (ClipCap's prefix is read by a causal
-    Transformer; an LSTM reading the 8 prefix tokens reached val BLEU-4 0.41 after 4 epochs on
-    3,000 shapes images, the Transformer 0.62), an LSTM otherwise."""
+def _auto_decoder(fusion: str) -> str:
+    """The decoder ``auto`` stands for: the Transformer for the transformer fusion (it IS the joint
+    self-attention model) and for prefix (ClipCap's prefix is read by a causal Transformer; an LSTM
+    reading the 8 prefix tokens reached val BLEU-4 0.41 after 4 epochs on 3,000 shapes images, the
+    Transformer 0.62), an LSTM otherwise."""
     return "transformer" if fusion in ("transformer", "prefix") else "lstm"
+
+
+def _auto_text_encoder(fusion: str) -> str:
+    """The text encoder ``auto`` stands for: a GRU under the joint Transformer of the transformer and
+    prefix fusions, an LSTM otherwise. On relation questions only (13,616 from shapes-qa, 4 epochs),
+    the transformer fusion with a GRU text encoder reached validation accuracy 0.95 by epoch 2; with
+    the Transformer text encoder it stayed at chance (loss 0.693), as every feature-level fusion did."""
+    return "gru" if fusion in ("transformer", "prefix") else "lstm"
 
 
 def resolve_parts(cfg: ModelConfig, task: str) -> ModelConfig:
@@ -33,14 +41,13 @@ def resolve_parts(cfg: ModelConfig, task: str) -> ModelConfig:
         raise MmfuseError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
     IMAGE_ENCODERS.get(cfg.encoder)
     fusion = FUSIONS.get(cfg.fusion)
-    decoder = _auto_sequence_model(cfg.fusion) if cfg.decoder == "auto" else cfg.decoder
-    text_encoder = _auto_sequence_model(cfg.fusion) if cfg.text_encoder == "auto" else cfg.text_encoder
+    decoder = _auto_decoder(cfg.fusion) if cfg.decoder == "auto" else cfg.decoder
+    text_encoder = _auto_text_encoder(cfg.fusion) if cfg.text_encoder == "auto" else cfg.text_encoder
     if task == "caption":
         DECODERS.get(decoder)
         _check_caption_pairing(cfg.fusion, fusion.kind, decoder)
     else:
         TEXT_ENCODERS.get(text_encoder)
-        _check_classify_pairing(cfg.fusion, text_encoder)
     return replace(cfg, decoder=decoder, text_encoder=text_encoder)
 
 
@@ -56,8 +63,3 @@ def _check_caption_pairing(name: str, kind: str, decoder: str) -> None:
         raise MmfuseError(f"fusion 'transformer' is joint self-attention over image and text tokens, so the decoder "
                           f"must be the Transformer: use --decoder transformer, not {decoder!r}")
 
-
-def _check_classify_pairing(name: str, text_encoder: str) -> None:
-    if name == "transformer" and text_encoder != "transformer":
-        raise MmfuseError(f"fusion 'transformer' is joint self-attention over image and text tokens, so the text "
-                          f"encoder must be the Transformer: use --text-encoder transformer, not {text_encoder!r}")

@@ -90,3 +90,24 @@ class TransformerTextEncoder(nn.Module):
         h = self.inp(x) + self.pos(torch.arange(x.size(1), device=x.device))  # (B, T, H)
         states = self.norm(self.blocks(h, src_key_padding_mask=~mask))  # (B, T, H)
         return states, masked_mean(states, mask)
+
+
+class JointTransformer(nn.Module):
+    """The classifier's cross-modal layers for the ``prefix`` and ``transformer`` fusions: pre-norm
+    Transformer blocks with joint self-attention over image tokens and the text encoder's word
+    states, then a LayerNorm. No positions of its own: the word states carry their order from the
+    text encoder, the image tokens theirs from the fusion.
+
+    Why the words are encoded before they meet the image (as in LXMERT's language layers and MCAN's
+    LSTM): a Transformer reading raw word embeddings next to image tokens did not learn word order
+    from yes/no answers here (relation questions stayed at chance), a recurrent text encoder does.
+    """
+
+    def __init__(self, width: int, num_layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.blocks = transformer_blocks(width, num_layers, dropout)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (B, S, H), mask (B, S) True on real positions -> states (B, S, H)."""
+        return self.norm(self.blocks(x, src_key_padding_mask=~mask))
