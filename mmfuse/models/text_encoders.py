@@ -100,7 +100,8 @@ class JointTransformer(nn.Module):
 
     Why the words are encoded before they meet the image (as in LXMERT's language layers and MCAN's
     LSTM): a Transformer reading raw word embeddings next to image tokens did not learn word order
-    from yes/no answers here (relation questions stayed at chance), a recurrent text encoder does.
+    from yes/no answers here (shapes-qa relation questions stayed at chance); over GRU word states
+    the same layer learned them (validation 0.95 after 2 epochs of relation questions alone).
     """
 
     def __init__(self, width: int, num_layers: int = 1, dropout: float = 0.0):
