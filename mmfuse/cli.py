@@ -182,6 +182,10 @@ _MODEL_HELP = {
 }
 
 
+_ENCODER_FROM_HELP = ("Run (captioner or classifier, same --encoder and --feature-dim) whose best image-encoder "
+                      "weights start this model's encoder; it then trains with the rest.")
+
+
 @app.command("train", cls=RegistryHelpCommand)
 def train_cmd(
     ctx: typer.Context,
@@ -203,6 +207,7 @@ def train_cmd(
     run: Annotated[str, typer.Option(help="Run name (default: <data>-<fusion>-<timestamp>).", show_default=False)] = _TRAIN.run,
     select_metric: Annotated[str, typer.Option(help="Validation metric that picks the best checkpoint: auto (cider_d / accuracy), cider_d, bleu1..bleu4, rouge_l, accuracy or macro_f1.")] = _TRAIN.select_metric,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run of the same name.")] = _TRAIN.overwrite,
+    encoder_from: Annotated[str, typer.Option(help=_ENCODER_FROM_HELP, show_default=False)] = _TRAIN.encoder_from,
     feature_dim: Annotated[int, typer.Option(help="Image feature width.")] = _MODEL.feature_dim,
     embed_dim: Annotated[int, typer.Option(help="Word embedding width.")] = _MODEL.embed_dim,
     hidden_dim: Annotated[int, typer.Option(help="Decoder / text encoder hidden width.")] = _MODEL.hidden_dim,
@@ -228,7 +233,7 @@ def train_cmd(
                         feature_dim=feature_dim, embed_dim=embed_dim, hidden_dim=hidden_dim),
         train=_explicit(ctx, data=data, epochs=epochs, batch_size=batch_size, captions_per_image=captions_per_image,
                         class_weights=class_weights, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps, seed=seed, device=device, run=run,
-                        overwrite=overwrite, select_metric=select_metric),
+                        overwrite=overwrite, select_metric=select_metric, encoder_from=encoder_from),
         decode=_explicit(ctx, max_length=max_length),
     )
     result = train(Workspace.open(workspace), cfg, _print_epoch)
@@ -516,6 +521,7 @@ def compare_cmd(
     batch_size: Annotated[int, typer.Option(help="Samples per step.")] = _TRAIN.batch_size,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = _TRAIN.lr,
     seed: Annotated[int, typer.Option(help="Random seed (the same for every fusion).")] = _TRAIN.seed,
+    encoder_from: Annotated[str, typer.Option(help=_ENCODER_FROM_HELP + " The same for every fusion.", show_default=False)] = _TRAIN.encoder_from,
     device: Device_ = _TRAIN.device,
     meteor: Annotated[bool, typer.Option(help="Also compute METEOR (slower; needs Java and pycocoevalcap).")] = False,
     config: Annotated[Optional[Path], typer.Option(help="JSON config shared by every fusion; flags override it.", show_default=False)] = None,
@@ -534,7 +540,8 @@ def compare_cmd(
     cfg = _run_config(
         config,
         model=_explicit(ctx, task=task, encoder=encoder, decoder=decoder, text_encoder=text_encoder),
-        train=_explicit(ctx, data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device),
+        train=_explicit(ctx, data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                        encoder_from=encoder_from),
     )
     ablations = [a.strip() for a in ablate.split(",") if a.strip()]
     board = compare(Workspace.open(workspace), cfg, [f.strip() for f in fusions.split(",") if f.strip()],

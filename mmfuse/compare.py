@@ -32,6 +32,11 @@ def compare(workspace: Workspace, base: RunConfig, fusions: list[str], name: str
     check_name(name, "comparison")
     task = str(load_manifest(workspace.existing_dataset(base.train.data)).get("task", "caption"))
     configs = _configs(base, fusions, name, task)
+    if base.train.encoder_from:  # one image encoder for every fusion: check it before anything trains
+        workspace.existing_run(base.train.encoder_from)
+        if base.train.encoder_from in {c.train.run for c in configs}:
+            raise MmfuseError(f"--encoder-from {base.train.encoder_from!r} is one of the runs this comparison replaces; "
+                              "copy it under another name or choose another --name")
     ablations = [Ablation(m).resolve(task) for m in _unique(ablate)]
     rows = []
     for cfg in configs:
@@ -41,6 +46,7 @@ def compare(workspace: Workspace, base: RunConfig, fusions: list[str], name: str
     metric = "cider_d" if task == "caption" else "accuracy"
     rows.sort(key=lambda r: -r[metric])
     board = {"name": name, "data": base.train.data, "task": task, "ranked_by": metric,
+             "encoder_from": base.train.encoder_from or None,
              "ablations": [f"{a.modality}:{a.mode}" for a in ablations], "rows": rows}
     _write(workspace, name, board)
     return board

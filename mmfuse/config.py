@@ -125,6 +125,9 @@ class TrainConfig:
             accuracy for classification), ``cider_d``, ``bleu1``..``bleu4``, ``rouge_l``, ``accuracy``, ``macro_f1``.
         class_weights: classification loss weights: ``none`` or ``balanced`` (n / (C * count of the
             class) over the training labels, as scikit-learn's "balanced").
+        encoder_from: name of a run in the workspace (captioner or classifier, with the same image
+            encoder and feature width) whose best image-encoder weights start this model's encoder,
+            which then trains with the rest (empty: random initialisation).
         overwrite: replace an existing run of the same name.
     """
 
@@ -142,6 +145,7 @@ class TrainConfig:
     device: str = "auto"
     select_metric: str = "auto"
     class_weights: str = "none"
+    encoder_from: str = ""
     overwrite: bool = False
 
     def validate(self) -> None:

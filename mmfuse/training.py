@@ -34,7 +34,7 @@ from mmfuse.metrics.captions import caption_scores
 from mmfuse.metrics.classification import classification_report
 from mmfuse.metrics.ptb import coco_tokenize
 from mmfuse.models.captioner import build_captioner, count_parameters
-from mmfuse.models.checkpoint import save_weights
+from mmfuse.models.checkpoint import load_encoder_from_run, save_weights
 from mmfuse.models.classifier import build_classifier
 from mmfuse.models.parts import resolve_parts
 from mmfuse.ui import progress
@@ -69,6 +69,8 @@ def train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None = Non
         task: _Task = _CaptionTask(cfg, data_dir, vocab, device)
     else:
         task = _ClassifyTask(cfg, data_dir, vocab, list(manifest["labels"]), device)
+    if cfg.train.encoder_from:  # checked before the run directory is made: a bad source writes nothing
+        load_encoder_from_run(task.model.encoder, workspace.existing_run(cfg.train.encoder_from), cfg.model)
     run_dir = _create_run_dir(workspace, cfg, vocab.to_json(), getattr(task, "labels", None))
     loop = _Loop(task, cfg, device, run_dir)
     try:
@@ -94,6 +96,8 @@ def _resolve(workspace: Workspace, cfg: RunConfig) -> tuple[RunConfig, dict[str,
     if task == "caption" and cfg.train.class_weights != "none":
         raise MmfuseError("--class-weights applies to classification (--task classify), not captioning")
     cfg = replace(cfg, model=model, train=train_cfg)
+    if cfg.train.encoder_from:
+        workspace.existing_run(cfg.train.encoder_from)
     if workspace.run_dir(run).exists() and not cfg.train.overwrite:
         raise MmfuseError(f"run {run!r} already exists in {workspace.root / 'runs'}; pass --overwrite or choose another --run")
     return cfg, manifest

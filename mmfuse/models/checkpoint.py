@@ -17,7 +17,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from mmfuse.config import RunConfig, from_dict
+from mmfuse.config import ModelConfig, RunConfig, from_dict
 from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError
 from mmfuse.models.captioner import build_captioner
@@ -108,3 +108,27 @@ def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor])
     parts = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
              for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", resized)) if keys]
     return "; ".join(parts)
+
+
+def load_encoder_from_run(encoder: nn.Module, run_dir: Path, model_cfg: ModelConfig) -> int:
+    """Copy the image-encoder tensors of ``run_dir``'s best checkpoint into ``encoder`` (the
+    ``encoder`` of a model built from ``model_cfg``); returns how many tensors were copied.
+
+    The run may be a captioner or a classifier; it must use the same image encoder and feature
+    width. Only the encoder is taken (its BatchNorm statistics included); nothing else of the run.
+    """
+    source = from_dict(RunConfig, read_json(run_dir / "config.json", "run config"), "run config").model
+    for field in ("encoder", "feature_dim"):
+        mine, theirs = getattr(model_cfg, field), getattr(source, field)
+        if mine != theirs:
+            raise MmfuseError(f"cannot start the image encoder from run {run_dir.name!r}: its {field} is {theirs!r}, "
+                              f"this model's is {mine!r} (pass --{field.replace('_', '-')} {theirs} or another run)")
+    state = read_weights(_pick_weights(run_dir, "best"))
+    prefix = "encoder."
+    tensors = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        encoder.load_state_dict(tensors, strict=True)
+    except RuntimeError:
+        problem = _mismatch(encoder.state_dict(), tensors)
+        raise MmfuseError(f"the image encoder of run {run_dir.name!r} does not match this model's ({problem})") from None
+    return len(tensors)
