@@ -64,15 +64,17 @@ class Captioner(nn.Module):
         logits, _ = self.decode(features, tokens, self.initial_state(features))
         return logits
 
-    def initial_state(self, features: ImageFeatures) -> Any:
+    def initial_state(self, features: ImageFeatures, cache: bool = False) -> Any:
         """The decoder state before the first word: the image prefix read (prefix fusions), a state
-        computed from the global image vector (attention, as in Show-Attend-Tell), else None."""
+        computed from the global image vector (attention, as in Show-Attend-Tell), else the decoder's
+        fresh state. ``cache``: a Transformer decoder keeps a key/value cache (step-by-step decoding)."""
         if self.fusion.kind == ATTENTION:
             return self.decoder.state_from(self.fusion.initial_hidden(features))
+        state = self.decoder.begin(cache)
         if self.fusion.kind != PREFIX:
-            return None
+            return state
         prefix = self.fusion.prefix(features)  # (B, P, D)
-        _, state = self.decoder(prefix, None, self._bidirectional(prefix))
+        _, state = self.decoder(prefix, state, self._bidirectional(prefix))
         return state
 
     def decode(self, features: ImageFeatures, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:

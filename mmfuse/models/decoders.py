@@ -2,7 +2,8 @@
 
 Every decoder has the constructor ``(input_dim, hidden_dim, vocab_size, num_layers, dropout)`` and:
 ``forward(x (B, T, F), state, bidirectional=0) -> (logits (B, T, V), state)``,
-``reorder_state(state, index)`` (for beam search). ``state=None`` means "start of the sequence".
+``reorder_state(state, index)`` (beam search), ``begin(cache)`` (the state of a fresh sequence for
+step-by-step decoding; ``state=None`` also means "start of the sequence").
 ``bidirectional=P`` (Transformer only) lets the first P positions of a fresh sequence attend to each
 other both ways: an image prefix read as in a prefix language model (SimVLM). Recurrent decoders
 also have ``query(state, batch) -> (B, H)``, the top layer's hidden state, which the ``attention``
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmfuse.errors import MmfuseError
@@ -52,6 +54,11 @@ class _RecurrentDecoder(nn.Module):
             raise MmfuseError(f"a {type(self).__name__} reads left to right; it cannot attend to a prefix both ways")
         hidden, state = self.rnn(x, state)  # (B, T, H)
         return self.out(self.drop(hidden)), state
+
+    @staticmethod
+    def begin(cache: bool = True) -> None:
+        """The state of a fresh sequence (None: zeros; ``cache`` only matters to Transformers)."""
+        return None
 
     def state_from(self, hidden: torch.Tensor):
         """A starting state whose hidden state is ``hidden`` (B, H) in every layer (cells at zero)."""
@@ -103,11 +110,20 @@ def transformer_blocks(width: int, num_layers: int, dropout: float) -> nn.Transf
 
 
 class TransformerState(NamedTuple):
-    """What a Transformer decoder carries between steps: the inputs so far and the length of the
+    """Decoding state without a cache: the inputs so far (re-run at every step) and the length of the
     leading block that attends both ways (0 for a plain causal sequence)."""
 
     seq: torch.Tensor  # (B, S, F)
     bidirectional: int
+
+
+class KVCache(NamedTuple):
+    """Decoding state with a key/value cache: every block's keys and values of the positions so far,
+    so a step computes only its new positions. ``KVCache()`` is the empty cache (a fresh sequence)."""
+
+    keys: tuple[torch.Tensor, ...] = ()  # per block (B, heads, S, H/heads)
+    values: tuple[torch.Tensor, ...] = ()
+    length: int = 0  # S
 
 
 @DECODERS.register("transformer")
@@ -115,8 +131,11 @@ class TransformerDecoder(nn.Module):
     """A causal (decoder-only) Transformer over the fused states, GPT style: pre-norm blocks, learned
     positions, a causal mask, a linear word classifier.
 
-    Step-by-step decoding keeps the fused inputs seen so far as its state and re-runs them each step
-    (no key/value cache yet: a step costs O(t), the whole caption O(T^2)).
+    Two decoding states: :class:`KVCache` (``begin(cache=True)``) keeps every block's keys and
+    values, so a step costs one new position; :class:`TransformerState` keeps the inputs and re-runs
+    them (a step costs O(S)). Both give the same logits up to float rounding. Training (``state=None``)
+    runs the whole sequence through PyTorch's fused Transformer layers; the cached path reads the same
+    weights and is for inference (it applies no dropout).
 
     Args:
         input_dim: F. hidden_dim: model width H (heads: 4, or 1 when H is not divisible by 4).
@@ -133,28 +152,78 @@ class TransformerDecoder(nn.Module):
         self.norm = nn.LayerNorm(hidden_dim)
         self.out = nn.Linear(hidden_dim, vocab_size)
 
-    def forward(self, x: torch.Tensor, state: TransformerState | None = None,
-                bidirectional: int = 0) -> tuple[torch.Tensor, TransformerState]:
-        """x (B, T, F) new positions after ``state`` -> logits (B, T, V), state with S = t + T positions.
+    @staticmethod
+    def begin(cache: bool = True) -> KVCache | None:
+        """The state of a fresh sequence: an empty key/value cache, or None (re-run every step)."""
+        return KVCache() if cache else None
+
+    def forward(self, x: torch.Tensor, state: TransformerState | KVCache | None = None,
+                bidirectional: int = 0) -> tuple[torch.Tensor, TransformerState | KVCache]:
+        """x (B, T, F) new positions after ``state`` -> logits (B, T, V) and the state with S = t + T positions.
 
         ``bidirectional`` (only for a fresh sequence) is P: positions < P attend to each other both ways.
         """
+        if isinstance(state, KVCache):
+            return self._cached(x, state, bidirectional)
         if state is not None:
             seq, bidirectional = torch.cat([state.seq, x], dim=1), state.bidirectional  # (B, S, F)
         else:
             seq = x
-        length = seq.size(1)
-        if length > self.max_positions:
-            raise MmfuseError(f"the transformer decoder handles at most {self.max_positions} positions, got a "
-                              f"sequence of {length} (use a smaller --max-length or drop longer captions)")
+        length = self._check_length(seq.size(1))
         h = self.inp(seq) + self.pos(torch.arange(length, device=seq.device))  # (B, S, H)
-        mask = nn.Transformer.generate_square_subsequent_mask(length, device=seq.device)  # (S, S)
-        if bidirectional:
-            mask[:bidirectional, :bidirectional] = 0.0
+        mask = self._mask(0, length, bidirectional, seq.device)  # (S, S)
         h = self.norm(self.blocks(h, mask=mask, is_causal=not bidirectional))  # (B, S, H)
         return self.out(h[:, -x.size(1):]), TransformerState(seq, bidirectional)
 
+    def _cached(self, x: torch.Tensor, cache: KVCache, bidirectional: int) -> tuple[torch.Tensor, KVCache]:
+        """The new positions x (B, T, F) attend to the cached ones and to each other (causally)."""
+        start, new = cache.length, x.size(1)
+        self._check_length(start + new)
+        h = self.inp(x) + self.pos(torch.arange(start, start + new, device=x.device))  # (B, T, H)
+        mask = None if new == 1 else self._mask(start, new, bidirectional if start == 0 else 0, x.device)  # (T, S)
+        keys, values = [], []
+        for i, layer in enumerate(self.blocks.layers):
+            past = (cache.keys[i], cache.values[i]) if cache.length else None
+            h, k, v = _cached_block(layer, h, past, mask)
+            keys.append(k)
+            values.append(v)
+        return self.out(self.norm(h)), KVCache(tuple(keys), tuple(values), start + new)
+
+    def _check_length(self, length: int) -> int:
+        if length > self.max_positions:
+            raise MmfuseError(f"the transformer decoder handles at most {self.max_positions} positions, got a "
+                              f"sequence of {length} (use a smaller --max-length or drop longer captions)")
+        return length
+
     @staticmethod
-    def reorder_state(state: TransformerState, index: torch.Tensor) -> TransformerState:
-        """Keep batch rows ``index`` of the state (beam search)."""
+    def _mask(start: int, new: int, bidirectional: int, device: torch.device) -> torch.Tensor:
+        """Additive mask (T, S) of new positions start..start+T-1 over positions 0..S-1: causal, and
+        positions < ``bidirectional`` see each other both ways."""
+        rows = torch.arange(start, start + new, device=device).unsqueeze(1)  # (T, 1)
+        cols = torch.arange(start + new, device=device).unsqueeze(0)  # (1, S)
+        allowed = (cols <= rows) | ((rows < bidirectional) & (cols < bidirectional))
+        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+
+    @staticmethod
+    def reorder_state(state: TransformerState | KVCache, index: torch.Tensor) -> TransformerState | KVCache:
+        """Keep batch rows ``index`` of the state (beam search, dropping finished images)."""
+        if isinstance(state, KVCache):
+            return KVCache(tuple(k.index_select(0, index) for k in state.keys),
+                           tuple(v.index_select(0, index) for v in state.values), state.length)
         return TransformerState(state.seq.index_select(0, index), state.bidirectional)
+
+
+def _cached_block(layer: nn.TransformerEncoderLayer, h: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
+                  mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pre-norm block of ``layer``'s weights over new positions h (B, T, H), with the past keys
+    and values (B, heads, t, H/heads) -> new h (B, T, H) and all keys, values (B, heads, t + T, H/heads)."""
+    attn = layer.self_attn
+    heads = attn.num_heads
+    q, k, v = F.linear(layer.norm1(h), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # each (B, T, H)
+    q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, H/heads)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, heads, S, H/heads)
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, T, H/heads)
+    h = h + attn.out_proj(context.transpose(1, 2).flatten(2))
+    h = h + layer.linear2(layer.activation(layer.linear1(layer.norm2(h))))
+    return h, k, v
