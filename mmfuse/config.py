@@ -87,18 +87,94 @@ class ModelConfig:
 
 @dataclass
 class DecodeConfig:
-    """How captions are generated: greedy when ``beam_size`` is 1, beam search otherwise."""
+    """How captions are generated (the options of Hugging Face ``generate`` that captioning uses).
+
+    Attributes:
+        beam_size: beams per image; 1 = greedy (or sampling with ``sample``).
+        max_length: most words in a caption (a caption that reaches it ends there).
+        min_length: fewest words before ``<eos>`` may be generated.
+        length_penalty: GNMT's alpha: a caption's score is its log-probability divided by
+            ``((5 + L) / 6) ** alpha`` (L: scored tokens, ``<eos>`` included); 0 = plain log-probability,
+            > 0 favours longer captions, < 0 shorter ones.
+        n_best: captions returned per image, best first (<= beam_size; with ``sample``, the draws).
+        no_repeat_ngram: never generate an n-gram of this size twice in a caption (0 = off).
+        diverse_groups: diverse beam search (Vijayakumar et al. 2018): beams split into this many
+            groups; each group is penalised for the words earlier groups chose at the same step.
+        diversity: the strength of that penalty (log-probability per repeated word).
+        sample: draw words from the model's distribution instead of searching.
+        temperature: divide the logits by this before sampling.
+        top_k: sample among the k most likely words only (0 = all).
+        top_p: sample among the most likely words whose probabilities sum to p (nucleus; 1 = all).
+        seed: seed of the sampling; an image's captions depend only on it and the image's position.
+        use_cache: Transformer decoders keep a key/value cache (off: re-run the prefix every step).
+    """
 
     beam_size: int = 1
     max_length: int = 32
+    min_length: int = 0
+    length_penalty: float = 0.0
+    n_best: int = 1
+    no_repeat_ngram: int = 0
+    diverse_groups: int = 1
+    diversity: float = 0.5
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    use_cache: bool = True
 
     def validate(self) -> None:
-        _positive(self, "beam_size", "max_length")
+        _positive(self, "beam_size", "max_length", "n_best", "diverse_groups")
+        for name in ("min_length", "no_repeat_ngram", "top_k", "diversity"):
+            if getattr(self, name) < 0:
+                raise MmfuseError(f"{name} (--{name.replace('_', '-')}) must be >= 0, got {getattr(self, name)}")
+        if self.min_length > self.max_length:
+            raise MmfuseError(f"--min-length {self.min_length} is above --max-length {self.max_length}")
+        if not self.temperature > 0:
+            raise MmfuseError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise MmfuseError(f"--top-p must be in (0, 1], got {self.top_p}")
+        self._check_strategy()
 
-    def override(self, beam_size: int | None = None, max_length: int | None = None) -> "DecodeConfig":
+    def _check_strategy(self) -> None:
+        if self.sample:
+            if self.beam_size > 1 or self.diverse_groups > 1:
+                raise MmfuseError("--sample draws each caption independently; it does not combine with --beam-size "
+                                  "or --diverse-groups (use --n-best N for N draws per image)")
+            return
+        if self.n_best > self.beam_size:
+            raise MmfuseError(f"--n-best {self.n_best} needs --beam-size >= {self.n_best} (or --sample for "
+                              f"{self.n_best} draws per image)")
+        if self.beam_size % self.diverse_groups:
+            raise MmfuseError(f"--beam-size {self.beam_size} must be a multiple of --diverse-groups {self.diverse_groups}")
+
+    @property
+    def strategy(self) -> str:
+        """``greedy``, ``beam``, ``diverse-beam`` or ``sample``."""
+        if self.sample:
+            return "sample"
+        if self.beam_size == 1:
+            return "greedy"
+        return "diverse-beam" if self.diverse_groups > 1 else "beam"
+
+    def describe(self) -> str:
+        """The settings in words, e.g. ``beam search (5 beams), length penalty 0.6``."""
+        text = {"greedy": "greedy",
+                "beam": f"beam search ({self.beam_size} beams)",
+                "diverse-beam": f"diverse beam search ({self.beam_size} beams in {self.diverse_groups} groups, "
+                                f"diversity {self.diversity:g})",
+                "sample": f"sampling (temperature {self.temperature:g}, top-k {self.top_k}, top-p {self.top_p:g}, "
+                          f"seed {self.seed})"}[self.strategy]
+        extras = [f"length penalty {self.length_penalty:g}" if self.length_penalty else "",
+                  f"no repeated {self.no_repeat_ngram}-grams" if self.no_repeat_ngram else "",
+                  f"min length {self.min_length}" if self.min_length else "",
+                  f"{self.n_best}-best" if self.n_best > 1 else ""]
+        return ", ".join([text] + [e for e in extras if e])
+
+    def override(self, **changes: Any) -> "DecodeConfig":
         """A validated copy with the given settings replaced (``None`` keeps the current one)."""
-        cfg = DecodeConfig(beam_size if beam_size is not None else self.beam_size,
-                           max_length if max_length is not None else self.max_length)
+        cfg = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
         cfg.validate()
         return cfg
 

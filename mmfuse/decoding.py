@@ -1,14 +1,23 @@
-"""Caption generation from a trained captioner: greedy (batched) and beam search.
+"""Caption generation, the one module behind ``evaluate``, ``caption`` and validation during training:
+greedy search, beam search batched over images (length penalty, n-best lists, diverse groups), and
+sampling (temperature, top-k, top-p), all with the same constraints (minimum length, no repeated
+n-grams) and the same score, as in Hugging Face ``generate``.
 
-Both pick tokens with ``topk`` over log-probabilities, so beam search with one beam takes exactly
-the greedy path. Generated sequences are token ids without ``<bos>``/``<eos>``.
+A caption's **score** is the sum of the log-probabilities the model gave its tokens (``<eos>``
+included when it ended with one; ``<pad>``/``<bos>`` are never generated and the constraints are
+applied first) divided by the GNMT length penalty ``((5 + L) / 6) ** alpha``, L = tokens scored.
 
-Shape legend: B images, K beams, V vocabulary.
+All strategies decode every image of a batch at once and drop an image's rows as soon as it is
+finished, so finished images stop costing compute. Generated ids exclude ``<bos>``/``<eos>``.
+
+Shape legend: B images, A images still decoding, K beams per image (G groups of Kg = K / G),
+R rows (A, or A x K, or A x n-best), t words so far, V vocabulary.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -17,95 +26,291 @@ from mmfuse.data.vocab import BOS_ID, EOS_ID
 from mmfuse.models.captioner import Captioner
 from mmfuse.models.encoders import ImageFeatures
 
-
-@torch.inference_mode()
-def generate(model: Captioner, images: torch.Tensor, cfg: DecodeConfig) -> list[list[int]]:
-    """Captions (token ids) for images (B, 3, S, S): greedy if ``cfg.beam_size`` is 1, else beam."""
-    features = model.encode(images)
-    if cfg.beam_size == 1:
-        return greedy(model, features, cfg.max_length)
-    return [beam_search(model, features.select(torch.tensor([b], device=images.device)), cfg.beam_size, cfg.max_length)
-            for b in range(images.size(0))]
+NEG_INF = float("-inf")
 
 
-@torch.inference_mode()
-def greedy(model: Captioner, features: ImageFeatures, max_length: int) -> list[list[int]]:
-    """The most likely next word at every step, for all B images at once."""
-    batch = features.pooled.size(0)
-    device = features.pooled.device
-    last = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    out: list[torch.Tensor] = []
-    state = model.initial_state(features)
-    for _ in range(max_length):
-        log_probs, state = model.step(features, last, state)  # (B, V)
-        last = log_probs.topk(1, dim=-1).indices.squeeze(1)  # (B,)
-        out.append(torch.where(done, torch.full_like(last, EOS_ID), last))
-        done |= last == EOS_ID
-        if bool(done.all()):
-            break
-    return [_strip(row) for row in torch.stack(out, 1).tolist()] if out else [[] for _ in range(batch)]
+@dataclass(frozen=True)
+class Generated:
+    """One generated caption: token ids (no ``<bos>``/``<eos>``) and its score (see the module doc)."""
 
-
-@dataclass
-class _Hypothesis:
     tokens: list[int]
     score: float
 
 
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's length normaliser ``((5 + length) / 6) ** alpha`` (1 when alpha is 0)."""
+    return ((5 + length) / 6) ** alpha
+
+
 @torch.inference_mode()
-def beam_search(model: Captioner, features: ImageFeatures, beam_size: int, max_length: int) -> list[int]:
-    """Beam search for ONE image (features with B = 1); returns the best caption's ids.
+def generate(model: Captioner, images: torch.Tensor, cfg: DecodeConfig, first_index: int = 0) -> list[list[Generated]]:
+    """Captions for images (B, 3, S, S): per image a list of ``cfg.n_best`` captions, best first.
 
-    The score is the sum of token log-probabilities (``<eos>`` included). Each step ranks the
-    continuations of all live beams; an ``<eos>`` continuation ranked within the top K becomes a
-    finished hypothesis, and the best non-``<eos>`` continuations refill the K live beams (as
-    Hugging Face ``generate`` does). A hypothesis also ends at ``max_length`` tokens. Search stops
-    when no live beam can beat the best finished one (scores only fall as captions grow).
+    ``first_index`` is the position of the first image in the whole input; sampling seeds each image
+    by its position, so its captions do not depend on how the input was split into batches.
     """
+    features = model.encode(images)
+    if cfg.sample:
+        return sample(model, features, cfg, first_index)
+    if cfg.beam_size == 1:
+        return [[g] for g in greedy(model, features, cfg)]
+    return beam_search(model, features, cfg)
+
+
+def best_tokens(model: Captioner, images: torch.Tensor, cfg: DecodeConfig) -> list[list[int]]:
+    """The best caption's ids for each image (B, 3, S, S)."""
+    return [options[0].tokens for options in generate(model, images, cfg)]
+
+
+# --- constraints (logits processors) -----------------------------------------------------------
+
+
+def constrain(log_probs: torch.Tensor, history: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
+    """Forbid what ``cfg`` forbids at this step: log_probs (R, V), history (R, t) of words so far."""
+    words = history.size(1)
+    if words < cfg.min_length:
+        log_probs[:, EOS_ID] = NEG_INF
+    if cfg.no_repeat_ngram and words >= cfg.no_repeat_ngram:
+        log_probs = log_probs.masked_fill(repeated_ngram_mask(history, cfg.no_repeat_ngram, log_probs.size(-1)), NEG_INF)
+    return log_probs
+
+
+def repeated_ngram_mask(history: torch.Tensor, n: int, vocab_size: int) -> torch.Tensor:
+    """(R, V) True where the next word would complete an n-gram already in ``history`` (R, t >= n)."""
+    grams = history.unfold(1, n, 1)  # (R, t-n+1, n)
+    tail = history[:, history.size(1) - n + 1:].unsqueeze(1)  # (R, 1, n-1): the n-gram being started
+    seen = (grams[:, :, :-1] == tail).all(-1)  # (R, t-n+1)
+    rows = torch.arange(history.size(0), device=history.device).unsqueeze(1).expand_as(seen)  # (R, t-n+1)
+    mask = torch.zeros(history.size(0), vocab_size, dtype=torch.bool, device=history.device)
+    mask[rows[seen], grams[:, :, -1][seen]] = True
+    return mask
+
+
+# --- rows that decode one token per step: greedy and sampling ----------------------------------
+
+
+Chooser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (log_probs (R, V), row ids (R,)) -> tokens (R,)
+
+
+def greedy(model: Captioner, features: ImageFeatures, cfg: DecodeConfig) -> list[Generated]:
+    """The most likely next word at every step (after the constraints), for all B images at once."""
+    return _one_token_per_row(model, features, cfg, lambda log_probs, rows: log_probs.topk(1, dim=-1).indices.squeeze(1))
+
+
+def sample(model: Captioner, features: ImageFeatures, cfg: DecodeConfig, first_index: int = 0) -> list[list[Generated]]:
+    """``cfg.n_best`` captions drawn per image (temperature, then top-k, then top-p), best first.
+
+    Draw j of image i uses its own generator seeded by (seed, first_index + i, j): reproducible, and
+    independent of batch composition."""
+    n, batch = cfg.n_best, features.pooled.size(0)
     device = features.pooled.device
-    beams = [_Hypothesis([], 0.0)]
-    finished: list[_Hypothesis] = []
-    state, feats = model.initial_state(features), features
-    for step in range(max_length):
-        last = torch.tensor([h.tokens[-1] if h.tokens else BOS_ID for h in beams], device=device)
-        log_probs, state = model.step(feats, last, state)  # (k, V)
-        top = log_probs.topk(min(2 * beam_size, log_probs.size(-1)), dim=-1)  # (k, 2K)
-        live, parents = _select(beams, top.values.tolist(), top.indices.tolist(), beam_size, finished)
-        if step == max_length - 1:
-            finished.extend(live)
+    generators = [torch.Generator(device=device).manual_seed(hash((cfg.seed, first_index + i, j)) % 2**62)
+                  for i in range(batch) for j in range(n)]
+
+    def choose(log_probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        logits = filter_logits(log_probs / cfg.temperature, cfg.top_k, cfg.top_p)  # (R, V)
+        uniform = torch.stack([torch.rand(logits.size(-1), generator=generators[r], device=device)
+                               for r in rows.tolist()])  # (R, V)
+        return (logits - torch.log(-torch.log(uniform))).argmax(-1)  # Gumbel-max: a draw from softmax(logits)
+
+    rows = features.select(torch.arange(batch, device=device).repeat_interleave(n))
+    drawn = _one_token_per_row(model, rows, cfg, choose)
+    return [sorted(drawn[i * n:(i + 1) * n], key=lambda g: -g.score) for i in range(batch)]
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the ``top_k`` most likely words (0: all), then the smallest set of most likely words whose
+    probability reaches ``top_p``; the rest get -inf. logits (R, V); the best word is always kept."""
+    if 0 < top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (R, 1)
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if top_p < 1.0:
+        ordered, order = logits.sort(dim=-1, descending=True)  # (R, V)
+        probs = torch.softmax(ordered, dim=-1)
+        drop = probs.cumsum(-1) - probs >= top_p  # mass before this word already reaches p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), NEG_INF)
+    return logits
+
+
+def _one_token_per_row(model: Captioner, features: ImageFeatures, cfg: DecodeConfig, choose: Chooser) -> list[Generated]:
+    """Decode every row of ``features`` (R rows) one chosen token per step until ``<eos>`` or
+    ``cfg.max_length`` words; finished rows leave the batch."""
+    device = features.pooled.device
+    rows = torch.arange(features.pooled.size(0), device=device)  # (A,) original row of each active row
+    history = torch.zeros(rows.numel(), 0, dtype=torch.long, device=device)  # (A, t)
+    scores = torch.zeros(rows.numel(), device=device)  # (A,)
+    state = model.initial_state(features, cfg.use_cache)
+    last = torch.full_like(rows, BOS_ID)
+    results: dict[int, Generated] = {}
+    for step in range(cfg.max_length):
+        log_probs, state = model.step(features, last, state)
+        log_probs = constrain(log_probs, history, cfg)  # (A, V)
+        last = choose(log_probs, rows)  # (A,)
+        scores = scores + log_probs.gather(1, last.unsqueeze(1)).squeeze(1)
+        ended = (last == EOS_ID) | (step == cfg.max_length - 1)
+        history = torch.cat([history, last.unsqueeze(1)], 1)
+        for r in ended.nonzero().squeeze(1).tolist():
+            tokens = history[r].tolist()
+            tokens = tokens[:-1] if tokens[-1] == EOS_ID else tokens
+            results[int(rows[r])] = Generated(tokens, float(scores[r]) / length_penalty(len(history[r]), cfg.length_penalty))
+        if bool(ended.all()):
             break
-        beams = live
-        if not beams or (finished and max(f.score for f in finished) >= beams[0].score):
+        if bool(ended.any()):
+            keep = (~ended).nonzero().squeeze(1)
+            rows, history, scores, last = rows[keep], history[keep], scores[keep], last[keep]
+            state, features = model.reorder_state(state, keep), features.select(keep)
+    return [results[r] for r in range(len(results))]
+
+
+# --- beam search --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Finished:
+    """Finished captions of one (image, group): (rank score, score, tokens), kept sorted by rank."""
+
+    items: list[tuple[float, float, list[int]]] = field(default_factory=list)
+
+    def add(self, rank: float, score: float, tokens: list[int]) -> None:
+        self.items.append((rank, score, tokens))
+        self.items.sort(key=lambda item: -item[0])
+
+    def settled(self, need: int, best_live_bound: float) -> bool:
+        """True when no live beam is left, or ``need`` captions are finished and no live beam can
+        still beat the need-th."""
+        if best_live_bound == NEG_INF:
+            return True
+        return len(self.items) >= need and self.items[need - 1][0] >= best_live_bound
+
+
+@dataclass
+class _Beams:
+    """The live beams of the A active images: rows (A x K), laid out image by image, then group by group."""
+
+    images: list[int]  # (A,) index of each active image in the batch
+    history: torch.Tensor  # (A*K, t)
+    rank: torch.Tensor  # (A, K) sum of log-probs minus diversity penalties (-inf: empty slot)
+    score: torch.Tensor  # (A, K) sum of log-probs
+
+
+def beam_search(model: Captioner, features: ImageFeatures, cfg: DecodeConfig) -> list[list[Generated]]:
+    """Beam search over all B images at once (rows B x K in one tensor per step).
+
+    Each step ranks, per image and group, every continuation of its live beams; an ``<eos>``
+    continuation ranked within the group's top Kg becomes a finished caption (as in Hugging Face
+    ``generate``), and the best other continuations refill the Kg live beams. A beam that reaches
+    ``max_length`` words finishes there. An image stops when every group has its n-best finished and
+    no live beam can beat them, whatever it generates later (the exact bound under the length
+    penalty), so a large enough beam finds the exhaustive optimum. With G groups (diverse beam
+    search), group g's log-probabilities are lowered by ``diversity`` x the number of times earlier
+    groups picked the same word at this step, and the n-best list takes each group's best, then each
+    group's second, and so on.
+    """
+    k, g = cfg.beam_size, cfg.diverse_groups
+    batch, device = features.pooled.size(0), features.pooled.device
+    rows = torch.arange(batch, device=device).repeat_interleave(k)  # (B*K,)
+    features = features.select(rows)
+    state = model.initial_state(features, cfg.use_cache)
+    first = torch.full((batch, k), NEG_INF, device=device)
+    first[:, :: k // g] = 0.0  # one live beam per group at the start
+    beams = _Beams(list(range(batch)), torch.zeros(batch * k, 0, dtype=torch.long, device=device), first, first.clone())
+    finished = [[_Finished() for _ in range(g)] for _ in range(batch)]
+    last = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
+    for step in range(cfg.max_length):
+        log_probs, state = model.step(features, last, state)
+        log_probs = constrain(log_probs, beams.history, cfg).view(len(beams.images), k, -1)  # (A, K, V)
+        parents, last, beams = _advance(beams, log_probs, finished, step, cfg)
+        keep = _unsettled(beams, finished, step, cfg)
+        index = parents.view(-1, k)[keep].reshape(-1)  # rows of the images that go on
+        if index.numel() == 0:
             break
-        index = torch.tensor(parents, device=device)
-        state = model.reorder_state(state, index)
-        feats = features.select(torch.zeros(len(parents), dtype=torch.long, device=device))
-    best = max(finished, key=lambda h: h.score)
-    return _strip(best.tokens)
+        state, features = model.reorder_state(state, index), features.select(index)
+        last = last.view(-1, k)[keep].reshape(-1)
+        beams = _Beams([beams.images[a] for a in keep.tolist()], beams.history.view(len(beams.images), k, -1)[keep]
+                       .reshape(index.numel(), -1), beams.rank[keep], beams.score[keep])
+    return [_n_best(groups, cfg) for groups in finished]
 
 
-def _select(beams: list[_Hypothesis], values: list[list[float]], indices: list[list[int]], k: int,
-            finished: list[_Hypothesis]) -> tuple[list[_Hypothesis], list[int]]:
-    """Rank all continuations; move top-K ``<eos>`` ones to ``finished``; return K live + parents."""
-    candidates = sorted(
-        ((beam.score + v, b, t) for b, beam in enumerate(beams) for v, t in zip(values[b], indices[b])),
-        key=lambda c: -c[0],
-    )  # stable: ties keep beam order, then topk order
-    live, parents = [], []
-    for rank, (score, parent, token) in enumerate(candidates):
-        hyp = _Hypothesis(beams[parent].tokens + [token], score)
-        if token == EOS_ID:
-            if rank < k:
-                finished.append(hyp)
-        else:
-            live.append(hyp)
-            parents.append(parent)
-        if len(live) == k:
-            break
-    return live, parents
+def _advance(beams: _Beams, log_probs: torch.Tensor, finished: list[list[_Finished]], step: int,
+             cfg: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor, _Beams]:
+    """One step for every group: returns the parent row of each new beam (A*K,), its last word (A*K,),
+    and the new beams (``<eos>`` continuations and beams at ``max_length`` go to ``finished``)."""
+    a, k, vocab = log_probs.shape
+    kg = k // cfg.diverse_groups
+    chosen = torch.zeros(a, vocab, device=log_probs.device)  # (A, V) words picked by earlier groups
+    parents = torch.zeros(a, k, dtype=torch.long)
+    words = torch.zeros(a, k, dtype=torch.long)
+    rank, score = torch.full((a, k), NEG_INF), torch.full((a, k), NEG_INF)
+    for group in range(cfg.diverse_groups):
+        part = slice(group * kg, (group + 1) * kg)
+        step_rank = log_probs[:, part] - cfg.diversity * chosen.unsqueeze(1)  # (A, Kg, V)
+        total = (beams.rank[:, part].unsqueeze(-1) + step_rank).view(a, -1)  # (A, Kg*V)
+        top = total.topk(min(2 * kg, total.size(-1)), dim=-1)  # (A, 2Kg)
+        true = (beams.score[:, part].unsqueeze(-1) + log_probs[:, part]).view(a, -1).gather(1, top.indices)
+        _pick(beams, top.values.tolist(), true.tolist(), top.indices.tolist(), vocab, group, kg, step, cfg, finished,
+              (parents, words, rank, score))
+        if cfg.diverse_groups > 1:
+            chosen.scatter_add_(1, words[:, part].to(chosen.device), (rank[:, part] > NEG_INF).float().to(chosen.device))
+    offsets = torch.arange(a).unsqueeze(1) * k  # (A, 1)
+    device = log_probs.device
+    history = torch.cat([beams.history[(parents + offsets).view(-1).to(device)], words.view(-1, 1).to(device)], 1)
+    new = _Beams(beams.images, history, rank.to(device), score.to(device))
+    return (parents + offsets).view(-1).to(device), words.view(-1).to(device), new
 
 
-def _strip(ids: list[int]) -> list[int]:
-    """Ids up to (not including) the first ``<eos>``."""
-    return ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids
+def _pick(beams: _Beams, ranks: list[list[float]], scores: list[list[float]], flat: list[list[int]], vocab: int,
+          group: int, kg: int, step: int, cfg: DecodeConfig, finished: list[list[_Finished]],
+          out: tuple[torch.Tensor, ...]) -> None:
+    """Sort one group's candidates of every image into finished captions and the next live beams."""
+    parents, words, rank, score = out
+    base, k = group * kg, beams.rank.size(1)
+    last_step = step == cfg.max_length - 1
+    for a in range(len(beams.images)):
+        done, filled = finished[beams.images[a]][group], 0
+        for position, (r, s, index) in enumerate(zip(ranks[a], scores[a], flat[a])):
+            if r == NEG_INF or filled == kg:
+                break
+            parent, word = base + index // vocab, index % vocab
+            if word == EOS_ID and position >= kg:
+                continue  # an <eos> outside the top Kg is not kept (as in Hugging Face generate)
+            if word == EOS_ID or last_step:  # a caption ends: <eos>, or max_length words
+                tokens = beams.history[a * k + parent].tolist() + ([] if word == EOS_ID else [word])
+                norm = length_penalty(step + 1, cfg.length_penalty)
+                done.add(r / norm, s / norm, tokens)
+                filled += word != EOS_ID
+                continue
+            parents[a, base + filled], words[a, base + filled] = parent, word
+            rank[a, base + filled], score[a, base + filled] = r, s
+            filled += 1
+
+
+def _unsettled(beams: _Beams, finished: list[list[_Finished]], step: int, cfg: DecodeConfig) -> torch.Tensor:
+    """Indices (into the active images) of the images some group of which can still improve."""
+    kg = cfg.beam_size // cfg.diverse_groups
+    need = min(cfg.n_best, kg)
+    best_live = beams.rank.view(len(beams.images), cfg.diverse_groups, kg).amax(-1).tolist()  # (A, G)
+    keep = [a for a, image in enumerate(beams.images)
+            if step < cfg.max_length - 1
+            and not all(finished[image][group].settled(need, _bound(best_live[a][group], step, cfg))
+                        for group in range(cfg.diverse_groups))]
+    return torch.tensor(keep, dtype=torch.long, device=beams.rank.device)
+
+
+def _bound(rank: float, step: int, cfg: DecodeConfig) -> float:
+    """The best normalised score a live beam of this rank (after ``step``) can still finish with:
+    its log-probability only falls, so the bound divides it by the largest length penalty among the
+    lengths it can still end at."""
+    if rank == NEG_INF:
+        return NEG_INF
+    shortest = min(max(step + 2, cfg.min_length + 1), cfg.max_length)
+    return max(rank / length_penalty(length, cfg.length_penalty) for length in (shortest, cfg.max_length))
+
+
+def _n_best(groups: list[_Finished], cfg: DecodeConfig) -> list[Generated]:
+    """Each group's best, then each group's second, ... (one group: simply best first), n_best of them."""
+    ranked: list[Any] = []
+    for position in range(max(len(g.items) for g in groups)):  # (an empty range if none finished)
+        ranked.extend(g.items[position] for g in groups if position < len(g.items))
+    if not ranked:  # every continuation was forbidden (e.g. --no-repeat-ngram 1 with a tiny vocabulary)
+        return [Generated([], NEG_INF)]
+    return [Generated(tokens, score) for _, score, tokens in ranked[:cfg.n_best]]

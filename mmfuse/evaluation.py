@@ -77,8 +77,7 @@ def evaluate_run(
     workspace: Workspace,
     run: str,
     split: str = "test",
-    beam_size: int | None = None,
-    max_length: int | None = None,
+    decode_options: dict[str, Any] | None = None,
     checkpoint: str = "best",
     device: str = "auto",
     batch_size: int = 64,
@@ -89,7 +88,9 @@ def evaluate_run(
 
     Writes ``eval-<split>.json`` (the report) and ``results-<split>.json`` (captions in COCO results
     format, or every sample's prediction) into the run; with an ablation the names end in
-    ``-ablate-<modality>-<mode>``. Decoding settings default to the run's; the arguments override them.
+    ``-ablate-<modality>-<mode>``. Decoding settings default to the run's; ``decode_options``
+    (:class:`~mmfuse.config.DecodeConfig` fields, None = keep) override them. Only the best caption
+    of an n-best list is scored.
     """
     run_dir = workspace.existing_run(run)
     loaded = load_run(run_dir, checkpoint, resolve_device(device))
@@ -97,11 +98,13 @@ def evaluate_run(
         ablation = ablation.resolve("classify" if loaded.labels is not None else "caption")
     data_dir = workspace.existing_dataset(loaded.config.train.data)
     if loaded.labels is not None:
-        if beam_size is not None or max_length is not None:
-            raise MmfuseError(f"run {run!r} is a classifier; --beam-size and --max-length apply to captioning runs")
+        given = sorted(k for k, v in (decode_options or {}).items() if v is not None)
+        if given:
+            raise MmfuseError(f"run {run!r} is a classifier; decoding options (--{given[0].replace('_', '-')}) "
+                              "apply to captioning runs")
         report, results = _classify_split(loaded, data_dir, split, batch_size, ablation)
     else:
-        report, results = _caption_split(loaded, data_dir, split, beam_size, max_length, batch_size, with_meteor, ablation)
+        report, results = _caption_split(loaded, data_dir, split, decode_options or {}, batch_size, with_meteor, ablation)
     report.update({"run": run, "data": loaded.config.train.data, "split": split, "checkpoint": checkpoint,
                    "epoch": int(read_metadata(loaded.weights).get("epoch", 0)),
                    "ablation": None if ablation is None else {"modality": ablation.modality, "mode": ablation.mode}})
@@ -111,9 +114,9 @@ def evaluate_run(
     return report
 
 
-def _caption_split(loaded: LoadedRun, data_dir: Path, split: str, beam_size: int | None, max_length: int | None,
+def _caption_split(loaded: LoadedRun, data_dir: Path, split: str, decode_options: dict[str, Any],
                    batch_size: int, with_meteor: bool, ablation: Ablation | None) -> tuple[dict[str, Any], list]:
-    decode = loaded.config.decode.override(beam_size, max_length)
+    decode = loaded.config.decode.override(**decode_options)
     records = load_split(data_dir, split)
     paths = [r.image for r in records]
     if ablation is not None and ablation.modality == "image" and ablation.mode == "shuffle":
