@@ -26,7 +26,7 @@ demo: install
 	$(MMFUSE) prepare-data shapes -w $(WS)
 	$(MMFUSE) train --data shapes --fusion concat --run demo --overwrite -w $(WS)
 	$(MMFUSE) evaluate --run demo --show 5 -w $(WS)
-	@echo "--- mmfuse caption on five test images (path<TAB>caption on stdout):"
+	@echo "--- mmfuse caption on five test images (path<TAB>caption<TAB>score on stdout):"
 	@ls $(WS)/datasets/shapes/images/test/*.png | head -5 | $(MMFUSE) caption - --run demo --beam-size 3 -w $(WS)
 
 test: install-dev

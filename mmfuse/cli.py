@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
 from mmfuse import __version__
-from mmfuse.config import DecodeConfig, ModelConfig, RunConfig, ShapesConfig, TrainConfig
+from mmfuse.config import DecodeConfig, ModelConfig, RunConfig, ShapesConfig, TrainConfig, from_dict
 from mmfuse.errors import MmfuseError
 
 _DEBUG = {"on": False}  # set per invocation by --debug or $MMFUSE_DEBUG
@@ -135,6 +135,32 @@ Workspace_ = Annotated[
                  show_default=False),
 ]
 Device_ = Annotated[str, typer.Option(help="Device: auto (CUDA if available), cpu, cuda or cuda:N.")]
+# Decoding options of evaluate and caption (None: the run's setting; see DecodeConfig).
+BeamSize_ = Annotated[Optional[int], typer.Option(help="Beams per image (1 = greedy) [default: the run's, 1].", show_default=False, rich_help_panel="Decoding")]
+MaxLength_ = Annotated[Optional[int], typer.Option(help="Most words in a caption [default: the run's].", show_default=False, rich_help_panel="Decoding")]
+MinLength_ = Annotated[Optional[int], typer.Option(help="Fewest words before the caption may end [default: 0].", show_default=False, rich_help_panel="Decoding")]
+LengthPenalty_ = Annotated[Optional[float], typer.Option(help="GNMT length penalty alpha: score = log-prob / ((5 + L) / 6)^alpha; > 0 favours longer captions [default: 0].", show_default=False, rich_help_panel="Decoding")]
+NBest_ = Annotated[Optional[int], typer.Option(help="Captions per image, best first (<= --beam-size; with --sample, the draws) [default: 1].", show_default=False, rich_help_panel="Decoding")]
+NoRepeat_ = Annotated[Optional[int], typer.Option("--no-repeat-ngram", help="Never repeat an n-gram of this size within a caption (0 = off) [default: 0].", show_default=False, rich_help_panel="Decoding")]
+Groups_ = Annotated[Optional[int], typer.Option(help="Diverse beam search: split the beams into this many groups [default: 1].", show_default=False, rich_help_panel="Decoding")]
+Diversity_ = Annotated[Optional[float], typer.Option(help="Diverse beam search: penalty per word an earlier group chose at the same step [default: 0.5].", show_default=False, rich_help_panel="Decoding")]
+Sample_ = Annotated[Optional[bool], typer.Option("--sample/--no-sample", help="Sample words instead of searching [default: off].", show_default=False, rich_help_panel="Decoding")]
+Temperature_ = Annotated[Optional[float], typer.Option(help="Sampling: divide the logits by this [default: 1].", show_default=False, rich_help_panel="Decoding")]
+TopK_ = Annotated[Optional[int], typer.Option(help="Sampling: only among the k most likely words (0 = all) [default: 0].", show_default=False, rich_help_panel="Decoding")]
+TopP_ = Annotated[Optional[float], typer.Option(help="Sampling: only among the most likely words whose probability reaches p [default: 1].", show_default=False, rich_help_panel="Decoding")]
+Seed_ = Annotated[Optional[int], typer.Option(help="Sampling seed; an image's draws depend only on it and the image's position [default: 0].", show_default=False, rich_help_panel="Decoding")]
+Cache_ = Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Transformer decoders: key/value cache (--no-cache re-runs the sequence each step) [default: on].", show_default=False, rich_help_panel="Decoding")]
+
+
+def _decode_options(beam_size, max_length, min_length, length_penalty, n_best, no_repeat_ngram, diverse_groups,
+                    diversity, sample, temperature, top_k, top_p, seed, cache) -> dict[str, Any]:
+    """The DecodeConfig fields given on the command line (None: keep the run's)."""
+    return {"beam_size": beam_size, "max_length": max_length, "min_length": min_length,
+            "length_penalty": length_penalty, "n_best": n_best, "no_repeat_ngram": no_repeat_ngram,
+            "diverse_groups": diverse_groups, "diversity": diversity, "sample": sample, "temperature": temperature,
+            "top_k": top_k, "top_p": top_p, "seed": seed, "use_cache": cache}
+
+
 _SHAPES = ShapesConfig()
 _TRAIN = TrainConfig()
 _MODEL = ModelConfig()
@@ -278,8 +304,6 @@ def evaluate_cmd(
     predictions: Annotated[Optional[Path], typer.Option(help="Score this results file instead (COCO results JSON or JSONL).", show_default=False)] = None,
     references: Annotated[Optional[str], typer.Option(help="With --predictions: a COCO captions file or a workspace data set name.", show_default=False)] = None,
     split: Annotated[str, typer.Option(help="Data set split to caption and score (or to take references from).")] = "test",
-    beam_size: Annotated[Optional[int], typer.Option(help="Beam size (1 = greedy) (default: the run's).", show_default=False)] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Longest caption (default: the run's).", show_default=False)] = None,
     checkpoint: Annotated[str, typer.Option(help="Weights to use: best or last.")] = "best",
     meteor: Annotated[bool, typer.Option(help="Compute METEOR (needs Java and pycocoevalcap).")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the full report as JSON on stdout.")] = False,
@@ -290,6 +314,10 @@ def evaluate_cmd(
     batch_size: Annotated[int, typer.Option(help="Images per decoding batch.")] = 64,
     device: Device_ = "auto",
     workspace: Workspace_ = None,
+    beam_size: BeamSize_ = None, max_length: MaxLength_ = None, min_length: MinLength_ = None,
+    length_penalty: LengthPenalty_ = None, n_best: NBest_ = None, no_repeat_ngram: NoRepeat_ = None,
+    diverse_groups: Groups_ = None, diversity: Diversity_ = None, sample: Sample_ = None,
+    temperature: Temperature_ = None, top_k: TopK_ = None, top_p: TopP_ = None, seed: Seed_ = None, cache: Cache_ = None,
 ) -> None:
     """Score captions with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D, exactly as coco-caption does, or a
     classifier with accuracy, per-class and macro precision/recall/F1, AUROC and the confusion matrix.
@@ -314,7 +342,9 @@ def evaluate_cmd(
     ws = Workspace.open(workspace)
     if run is not None:
         ablation = Ablation(ablate, ablate_mode) if ablate is not None else None
-        report = evaluate_run(ws, run, split, beam_size, max_length, checkpoint, device, batch_size, meteor, ablation)
+        decode = _decode_options(beam_size, max_length, min_length, length_penalty, n_best, no_repeat_ngram,
+                                 diverse_groups, diversity, sample, temperature, top_k, top_p, seed, cache)
+        report = evaluate_run(ws, run, split, decode, checkpoint, device, batch_size, meteor, ablation)
     else:
         report = evaluate_files(ws, predictions, references, split, meteor)
     if report.get("task") == "classify":
@@ -336,9 +366,9 @@ def _print_report(report: dict[str, Any], show: int, worst: int) -> None:
     from mmfuse.ui import console
 
     if "run" in report:
-        d = report["decode"]
+        decode = from_dict(DecodeConfig, report["decode"], "report")
         console().print(f"[bold]{report['run']}[/] on {report['data']}/{report['split']}: {report['num_images']} images, "
-                        f"beam size {d['beam_size']}, {report['checkpoint']} weights (epoch {report['epoch']})"
+                        f"{decode.describe()}, {report['checkpoint']} weights (epoch {report['epoch']})"
                         f"{_ablation_note(report)}")
     else:
         console().print(f"{report['predictions']} against {report['references']}: {report['num_images']} images",
@@ -434,31 +464,48 @@ def _print_images(title: str, items: list[dict[str, Any]], with_score: bool = Fa
 
 @app.command("caption")
 def caption_cmd(
-    images: Annotated[list[str], typer.Argument(metavar="IMAGE", help="Image files; '-' reads paths from stdin, one per line.", show_default=False)],
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image files, directories (searched recursively), glob patterns, or '-' to read them from stdin, one per line.", show_default=False)],
     run: Annotated[str, typer.Option(help="Run whose model captions the images.")],
-    beam_size: Annotated[Optional[int], typer.Option(help="Beam size (1 = greedy) (default: the run's).", show_default=False)] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Longest caption (default: the run's).", show_default=False)] = None,
+    output_format: Annotated[str, typer.Option("--format", help="tsv (path, caption, score), text (captions only), jsonl (one object per image), or json (one array).")] = "tsv",
+    json_lines: Annotated[bool, typer.Option("--json", help="Same as --format jsonl.", hidden=True)] = False,
+    attention_map: Annotated[Optional[Path], typer.Option(help="Write one PNG per image into this directory: each word of the best caption over the image, lit where the model attended (attention fusions).", show_default=False)] = None,
     checkpoint: Annotated[str, typer.Option(help="Weights to use: best or last.")] = "best",
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON Lines ({path, caption, beam_size}) instead of TSV.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per decoding batch.")] = 64,
     device: Device_ = "auto",
     workspace: Workspace_ = None,
+    beam_size: BeamSize_ = None, max_length: MaxLength_ = None, min_length: MinLength_ = None,
+    length_penalty: LengthPenalty_ = None, n_best: NBest_ = None, no_repeat_ngram: NoRepeat_ = None,
+    diverse_groups: Groups_ = None, diversity: Diversity_ = None, sample: Sample_ = None,
+    temperature: Temperature_ = None, top_k: TopK_ = None, top_p: TopP_ = None, seed: Seed_ = None, cache: Cache_ = None,
 ) -> None:
-    """Caption images: prints 'path<TAB>caption' per image on stdout, in input order.
+    """Caption images: results on stdout in input order, one image at a time as they are ready.
+    An image that cannot be read is reported on stderr and skipped; the exit code is then 1.
 
-    Example: ls photos/*.png | mmfuse caption - --run demo --beam-size 3
+    Examples: mmfuse caption photos/ --run demo --beam-size 5 --n-best 3 --format jsonl;
+    find photos -name '*.jpg' | mmfuse caption - --run demo --sample --top-p 0.9 --seed 1
     """
+    from mmfuse.caption_output import write_results
     from mmfuse.inference import caption_run
     from mmfuse.workspace import Workspace
 
     if batch_size < 1:
         raise MmfuseError(f"--batch-size must be >= 1, got {batch_size}")
-    results = caption_run(Workspace.open(workspace), run, images, sys.stdin, beam_size, max_length, checkpoint, device, batch_size)
-    for path, words, decode in results:
-        if json_out:
-            typer.echo(json.dumps({"path": str(path), "caption": " ".join(words), "beam_size": decode.beam_size}))
-        else:
-            typer.echo(f"{path}\t{' '.join(words)}")
+    output_format = "jsonl" if json_lines else output_format
+    if output_format not in ("tsv", "text", "jsonl", "json"):
+        raise MmfuseError(f"--format must be tsv, text, jsonl or json, got {output_format!r}")
+    options = _decode_options(beam_size, max_length, min_length, length_penalty, n_best, no_repeat_ngram,
+                              diverse_groups, diversity, sample, temperature, top_k, top_p, seed, cache)
+    decode, results = caption_run(Workspace.open(workspace), run, images, sys.stdin, options, checkpoint, device,
+                                  batch_size, attention_map)
+    failed = write_results(results, decode, output_format, sys.stdout,
+                           lambda message: typer.echo(f"mmfuse: warning: {message}", err=True))
+    if failed.total == 0:
+        raise MmfuseError("no images given (pass image files, directories, patterns, or - to read paths from stdin)")
+    if failed.total == 1 and failed.problems:
+        raise MmfuseError(failed.problems[0])
+    if failed.paths:
+        shown = ", ".join(str(p) for p in failed.paths[:5]) + (", ..." if len(failed.paths) > 5 else "")
+        raise MmfuseError(f"{len(failed.paths)} of {failed.total} inputs could not be captioned: {shown}")
 
 
 @app.command("predict")

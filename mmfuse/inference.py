@@ -3,22 +3,29 @@ probabilities for (image, text) pairs."""
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from mmfuse.config import DecodeConfig
-from mmfuse.data.dataset import ImageDataset, LabelledDataset, LabelledRecord
+from mmfuse.data.dataset import ImageDataset, LabelledDataset, LabelledRecord, pad
 from mmfuse.data.tokenize import tokenize_many
-from mmfuse.data.vocab import Vocab
+from mmfuse.data.vocab import BOS_ID, Vocab
 from mmfuse.decoding import generate
 from mmfuse.errors import MmfuseError
 from mmfuse.device import resolve_device
+from mmfuse.image_inputs import InputItem, expand_inputs
+from mmfuse.images import image_transform, load_rgb
 from mmfuse.models.captioner import Captioner
-from mmfuse.models.checkpoint import load_run
+from mmfuse.models.checkpoint import LoadedRun, load_run
+from mmfuse.models.fusion import ATTENTION
 from mmfuse.workspace import Workspace
 
 
@@ -31,17 +38,25 @@ def caption_files(
     batch_size: int = 64,
     blank_images: bool = False,
 ) -> Iterator[list[str]]:
-    """Yield each image's caption (tokens) in the order of ``paths``; the model stays in eval mode.
+    """Yield each image's best caption (tokens) in the order of ``paths``; the model stays in eval mode.
 
     ``blank_images`` feeds mean-colour images instead (the image ablation)."""
     device = next(model.parameters()).device
     loader = DataLoader(ImageDataset(paths, image_size, blank_images), batch_size=batch_size, shuffle=False)
+    with _eval_mode(model):
+        first = 0
+        for images in loader:
+            for options in generate(model, images.to(device), decode, first):
+                yield vocab.decode(options[0].tokens)
+            first += images.size(0)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        for images in loader:
-            for ids in generate(model, images.to(device), decode):
-                yield vocab.decode(ids)
+        yield
     finally:
         model.train(was_training)
 
@@ -75,30 +90,111 @@ def check_images(paths: list[Path]) -> None:
             raise MmfuseError(f"not a readable image file: {path} ({exc})") from None
 
 
+@dataclass
+class Captioned:
+    """The outcome for one input: its captions (words and score, best first), or why it was skipped."""
+
+    path: Path
+    captions: list[tuple[list[str], float]] = field(default_factory=list)
+    problem: str | None = None
+    attention_map: Path | None = None
+
 
 def caption_run(
     workspace: Workspace,
     run: str,
     inputs: list[str],
     stdin: Iterable[str],
-    beam_size: int | None = None,
-    max_length: int | None = None,
+    decode_options: dict[str, Any] | None = None,
     checkpoint: str = "best",
     device: str = "auto",
     batch_size: int = 64,
-) -> Iterator[tuple[Path, list[str], DecodeConfig]]:
-    """Caption image files with a run's model: yields (path, caption tokens, decoding settings).
+    attention_dir: Path | None = None,
+) -> tuple[DecodeConfig, Iterator[Captioned]]:
+    """Caption the images that ``inputs`` name (files, directories, patterns, ``-`` for stdin) with a
+    run's model: returns the decoding settings and a stream of results in input order. An input
+    that is missing or not a readable image is reported in its result, not raised; the stream holds
+    only one batch in memory at a time.
 
-    All paths are checked before the model is loaded, so a bad one fails before any output.
+    Raises before any output: unknown run, invalid decoding settings, ``attention_dir`` for a model
+    without attention over the image.
     """
-    paths = read_image_list(inputs, stdin)
-    run_dir = workspace.existing_run(run)
-    loaded = load_run(run_dir, checkpoint, resolve_device(device))
-    decode = loaded.config.decode.override(beam_size, max_length)
-    check_images(paths)
-    captions = caption_files(loaded.model, loaded.vocab, paths, loaded.config.model.image_size, decode, batch_size)
-    for path, words in zip(paths, captions):
-        yield path, words, decode
+    loaded = load_run(workspace.existing_run(run), checkpoint, resolve_device(device))
+    if loaded.labels is not None:
+        raise MmfuseError(f"run {run!r} is a classifier; use 'mmfuse predict' (caption is for captioning runs)")
+    decode = loaded.config.decode.override(**(decode_options or {}))
+    if attention_dir is not None and loaded.model.fusion.kind != ATTENTION:
+        raise MmfuseError(f"--attention-map needs a run with attention over the image (--fusion attention); run "
+                          f"{run!r} uses fusion {loaded.config.model.fusion!r}, which has none")
+    items = expand_inputs(inputs, stdin)
+    stream = _caption_stream(loaded, items, decode, batch_size, attention_dir)
+    return decode, stream
+
+
+def _caption_stream(loaded: LoadedRun, items: Iterable[InputItem], decode: DecodeConfig, batch_size: int,
+                    attention_dir: Path | None) -> Iterator[Captioned]:
+    model, device = loaded.model, next(loaded.model.parameters()).device
+    transform = image_transform(loaded.config.model.image_size)
+    names: set[str] = set()
+    seen = 0
+    with _eval_mode(model), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for batch in _batches(items, batch_size):
+            results = list(pool.map(lambda item: _load(item, transform), batch))
+            good = [i for i, (_, pixels) in enumerate(results) if pixels is not None]
+            if good:
+                images = torch.stack([results[i][1] for i in good]).to(device)  # (B, 3, S, S)
+                outcomes = generate(model, images, decode, seen)
+                maps = _attention_maps(model, images, outcomes, attention_dir) if attention_dir else None
+                for j, i in enumerate(good):
+                    captioned = results[i][0]
+                    captioned.captions = [(loaded.vocab.decode(g.tokens), g.score) for g in outcomes[j]]
+                    if maps is not None:
+                        captioned.attention_map = _save_map(captioned, maps[j], attention_dir, names)
+            seen += len(good)
+            yield from (captioned for captioned, _ in results)
+
+
+def _batches(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]:
+    batch: list[InputItem] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _load(item: InputItem, transform: Any) -> tuple[Captioned, torch.Tensor | None]:
+    """The model input for one item (None, with the problem recorded, if it cannot be read)."""
+    if item.problem is not None:
+        return Captioned(item.path, problem=item.problem), None
+    try:
+        return Captioned(item.path), transform(load_rgb(item.path))
+    except MmfuseError as exc:
+        return Captioned(item.path, problem=str(exc)), None
+
+
+@torch.inference_mode()
+def _attention_maps(model: Captioner, images: torch.Tensor, outcomes: list, attention_dir: Path) -> list[torch.Tensor]:
+    """Per image, the attention (T, N) while generating each word of its best caption."""
+    best = [options[0].tokens for options in outcomes]
+    tokens = pad([[BOS_ID] + ids for ids in best]).to(images.device)  # (B, T+1)
+    weights = model.attention_weights(model.encode(images), tokens)  # (B, T+1, N)
+    return [w[: len(ids)].cpu() for w, ids in zip(weights, best)]
+
+
+def _save_map(captioned: Captioned, weights: torch.Tensor, attention_dir: Path, names: set[str]) -> Path:
+    """Write the heat-map figure of one image as DIR/<image stem>.png (-2, -3... on a name clash)."""
+    from mmfuse.heatmaps import attention_figure, write_figure
+
+    stem, n = captioned.path.stem, 1
+    while (name := stem if n == 1 else f"{stem}-{n}") in names:
+        n += 1
+    names.add(name)
+    target = attention_dir / f"{name}.png"
+    write_figure(attention_figure(captioned.path, captioned.captions[0][0], weights), target)
+    return target
 
 
 def labelled_dataset(records: list[LabelledRecord], vocab: Vocab, labels: list[str], image_size: int) -> LabelledDataset:
@@ -116,13 +212,9 @@ def predict_probabilities(model: nn.Module, dataset: LabelledDataset, batch_size
     """Class probabilities (n, C) for every sample of ``dataset``, in order; the model's mode is kept."""
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate)
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         return torch.cat([torch.softmax(model(b["images"].to(device), b["tokens"].to(device)).float(), -1).cpu()
                           for b in loader])
-    finally:
-        model.train(was_training)
 
 
 def read_pairs(images: list[str], text: str | None, pairs: Iterable[str] | None, where: str,

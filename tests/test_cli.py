@@ -49,7 +49,7 @@ def test_pipeline_end_to_end(workspace: Path) -> None:
 
     res = invoke("caption", str(images[0]), "--run", "e2e", "--json", "--beam-size", "3")
     record = json.loads(res.stdout)
-    assert record["path"] == str(images[0]) and record["beam_size"] == 3 and isinstance(record["caption"], str)
+    assert record["path"] == str(images[0]) and record["decoding"]["beam_size"] == 3 and isinstance(record["caption"], str)
 
 
 def test_evaluate_beam_one_equals_greedy_default(trained: Path) -> None:

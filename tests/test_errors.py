@@ -29,13 +29,16 @@ def test_missing_image(trained: Path, tmp_path: Path) -> None:
     assert res.stdout == ""
 
 
-def test_unreadable_image(trained: Path, tmp_path: Path) -> None:
+def test_unreadable_image_is_skipped_and_named(trained: Path, tmp_path: Path) -> None:
     fake = tmp_path / "fake.png"
     fake.write_text("this is not a png")
     good = next((trained / "datasets/tiny/images/test").glob("*.png"))
-    res = invoke("caption", str(good), str(fake), "--run", "r", "-w", str(trained))
-    _fails(res, "not a readable image", str(fake))
-    assert res.stdout == ""  # checked before any output
+    res = invoke("caption", str(fake), str(good), "--run", "r", "-w", str(trained))
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    warning, error = res.stderr.splitlines()
+    assert warning.startswith("mmfuse: warning: not a readable image file: ") and str(fake) in warning
+    assert error == f"mmfuse: error: 1 of 2 inputs could not be captioned: {fake}"
+    assert [line.split("\t")[0] for line in res.stdout.splitlines()] == [str(good)]  # the good one is captioned
 
 
 def test_truncated_image(trained: Path, tmp_path: Path) -> None:

@@ -1,0 +1,98 @@
+"""How ``mmfuse caption`` prints its results: TSV, plain text, JSON Lines or one JSON array, written
+image by image as they come (nothing is held back), with problems reported as warnings."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, TextIO
+
+from mmfuse.config import DecodeConfig, to_dict
+from mmfuse.inference import Captioned
+
+
+@dataclass
+class Summary:
+    """How many inputs there were and which could not be captioned."""
+
+    total: int = 0
+    paths: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def write_results(results: Iterable[Captioned], decode: DecodeConfig, fmt: str, out: TextIO,
+                  warn: Callable[[str], None]) -> Summary:
+    """Print each result as ``fmt`` (tsv, text, jsonl, json) on ``out`` and flush it, warn about each
+    skipped input (not when it is the only input: the caller's error then says it all); returns the
+    summary. A closed pipe (``| head``) ends the output quietly."""
+    settings = {"strategy": decode.strategy, **to_dict(decode)}
+    summary, status = Summary(), _Status()
+    try:
+        if fmt == "json":
+            out.write("[")
+        for item in results:
+            summary.total += 1
+            status.tick(summary.total)
+            if summary.total == 2 and summary.problems:  # held back while it might be the only input
+                warn(f"{summary.problems[0]} (skipped)")
+            if item.problem is not None:
+                summary.paths.append(item.path)
+                summary.problems.append(item.problem)
+                if summary.total > 1:
+                    warn(f"{item.problem} (skipped)")
+                continue
+            written = summary.total - len(summary.paths)
+            text = _format(item, settings, fmt)
+            out.write(("\n" if written == 1 else ",\n") + text if fmt == "json" else text)
+            out.flush()
+        if fmt == "json":
+            out.write("\n]\n" if summary.total > len(summary.paths) else "]\n")
+        out.flush()
+    except BrokenPipeError:  # the reader went away: stop, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        summary.paths.clear()
+        summary.problems.clear()
+    finally:
+        status.done()
+    return summary
+
+
+def _format(item: Captioned, settings: dict[str, Any], fmt: str) -> str:
+    captions = [" ".join(words) for words, _ in item.captions]
+    scores = [round(score, 6) for _, score in item.captions]
+    if fmt == "text":
+        return "".join(f"{c}\n" for c in captions)
+    if fmt == "tsv":
+        return "".join(f"{item.path}\t{c}\t{s:.4f}\n" for c, s in zip(captions, scores))
+    record: dict[str, Any] = {"path": str(item.path), "caption": captions[0], "score": scores[0],
+                              "captions": captions, "scores": scores, "decoding": settings}
+    if item.attention_map is not None:
+        record["attention_map"] = str(item.attention_map)
+    return json.dumps(record, ensure_ascii=False) + ("\n" if fmt == "jsonl" else "")
+
+
+class _Status:
+    """A 'captioned N images' line on stderr, redrawn at most twice a second, only when stderr is a
+    terminal and stdout is not (so it never mixes with the results)."""
+
+    def __init__(self) -> None:
+        self.on = sys.stderr.isatty() and not sys.stdout.isatty()
+        self.start = self.shown = time.monotonic()
+        self.count = 0
+
+    def tick(self, count: int) -> None:
+        self.count = count
+        now = time.monotonic()
+        if self.on and now - self.shown > 0.5:
+            self.shown = now
+            sys.stderr.write(f"\rcaptioned {count} images ({count / (now - self.start):.1f}/s)")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.on and self.shown > self.start:
+            sys.stderr.write(f"\rcaptioned {self.count} images in {time.monotonic() - self.start:.1f} s\n")
+
