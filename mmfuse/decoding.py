@@ -57,11 +57,6 @@ def generate(model: Captioner, images: torch.Tensor, cfg: DecodeConfig, first_in
     return beam_search(model, features, cfg)
 
 
-def best_tokens(model: Captioner, images: torch.Tensor, cfg: DecodeConfig) -> list[list[int]]:
-    """The best caption's ids for each image (B, 3, S, S)."""
-    return [options[0].tokens for options in generate(model, images, cfg)]
-
-
 # --- constraints (logits processors) -----------------------------------------------------------
 
 
@@ -113,8 +108,7 @@ def sample(model: Captioner, features: ImageFeatures, cfg: DecodeConfig, first_i
                                for r in rows.tolist()])  # (R, V)
         return (logits - torch.log(-torch.log(uniform))).argmax(-1)  # Gumbel-max: a draw from softmax(logits)
 
-    rows = features.select(torch.arange(batch, device=device).repeat_interleave(n))
-    drawn = _one_token_per_row(model, rows, cfg, choose)
+    drawn = _one_token_per_row(model, features, cfg, choose, copies=n)
     return [sorted(drawn[i * n:(i + 1) * n], key=lambda g: -g.score) for i in range(batch)]
 
 
@@ -132,14 +126,25 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
-def _one_token_per_row(model: Captioner, features: ImageFeatures, cfg: DecodeConfig, choose: Chooser) -> list[Generated]:
-    """Decode every row of ``features`` (R rows) one chosen token per step until ``<eos>`` or
-    ``cfg.max_length`` words; finished rows leave the batch."""
+def _rows(model: Captioner, features: ImageFeatures, copies: int, cfg: DecodeConfig) -> tuple[ImageFeatures, Any]:
+    """The step features and the initial state of ``copies`` rows per image (B*copies rows, image by
+    image); the state is computed once per image and then copied."""
+    rows = torch.arange(features.pooled.size(0), device=features.pooled.device).repeat_interleave(copies)
+    state = model.initial_state(features, cfg.use_cache)
+    if copies == 1:
+        return model.step_features(features), state
+    return model.step_features(features).select(rows), model.reorder_state(state, rows)
+
+
+def _one_token_per_row(model: Captioner, features: ImageFeatures, cfg: DecodeConfig, choose: Chooser,
+                       copies: int = 1) -> list[Generated]:
+    """Decode ``copies`` rows per image one chosen token per step until ``<eos>`` or
+    ``cfg.max_length`` words; finished rows leave the batch. Returns rows image by image."""
     device = features.pooled.device
+    features, state = _rows(model, features, copies, cfg)
     rows = torch.arange(features.pooled.size(0), device=device)  # (A,) original row of each active row
     history = torch.zeros(rows.numel(), 0, dtype=torch.long, device=device)  # (A, t)
     scores = torch.zeros(rows.numel(), device=device)  # (A,)
-    state = model.initial_state(features, cfg.use_cache)
     last = torch.full_like(rows, BOS_ID)
     results: dict[int, Generated] = {}
     for step in range(cfg.max_length):
@@ -175,12 +180,9 @@ class _Finished:
         self.items.append((rank, score, tokens))
         self.items.sort(key=lambda item: -item[0])
 
-    def settled(self, need: int, best_live_bound: float) -> bool:
-        """True when no live beam is left, or ``need`` captions are finished and no live beam can
-        still beat the need-th."""
-        if best_live_bound == NEG_INF:
-            return True
-        return len(self.items) >= need and self.items[need - 1][0] >= best_live_bound
+    def nth_rank(self, n: int) -> float:
+        """The rank score of the n-th best finished caption (-inf while there are fewer)."""
+        return self.items[n - 1][0] if len(self.items) >= n else NEG_INF
 
 
 @dataclass
@@ -208,23 +210,31 @@ def beam_search(model: Captioner, features: ImageFeatures, cfg: DecodeConfig) ->
     """
     k, g = cfg.beam_size, cfg.diverse_groups
     batch, device = features.pooled.size(0), features.pooled.device
-    rows = torch.arange(batch, device=device).repeat_interleave(k)  # (B*K,)
-    features = features.select(rows)
-    state = model.initial_state(features, cfg.use_cache)
+    state = model.initial_state(features, cfg.use_cache)  # B rows: the first step reads one row per image
+    features = image_features = model.step_features(features)
     first = torch.full((batch, k), NEG_INF, device=device)
     first[:, :: k // g] = 0.0  # one live beam per group at the start
     beams = _Beams(list(range(batch)), torch.zeros(batch * k, 0, dtype=torch.long, device=device), first, first.clone())
     finished = [[_Finished() for _ in range(g)] for _ in range(batch)]
-    last = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
+    last = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     for step in range(cfg.max_length):
         log_probs, state = model.step(features, last, state)
+        if step == 0:  # every beam of an image starts from its one row
+            log_probs = log_probs.repeat_interleave(k, 0)
         log_probs = constrain(log_probs, beams.history, cfg).view(len(beams.images), k, -1)  # (A, K, V)
         parents, last, beams = _advance(beams, log_probs, finished, step, cfg)
         keep = _unsettled(beams, finished, step, cfg)
-        index = parents.view(-1, k)[keep].reshape(-1)  # rows of the images that go on
-        if index.numel() == 0:
+        if keep.numel() == 0:
             break
-        state, features = model.reorder_state(state, index), features.select(index)
+        if step == 0:  # from one row per image to K: parents index images, and the image parts are copied
+            parents = parents // k
+            features = image_features.select(torch.arange(batch, device=device).repeat_interleave(k))
+        if keep.numel() == len(beams.images):  # beams move within their images only
+            state = model.reorder_state(state, parents, same_images=step > 0)
+            continue
+        index = parents.view(-1, k)[keep].reshape(-1)  # rows of the images that go on
+        state = model.reorder_state(state, index)
+        features = features.select(torch.arange(features.pooled.size(0), device=device).view(-1, k)[keep].reshape(-1))
         last = last.view(-1, k)[keep].reshape(-1)
         beams = _Beams([beams.images[a] for a in keep.tolist()], beams.history.view(len(beams.images), k, -1)[keep]
                        .reshape(index.numel(), -1), beams.rank[keep], beams.score[keep])
@@ -236,74 +246,76 @@ def _advance(beams: _Beams, log_probs: torch.Tensor, finished: list[list[_Finish
     """One step for every group: returns the parent row of each new beam (A*K,), its last word (A*K,),
     and the new beams (``<eos>`` continuations and beams at ``max_length`` go to ``finished``)."""
     a, k, vocab = log_probs.shape
-    kg = k // cfg.diverse_groups
-    chosen = torch.zeros(a, vocab, device=log_probs.device)  # (A, V) words picked by earlier groups
-    parents = torch.zeros(a, k, dtype=torch.long)
-    words = torch.zeros(a, k, dtype=torch.long)
-    rank, score = torch.full((a, k), NEG_INF), torch.full((a, k), NEG_INF)
+    kg, device = k // cfg.diverse_groups, log_probs.device
+    chosen = torch.zeros(a, vocab, device=device)  # (A, V) words picked by earlier groups at this step
+    parents = torch.zeros(a, k, dtype=torch.long, device=device)
+    words = torch.zeros(a, k, dtype=torch.long, device=device)
+    rank, score = torch.full((a, k), NEG_INF, device=device), torch.full((a, k), NEG_INF, device=device)
     for group in range(cfg.diverse_groups):
         part = slice(group * kg, (group + 1) * kg)
-        step_rank = log_probs[:, part] - cfg.diversity * chosen.unsqueeze(1)  # (A, Kg, V)
+        step_rank = log_probs[:, part] - cfg.diversity * chosen.unsqueeze(1) if group else log_probs[:, part]
         total = (beams.rank[:, part].unsqueeze(-1) + step_rank).view(a, -1)  # (A, Kg*V)
-        top = total.topk(min(2 * kg, total.size(-1)), dim=-1)  # (A, 2Kg)
+        top = total.topk(min(2 * kg, total.size(-1)), dim=-1)  # (A, C) candidates, best first
         true = (beams.score[:, part].unsqueeze(-1) + log_probs[:, part]).view(a, -1).gather(1, top.indices)
-        _pick(beams, top.values.tolist(), true.tolist(), top.indices.tolist(), vocab, group, kg, step, cfg, finished,
-              (parents, words, rank, score))
+        parent, word = top.indices // vocab + group * kg, top.indices % vocab  # (A, C)
+        live, ends = _classify(top.values, word, kg)
+        order = torch.where(live, 0, 1).argsort(dim=1, stable=True)[:, :kg]  # (A, Kg) the first Kg live ones
+        kept = live.gather(1, order)
+        parents[:, part], words[:, part] = parent.gather(1, order), word.gather(1, order)
+        rank[:, part] = torch.where(kept, top.values.gather(1, order), NEG_INF)
+        score[:, part] = torch.where(kept, true.gather(1, order), NEG_INF)
+        if step == cfg.max_length - 1:  # the live beams end here too, at max_length words
+            ends = ends.scatter(1, order, kept)
+        _finish(beams, ends, parent, word, top.values, true, group, step, cfg, finished)
         if cfg.diverse_groups > 1:
-            chosen.scatter_add_(1, words[:, part].to(chosen.device), (rank[:, part] > NEG_INF).float().to(chosen.device))
-    offsets = torch.arange(a).unsqueeze(1) * k  # (A, 1)
-    device = log_probs.device
-    history = torch.cat([beams.history[(parents + offsets).view(-1).to(device)], words.view(-1, 1).to(device)], 1)
-    new = _Beams(beams.images, history, rank.to(device), score.to(device))
-    return (parents + offsets).view(-1).to(device), words.view(-1).to(device), new
+            chosen.scatter_add_(1, words[:, part], kept.float())
+    rows = (parents + torch.arange(a, device=device).unsqueeze(1) * k).view(-1)  # (A*K,)
+    history = torch.cat([beams.history[rows], words.view(-1, 1)], 1)
+    return rows, words.view(-1), _Beams(beams.images, history, rank, score)
 
 
-def _pick(beams: _Beams, ranks: list[list[float]], scores: list[list[float]], flat: list[list[int]], vocab: int,
-          group: int, kg: int, step: int, cfg: DecodeConfig, finished: list[list[_Finished]],
-          out: tuple[torch.Tensor, ...]) -> None:
-    """Sort one group's candidates of every image into finished captions and the next live beams."""
-    parents, words, rank, score = out
-    base, k = group * kg, beams.rank.size(1)
-    last_step = step == cfg.max_length - 1
-    for a in range(len(beams.images)):
-        done, filled = finished[beams.images[a]][group], 0
-        for position, (r, s, index) in enumerate(zip(ranks[a], scores[a], flat[a])):
-            if r == NEG_INF or filled == kg:
-                break
-            parent, word = base + index // vocab, index % vocab
-            if word == EOS_ID and position >= kg:
-                continue  # an <eos> outside the top Kg is not kept (as in Hugging Face generate)
-            if word == EOS_ID or last_step:  # a caption ends: <eos>, or max_length words
-                tokens = beams.history[a * k + parent].tolist() + ([] if word == EOS_ID else [word])
-                norm = length_penalty(step + 1, cfg.length_penalty)
-                done.add(r / norm, s / norm, tokens)
-                filled += word != EOS_ID
-                continue
-            parents[a, base + filled], words[a, base + filled] = parent, word
-            rank[a, base + filled], score[a, base + filled] = r, s
-            filled += 1
+def _classify(values: torch.Tensor, word: torch.Tensor, kg: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates (A, C), best first -> (live: may continue, ends: an ``<eos>`` ranked within the top
+    Kg, which finishes a caption; an ``<eos>`` ranked lower is dropped, as in Hugging Face ``generate``)."""
+    valid = values > NEG_INF
+    is_eos = word == EOS_ID
+    ranked_high = torch.arange(values.size(1), device=values.device) < kg  # (C,)
+    return valid & ~is_eos, valid & is_eos & ranked_high
+
+
+def _finish(beams: _Beams, ends: torch.Tensor, parent: torch.Tensor, word: torch.Tensor, ranks: torch.Tensor,
+            scores: torch.Tensor, group: int, step: int, cfg: DecodeConfig, finished: list[list[_Finished]]) -> None:
+    """Add the candidates marked in ``ends`` (A, C) to their image's finished captions of ``group``."""
+    picked = ends.nonzero().tolist()
+    if not picked:
+        return
+    k, norm = beams.rank.size(1), length_penalty(step + 1, cfg.length_penalty)
+    parent, word, ranks, scores = parent.tolist(), word.tolist(), ranks.tolist(), scores.tolist()
+    for a, c in picked:
+        tokens = beams.history[a * k + parent[a][c]].tolist()
+        if word[a][c] != EOS_ID:
+            tokens.append(word[a][c])
+        finished[beams.images[a]][group].add(ranks[a][c] / norm, scores[a][c] / norm, tokens)
 
 
 def _unsettled(beams: _Beams, finished: list[list[_Finished]], step: int, cfg: DecodeConfig) -> torch.Tensor:
-    """Indices (into the active images) of the images some group of which can still improve."""
-    kg = cfg.beam_size // cfg.diverse_groups
-    need = min(cfg.n_best, kg)
-    best_live = beams.rank.view(len(beams.images), cfg.diverse_groups, kg).amax(-1).tolist()  # (A, G)
-    keep = [a for a, image in enumerate(beams.images)
-            if step < cfg.max_length - 1
-            and not all(finished[image][group].settled(need, _bound(best_live[a][group], step, cfg))
-                        for group in range(cfg.diverse_groups))]
-    return torch.tensor(keep, dtype=torch.long, device=beams.rank.device)
+    """Indices (into the active images) of the images some group of which can still improve: it has
+    a live beam whose best possible final score beats its n-th best finished caption."""
+    if step == cfg.max_length - 1:
+        return torch.zeros(0, dtype=torch.long, device=beams.rank.device)
+    groups, need = cfg.diverse_groups, min(cfg.n_best, cfg.beam_size // cfg.diverse_groups)
+    best_live = beams.rank.view(len(beams.images), groups, -1).amax(-1)  # (A, G)
+    bound = best_live / _largest_penalty(step, cfg)  # the best normalised score a live beam can reach
+    nth = torch.tensor([[f.nth_rank(need) for f in finished[image]] for image in beams.images], device=bound.device)
+    settled = (best_live == NEG_INF) | (nth >= bound)  # (A, G)
+    return (~settled.all(-1)).nonzero().squeeze(1)
 
 
-def _bound(rank: float, step: int, cfg: DecodeConfig) -> float:
-    """The best normalised score a live beam of this rank (after ``step``) can still finish with:
-    its log-probability only falls, so the bound divides it by the largest length penalty among the
-    lengths it can still end at."""
-    if rank == NEG_INF:
-        return NEG_INF
+def _largest_penalty(step: int, cfg: DecodeConfig) -> float:
+    """The largest length penalty among the lengths a beam live after ``step`` can still end at: its
+    log-probability only falls, so dividing it by this bounds its final score."""
     shortest = min(max(step + 2, cfg.min_length + 1), cfg.max_length)
-    return max(rank / length_penalty(length, cfg.length_penalty) for length in (shortest, cfg.max_length))
+    return max(length_penalty(shortest, cfg.length_penalty), length_penalty(cfg.max_length, cfg.length_penalty))
 
 
 def _n_best(groups: list[_Finished], cfg: DecodeConfig) -> list[Generated]:

@@ -133,25 +133,42 @@ def caption_run(
 
 def _caption_stream(loaded: LoadedRun, items: Iterable[InputItem], decode: DecodeConfig, batch_size: int,
                     attention_dir: Path | None) -> Iterator[Captioned]:
-    model, device = loaded.model, next(loaded.model.parameters()).device
+    model = loaded.model
     transform = image_transform(loaded.config.model.image_size)
-    names: set[str] = set()
-    seen = 0
+    names: set[str] = set()  # heat-map file names used so far
+    seen = 0  # images captioned so far: the position of the next one (sampling seeds)
     with _eval_mode(model), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for batch in _batches(items, batch_size):
-            results = list(pool.map(lambda item: _load(item, transform), batch))
+        for results in _loaded_batches(items, batch_size, transform, pool):
             good = [i for i, (_, pixels) in enumerate(results) if pixels is not None]
             if good:
-                images = torch.stack([results[i][1] for i in good]).to(device)  # (B, 3, S, S)
-                outcomes = generate(model, images, decode, seen)
-                maps = _attention_maps(model, images, outcomes, attention_dir) if attention_dir else None
-                for j, i in enumerate(good):
-                    captioned = results[i][0]
-                    captioned.captions = [(loaded.vocab.decode(g.tokens), g.score) for g in outcomes[j]]
-                    if maps is not None:
-                        captioned.attention_map = _save_map(captioned, maps[j], attention_dir, names)
+                _caption_batch(loaded, [results[i] for i in good], decode, seen, attention_dir, names)
             seen += len(good)
             yield from (captioned for captioned, _ in results)
+
+
+def _loaded_batches(items: Iterable[InputItem], size: int, transform: Any,
+                    pool: ThreadPoolExecutor) -> Iterator[list[tuple[Captioned, torch.Tensor | None]]]:
+    """Batches of loaded images, in order; the next batch is read by ``pool`` while the caller
+    decodes this one (so at most two batches are in memory)."""
+    batches = _batches(items, size)
+    pending = [pool.submit(_load, item, transform) for item in next(batches, [])]
+    while pending:
+        upcoming = [pool.submit(_load, item, transform) for item in next(batches, [])]
+        yield [future.result() for future in pending]
+        pending = upcoming
+
+
+def _caption_batch(loaded: LoadedRun, batch: list[tuple[Captioned, torch.Tensor]], decode: DecodeConfig,
+                   first_index: int, attention_dir: Path | None, names: set[str]) -> None:
+    """Fill in the captions (and heat-maps) of a batch of readable images."""
+    device = next(loaded.model.parameters()).device
+    images = torch.stack([pixels for _, pixels in batch]).to(device)  # (B, 3, S, S)
+    outcomes = generate(loaded.model, images, decode, first_index)
+    maps = _attention_maps(loaded.model, images, outcomes) if attention_dir is not None else None
+    for j, (captioned, _) in enumerate(batch):
+        captioned.captions = [(loaded.vocab.decode(g.tokens), g.score) for g in outcomes[j]]
+        if maps is not None and attention_dir is not None:
+            captioned.attention_map = _save_map(captioned, maps[j], attention_dir, names)
 
 
 def _batches(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]:
@@ -176,7 +193,7 @@ def _load(item: InputItem, transform: Any) -> tuple[Captioned, torch.Tensor | No
 
 
 @torch.inference_mode()
-def _attention_maps(model: Captioner, images: torch.Tensor, outcomes: list, attention_dir: Path) -> list[torch.Tensor]:
+def _attention_maps(model: Captioner, images: torch.Tensor, outcomes: list) -> list[torch.Tensor]:
     """Per image, the attention (T, N) while generating each word of its best caption."""
     best = [options[0].tokens for options in outcomes]
     tokens = pad([[BOS_ID] + ids for ids in best]).to(images.device)  # (B, T+1)

@@ -11,7 +11,7 @@ V vocabulary, D widths.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +22,14 @@ from mmfuse.models.decoders import DECODERS
 from mmfuse.models.encoders import IMAGE_ENCODERS, ImageFeatures
 from mmfuse.models.fusion import ATTENTION, FUSIONS, PREFIX
 from mmfuse.models.parts import resolve_parts
+
+
+class AttentionState(NamedTuple):
+    """Decoding state with the ``attention`` fusion: the decoder's state and the grid's attention
+    keys (M, N, A), computed once per image rather than at every step."""
+
+    decoder: Any
+    keys: torch.Tensor
 
 
 class Captioner(nn.Module):
@@ -69,13 +77,23 @@ class Captioner(nn.Module):
         computed from the global image vector (attention, as in Show-Attend-Tell), else the decoder's
         fresh state. ``cache``: a Transformer decoder keeps a key/value cache (step-by-step decoding)."""
         if self.fusion.kind == ATTENTION:
-            return self.decoder.state_from(self.fusion.initial_hidden(features))
+            return AttentionState(self.decoder.state_from(self.fusion.initial_hidden(features)), self.fusion.keys(features))
         state = self.decoder.begin(cache)
         if self.fusion.kind != PREFIX:
             return state
         prefix = self.fusion.prefix(features)  # (B, P, D)
         _, state = self.decoder(prefix, state, self._bidirectional(prefix))
         return state
+
+    def step_features(self, features: ImageFeatures) -> ImageFeatures:
+        """What decoding steps read of the image features once :meth:`initial_state` has run: the
+        ``attention`` fusion the grid and the pooled vector, position fusions the pooled vector only,
+        prefix fusions nothing (the image is in the decoder's state). The rest is left out (zero
+        width), so copying rows of it for beams costs nothing."""
+        if self.fusion.kind == ATTENTION:
+            return features
+        pooled = features.pooled if self.fusion.kind != PREFIX else features.pooled[:, :0]
+        return ImageFeatures(features.grid[:, :0], pooled)
 
     def decode(self, features: ImageFeatures, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """Run the decoder over ``tokens`` (M, T) from ``state`` -> logits (M, T, V), new state."""
@@ -102,7 +120,16 @@ class Captioner(nn.Module):
         logits, state = self.decode(features, last.unsqueeze(1), state)  # (B, 1, V)
         return generation_log_probs(logits[:, -1]), state
 
-    def reorder_state(self, state: Any, index: torch.Tensor) -> Any:
+    def reorder_state(self, state: Any, index: torch.Tensor, same_images: bool = False) -> Any:
+        """Keep batch rows ``index`` of a decoding state (beam search, dropping finished images).
+
+        ``same_images``: every row ``index`` picks shows the same image as the row it replaces (beams
+        reordered within each image), so what was computed from the image alone stays as it is."""
+        if state is None:  # a fresh sequence: nothing to reorder
+            return None
+        if isinstance(state, AttentionState):
+            keys = state.keys if same_images else state.keys.index_select(0, index)
+            return AttentionState(self.decoder.reorder_state(state.decoder, index), keys)
         return self.decoder.reorder_state(state, index)
 
     def _words(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -112,20 +139,21 @@ class Captioner(nn.Module):
     def _bidirectional(self, prefix: torch.Tensor) -> int:
         return prefix.size(1) if self.fusion.bidirectional else 0
 
-    def _attend_steps(self, features: ImageFeatures, words: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    def _attend_steps(self, features: ImageFeatures, words: torch.Tensor,
+                      state: "AttentionState") -> tuple[torch.Tensor, "AttentionState", torch.Tensor]:
         """Show-Attend-Tell: at each step attend with the decoder's previous hidden state.
 
         words (M, T, E) -> logits (M, T, V), state, attention weights (M, T, N).
         """
         logits, weights = [], []
-        keys = self.fusion.keys(features)  # (M, N, A), once for all steps
+        inner = state.decoder
         for t in range(words.size(1)):
-            query = self.decoder.query(state, words.size(0))  # (M, H)
-            fused, alpha = self.fusion.step(features, words[:, t], query, keys)  # (M, F), (M, N)
-            out, state = self.decoder(fused.unsqueeze(1), state)  # (M, 1, V)
+            query = self.decoder.query(inner, words.size(0))  # (M, H)
+            fused, alpha = self.fusion.step(features, words[:, t], query, state.keys)  # (M, F), (M, N)
+            out, inner = self.decoder(fused.unsqueeze(1), inner)  # (M, 1, V)
             logits.append(out)
             weights.append(alpha)
-        return torch.cat(logits, 1), state, torch.stack(weights, 1)
+        return torch.cat(logits, 1), AttentionState(inner, state.keys), torch.stack(weights, 1)
 
 
 def generation_log_probs(logits: torch.Tensor) -> torch.Tensor:
