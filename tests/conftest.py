@@ -51,13 +51,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ws
 
 
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, source: str, data: str, run: str, *train_args: str) -> Path:
+    """A fresh workspace holding data set ``data`` (``source``, tiny sizes) and run ``run``, trained
+    with small widths and ``train_args``."""
+    ws = tmp_path_factory.mktemp(run) / "ws"
+    res = invoke("prepare-data", source, "--name", data, *TINY, "-w", str(ws))
+    assert res.exit_code == 0, res.stderr
+    res = invoke("train", "--data", data, "--run", run, "--batch-size", "16", "--feature-dim", "32",
+                 "--embed-dim", "16", "--hidden-dim", "32", *train_args, "-w", str(ws))
+    assert res.exit_code == 0, res.stderr
+    return ws
+
+
 @pytest.fixture(scope="session")
 def trained_qa(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace holding data set 'qa' (shapes-qa) and a 1-epoch classifier run 'q' (read-only)."""
-    ws = tmp_path_factory.mktemp("trained_qa") / "ws"
-    res = invoke("prepare-data", "shapes-qa", "--name", "qa", *TINY, "-w", str(ws))
-    assert res.exit_code == 0, res.stderr
-    res = invoke("train", "--data", "qa", "--task", "classify", "--fusion", "gated", "--run", "q", "--epochs", "1",
-                 "--batch-size", "16", "--feature-dim", "32", "--embed-dim", "16", "--hidden-dim", "32", "-w", str(ws))
-    assert res.exit_code == 0, res.stderr
-    return ws
+    return tiny_run(tmp_path_factory, "shapes-qa", "qa", "q", "--task", "classify", "--fusion", "gated", "--epochs", "1")

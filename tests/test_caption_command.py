@@ -18,7 +18,7 @@ from mmfuse.caption_output import write_results
 from mmfuse.config import DecodeConfig
 from mmfuse.heatmaps import LABEL, PANEL, attention_figure
 from mmfuse.inference import Captioned
-from tests.conftest import TINY, invoke
+from tests.conftest import invoke, tiny_run
 
 
 @pytest.fixture
@@ -130,13 +130,7 @@ def test_a_closed_pipe_ends_the_output_quietly() -> None:
 @pytest.fixture(scope="module")
 def attention_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace of its own with run 'att' (attention fusion, 1 epoch on a tiny shapes set)."""
-    ws = tmp_path_factory.mktemp("attention") / "ws"
-    res = invoke("prepare-data", "shapes", "--name", "tiny", *TINY, "-w", str(ws))
-    assert res.exit_code == 0, res.stderr
-    res = invoke("train", "--data", "tiny", "--run", "att", "--fusion", "attention", "--epochs", "1", "--batch-size", "16",
-                 "--feature-dim", "32", "--embed-dim", "16", "--hidden-dim", "32", "-w", str(ws))
-    assert res.exit_code == 0, res.stderr
-    return ws
+    return tiny_run(tmp_path_factory, "shapes", "tiny", "att", "--fusion", "attention", "--epochs", "1")
 
 
 def test_attention_heat_maps(attention_run: Path, photos: Path, tmp_path: Path) -> None:
