@@ -148,7 +148,7 @@ Sample_ = Annotated[Optional[bool], typer.Option("--sample/--no-sample", help="S
 Temperature_ = Annotated[Optional[float], typer.Option(help="Sampling: divide the logits by this [default: 1].", show_default=False, rich_help_panel="Decoding")]
 TopK_ = Annotated[Optional[int], typer.Option(help="Sampling: only among the k most likely words (0 = all) [default: 0].", show_default=False, rich_help_panel="Decoding")]
 TopP_ = Annotated[Optional[float], typer.Option(help="Sampling: only among the most likely words whose probability reaches p [default: 1].", show_default=False, rich_help_panel="Decoding")]
-Seed_ = Annotated[Optional[int], typer.Option(help="Sampling seed; an image's draws depend only on it and the image's position [default: 0].", show_default=False, rich_help_panel="Decoding")]
+Seed_ = Annotated[Optional[int], typer.Option(help="Sampling seed; an image's draws depend only on it and the image's position among those captioned [default: 0].", show_default=False, rich_help_panel="Decoding")]
 Cache_ = Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Transformer decoders: key/value cache (--no-cache re-runs the sequence each step) [default: on].", show_default=False, rich_help_panel="Decoding")]
 
 

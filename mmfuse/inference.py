@@ -126,9 +126,19 @@ def caption_run(
     if attention_dir is not None and loaded.model.fusion.kind != ATTENTION:
         raise MmfuseError(f"--attention-map needs a run with attention over the image (--fusion attention); run "
                           f"{run!r} uses fusion {loaded.config.model.fusion!r}, which has none")
+    if attention_dir is not None:
+        _writable_directory(attention_dir)
     items = expand_inputs(inputs, stdin)
     stream = _caption_stream(loaded, items, decode, batch_size, attention_dir)
     return decode, stream
+
+
+def _writable_directory(path: Path) -> None:
+    """Create ``path`` (and parents) for output files, or fail with one clear line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MmfuseError(f"cannot write attention maps into {path}: {exc.strerror or exc}") from None
 
 
 def _caption_stream(loaded: LoadedRun, items: Iterable[InputItem], decode: DecodeConfig, batch_size: int,

@@ -161,6 +161,14 @@ def test_heat_map_lights_the_attended_cell(tmp_path: Path) -> None:
     assert panel.getpixel((3 * quarter, quarter)) <= 56  # the others keep 20 %
 
 
+def test_heat_maps_into_a_file_are_refused(attention_run: Path, photos: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "maps"
+    blocker.write_text("a file, not a directory")
+    res = invoke("caption", str(photos / "a.png"), "--run", "att", "-w", str(attention_run), "--attention-map", str(blocker))
+    assert res.exit_code == 1 and res.stdout == "" and "Traceback" not in res.output
+    assert res.stderr.startswith(f"mmfuse: error: cannot write attention maps into {blocker}: ")
+
+
 def test_heat_maps_need_an_attention_fusion(trained: Path, photos: Path, tmp_path: Path) -> None:
     res = _caption(trained, str(photos / "a.png"), "--attention-map", str(tmp_path / "maps"))
     assert res.exit_code == 1 and res.stdout == "" and not (tmp_path / "maps").exists()
