@@ -170,19 +170,32 @@ _DECODE = DecodeConfig()
 @app.command("prepare-data")
 def prepare_data_cmd(
     ctx: typer.Context,
-    source: Annotated[str, typer.Argument(help="Data source: shapes (built-in synthetic captioning set).")],
+    source: Annotated[str, typer.Argument(help="Data source: shapes, shapes-qa (built-in synthetic sets), coco, karpathy, flickr8k or folder.")],
     name: Annotated[Optional[str], typer.Option(help="Data set name in the workspace (default: the source name).", show_default=False)] = None,
-    train_images: Annotated[int, typer.Option(help="shapes: training images to generate.")] = _SHAPES.train_images,
-    val_images: Annotated[int, typer.Option(help="shapes: validation images to generate.")] = _SHAPES.val_images,
-    test_images: Annotated[int, typer.Option(help="shapes: test images to generate.")] = _SHAPES.test_images,
-    image_size: Annotated[int, typer.Option(help="shapes: image side in pixels.")] = _SHAPES.image_size,
-    seed: Annotated[int, typer.Option(help="shapes: random seed (same seed, same bytes).")] = _SHAPES.seed,
+    images: Annotated[Optional[str], typer.Option(help="coco, karpathy, flickr8k, folder: the image directory.", show_default=False, rich_help_panel="Real data")] = None,
+    annotations: Annotated[Optional[list[str]], typer.Option(help="coco: a captions_*.json file (repeat for several; names with 'train' give the training split).", show_default=False, rich_help_panel="Real data")] = None,
+    json_file: Annotated[Optional[str], typer.Option("--json", help="karpathy: dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json.", show_default=False, rich_help_panel="Real data")] = None,
+    captions: Annotated[Optional[str], typer.Option(help="flickr8k: Flickr8k.token.txt; folder: a CSV (image,caption or image,text,label) or JSONL file.", show_default=False, rich_help_panel="Real data")] = None,
+    splits_dir: Annotated[Optional[str], typer.Option(help="flickr8k: the directory of Flickr_8k.{train,dev,test}Images.txt.", show_default=False, rich_help_panel="Real data")] = None,
+    val_ratio: Annotated[Optional[float], typer.Option(help="coco (no training file), flickr8k (no --splits-dir), folder (no split column): fraction of images for val [default: 0.05].", show_default=False, rich_help_panel="Real data")] = None,
+    test_ratio: Annotated[Optional[float], typer.Option(help="The same for test [default: 0.05].", show_default=False, rich_help_panel="Real data")] = None,
+    train_images: Annotated[int, typer.Option(help="shapes: training images to generate.", rich_help_panel="Built-in sets")] = _SHAPES.train_images,
+    val_images: Annotated[int, typer.Option(help="shapes: validation images to generate.", rich_help_panel="Built-in sets")] = _SHAPES.val_images,
+    test_images: Annotated[int, typer.Option(help="shapes: test images to generate.", rich_help_panel="Built-in sets")] = _SHAPES.test_images,
+    image_size: Annotated[int, typer.Option(help="shapes: image side in pixels.", rich_help_panel="Built-in sets")] = _SHAPES.image_size,
+    seed: Annotated[int, typer.Option(help="shapes: random seed (same seed, same bytes); real data: seed of the split by ratio.")] = _SHAPES.seed,
     min_count: Annotated[int, typer.Option(help="Keep words seen at least this often in training captions.")] = 1,
+    max_length: Annotated[int, typer.Option(help="Cut tokenized captions to this many tokens (0: keep them whole).")] = 0,
     workspace: Workspace_ = None,
 ) -> None:
     """Turn a data source into a workspace data set (images, tokenized captions, vocabulary).
 
-    Example: mmfuse prepare-data shapes --train-images 12000 --seed 0
+    Images of real data sets are checked once (missing, truncated or non-image files are skipped and
+    listed in the data set's report.json) and used where they are.
+
+    Examples: mmfuse prepare-data shapes --train-images 12000 --seed 0;
+    mmfuse prepare-data karpathy --json dataset_coco.json --images coco/ --name coco-k --min-count 5;
+    mmfuse prepare-data folder --images photos/ --captions captions.csv --name mine
     """
     from rich.markup import escape
 
@@ -191,12 +204,27 @@ def prepare_data_cmd(
     from mmfuse.workspace import Workspace
 
     options = _explicit(ctx, train_images=train_images, val_images=val_images, test_images=test_images,
-                        image_size=image_size, seed=seed)
+                        image_size=image_size, seed=seed, images=images, annotations=annotations, json_file=json_file,
+                        captions=captions, splits_dir=splits_dir, val_ratio=val_ratio, test_ratio=test_ratio)
+    if "json_file" in options:  # the flag is --json, as the karpathy source calls it
+        options["json"] = options.pop("json_file")
     with LazyProgress() as bar:
-        result = prepare_data(Workspace.open(workspace), source, options, name, min_count, bar.update)
+        result = prepare_data(Workspace.open(workspace), source, options, name, min_count,
+                              lambda split, done, total: bar.update("checking and tokenizing", done, total), max_length)
     m = result.manifest
     counts = ", ".join(f"{s} {c['images']} images / {c['captions'] or c['samples']} {'captions' if m['task'] == 'caption' else 'samples'}" for s, c in m["splits"].items())
     console().print(f"data set [bold]{m['name']}[/] at {escape(str(result.path))}: {counts}; vocabulary {m['vocab_size']} words")
+    stats = m["stats"]
+    lengths = stats["caption_length"]
+    coverage = ", ".join(f"{s} {100 * v:.1f} %" for s, v in stats["vocab_coverage"].items())
+    console().print(f"vocabulary coverage of the tokens: {coverage}"
+                    + (f"; caption length in tokens (train): median {lengths['p50']}, 90th percentile {lengths['p90']}, "
+                       f"99th {lengths['p99']}, max {lengths['max']}" if m["task"] == "caption" else "")
+                    + (f"; {stats['captions_cut']} captions cut to {stats['max_length']} tokens" if stats["max_length"] else ""),
+                    markup=False)
+    if stats["skipped_samples"]:
+        console().print(f"skipped {stats['skipped_samples']} sample(s) whose image is missing or unreadable or that have "
+                        f"no caption: listed in {result.path / 'report.json'}", markup=False)
 
 
 _MODEL_HELP = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmfuse.errors import MmfuseError
 
@@ -13,12 +13,19 @@ STD = (0.229, 0.224, 0.225)
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB, or raise one clear error naming the file."""
+    """Open and fully decode an image as upright 8-bit RGB, or raise one clear error naming the file.
+
+    The EXIF orientation is applied (phone photos stored sideways come out upright); grey, palette,
+    CMYK and 16-bit images are converted to RGB (16-bit values scaled to 8 bits, not clipped);
+    transparent pixels are composited over white. Pillow's decompression-bomb guard refuses images
+    of more than about 179 million pixels."""
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise MmfuseError(f"not a readable image file (0 bytes): {path}")
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(img))
     except FileNotFoundError:
         raise MmfuseError(f"image not found: {path}") from None
     except IsADirectoryError:
@@ -29,6 +36,23 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise MmfuseError(f"image refused as too large (decompression bomb guard): {path}: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise MmfuseError(f"cannot read image {path}: {exc}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB (see :func:`load_rgb`)."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        import numpy as np
+
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", img.size, "white")
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")
 
 
 def resize_transform(size: int):

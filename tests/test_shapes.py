@@ -27,7 +27,7 @@ def _prepare(ws: Path, *extra: str) -> Path:
 def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
     a = _files(_prepare(tmp_path / "a", "--seed", "7"))
     b = _files(_prepare(tmp_path / "b", "--seed", "7"))
-    assert len(a) == 30 + 5 + 5 + 5  # images + 3 jsonl + manifest + vocab
+    assert len(a) == 30 + 5 + 5 + 5 + 1  # images + 3 jsonl + manifest + vocab + report
     assert a == b
 
 

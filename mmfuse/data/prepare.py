@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +20,7 @@ from mmfuse.data.sources import SOURCES, SPLITS, RawSample
 from mmfuse.data.tokenize import tokenize, tokenize_many
 from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError
+from mmfuse.images import load_rgb
 from mmfuse.workspace import Workspace, atomic_write_json, check_name, staged_directory
 
 FORMAT_VERSION = 1
@@ -40,77 +41,144 @@ def prepare_data(
     name: str | None = None,
     min_count: int = 1,
     on_progress: Progress | None = None,
+    max_length: int = 0,
 ) -> PrepareResult:
     """Build data set ``name`` (default: the source name) from ``source`` with ``options``.
 
+    Image files are checked once; samples whose image is missing or unreadable, or that have no
+    non-empty caption, are left out and listed in ``report.json``. ``max_length`` (> 0) cuts
+    tokenized captions to that many tokens.
+
     Returns:
-        where the data set is and its manifest (counts per split, vocabulary size, options).
+        where the data set is and its manifest (counts per split, vocabulary size and coverage,
+        caption-length percentiles, skipped samples, options).
     """
     name = check_name(name or source, "data set")
-    if min_count < 1:
-        raise MmfuseError(f"--min-count must be >= 1, got {min_count}")
+    if min_count < 1 or max_length < 0:
+        raise MmfuseError(f"--min-count must be >= 1 and --max-length >= 0, got {min_count} and {max_length}")
     src = SOURCES.create(source, **options)
     final = workspace.dataset_dir(name)
     with staged_directory(final) as staging:
-        counts, splits = _write_samples(staging, src, on_progress)
-        _check_not_empty(splits, source)
-        vocab = Vocab.build_from_counts(counts, min_count)
+        written = _Written(max_length)
+        splits = _write_samples(staging, src, on_progress, written)
+        _check_not_empty(splits, source, written.skipped)
+        vocab = Vocab.build_from_counts(written.counts["train"], min_count)
         atomic_write_json(staging / "vocab.json", vocab.to_json())
         manifest = _manifest(name, source, src, splits, vocab)
+        manifest["stats"] = written.stats(vocab)
+        atomic_write_json(staging / "report.json", {"skipped": written.skipped, "stats": manifest["stats"]})
         atomic_write_json(staging / "manifest.json", manifest)
     return PrepareResult(final, manifest)
 
 
-def _write_samples(root: Path, src, on_progress: Progress | None) -> tuple[Counter, dict[str, dict[str, int]]]:
-    """Write images and ``<split>.jsonl``; return train token counts and per-split counts."""
-    counts: Counter = Counter()
+@dataclass
+class _Written:
+    """What has been written so far: image files, skipped samples, token statistics."""
+
+    max_length: int = 0
+    images: set[str] = field(default_factory=set)  # data set paths of the images written or referenced
+    checked: dict[Path, str | None] = field(default_factory=dict)  # image file -> problem (None: fine)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    counts: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in SPLITS})
+    lengths: list[int] = field(default_factory=list)  # training caption lengths in tokens (before cutting)
+    cut: int = 0  # captions cut to max_length
+
+    def problem(self, path: Path) -> str | None:
+        """Why the image file at ``path`` cannot be used (None: it can), checked once per file."""
+        if path not in self.checked:
+            try:
+                load_rgb(path)
+                self.checked[path] = None
+            except MmfuseError as exc:
+                self.checked[path] = str(exc)
+        return self.checked[path]
+
+    def stats(self, vocab: Vocab) -> dict[str, Any]:
+        """Vocabulary coverage per split (tokens the vocabulary knows) and caption-length percentiles."""
+        coverage = {s: round(sum(n for t, n in c.items() if t in vocab) / max(sum(c.values()), 1), 4)
+                    for s, c in self.counts.items()}
+        ordered = sorted(self.lengths)
+        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0  # noqa: E731
+        return {"vocab_coverage": coverage, "caption_length": {"p50": pick(0.5), "p90": pick(0.9),
+                                                               "p99": pick(0.99), "max": ordered[-1] if ordered else 0},
+                "captions_cut": self.cut, "max_length": self.max_length, "skipped_samples": len(self.skipped)}
+
+
+def _write_samples(root: Path, src, on_progress: Progress | None, written: "_Written") -> dict[str, dict[str, int]]:
+    """Write images and ``<split>.jsonl``; return per-split counts."""
     splits = {s: {"images": 0, "samples": 0, "captions": 0} for s in SPLITS}
     labels: dict[str, Counter] = {s: Counter() for s in SPLITS}
     handles = {s: (root / f"{s}.jsonl").open("w", encoding="utf-8") for s in SPLITS}
-    written: set[str] = set()
+    seen = 0
     try:
         for sample in src.samples():
-            before = len(written)
+            seen += 1
+            if on_progress:
+                on_progress(sample.split, seen, sum(src.count(s) for s in SPLITS))
+            before = len(written.images)
             record = _write_one(root, sample, src.task, written)
+            if record is None:
+                continue
             handles[sample.split].write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
             split = splits[sample.split]
             split["samples"] += 1
-            split["images"] += len(written) - before
+            split["images"] += len(written.images) - before
             if src.task == "caption":
                 split["captions"] += len(record["captions"])
                 tokens = [tok for toks in record["tokens"] for tok in toks]
             else:
                 labels[sample.split][record["label"]] += 1
                 tokens = record["tokens"]
-            if sample.split == "train":
-                counts.update(tokens)
-            if on_progress:
-                on_progress(sample.split, split["samples"], src.count(sample.split))
+            written.counts[sample.split].update(tokens)
     finally:
         for handle in handles.values():
             handle.close()
     if src.task == "classify":
         for s in SPLITS:
             splits[s]["labels"] = dict(sorted(labels[s].items()))
-    return counts, splits
+    return splits
 
 
-def _write_one(root: Path, sample: RawSample, task: str, written: set[str]) -> dict[str, Any]:
+def _write_one(root: Path, sample: RawSample, task: str, written: _Written) -> dict[str, Any] | None:
+    """The record of ``sample`` (its image written or checked), or None when it is skipped."""
     check_name(sample.id, "sample id")
     if sample.split not in SPLITS:
         raise MmfuseError(f"sample {sample.id}: unknown split {sample.split!r}")
-    rel = (Path("images") / sample.split / f"{check_name(sample.image_id or sample.id, 'image id')}.png").as_posix()
-    if rel not in written:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        sample.image.save(root / rel, format="PNG")
-        written.add(rel)
+    rel = _image(root, sample, written)
+    if rel is None:
+        return None
     if task == "classify":
         return _classify_record(sample, rel)
     captions = [c.strip() for c in sample.captions if c and c.strip()]
     if not captions:
-        raise MmfuseError(f"sample {sample.id} has no non-empty caption")
+        written.skipped.append({"id": sample.id, "image": rel, "problem": "no non-empty caption"})
+        return None
     tokens = list(tokenize_many(captions))
+    if sample.split == "train":
+        written.lengths.extend(len(t) for t in tokens)
+    if written.max_length:
+        written.cut += sum(len(t) > written.max_length for t in tokens)
+        tokens = [t[:written.max_length] for t in tokens]
     return {"id": sample.id, "image": rel, "captions": captions, "tokens": tokens}
+
+
+def _image(root: Path, sample: RawSample, written: _Written) -> str | None:
+    """Where the data set finds the sample's image: a PNG written into it, or the checked file's
+    absolute path (None, with the sample listed as skipped, when that file cannot be used)."""
+    if isinstance(sample.image, Path):
+        path = sample.image.expanduser().absolute()
+        problem = written.problem(path)
+        if problem is not None:
+            written.skipped.append({"id": sample.id, "image": str(path), "problem": problem})
+            return None
+        written.images.add(str(path))
+        return str(path)
+    rel = (Path("images") / sample.split / f"{check_name(sample.image_id or sample.id, 'image id')}.png").as_posix()
+    if rel not in written.images:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        sample.image.save(root / rel, format="PNG")
+        written.images.add(rel)
+    return rel
 
 
 def _classify_record(sample: RawSample, rel: str) -> dict[str, Any]:
@@ -121,10 +189,11 @@ def _classify_record(sample: RawSample, rel: str) -> dict[str, Any]:
     return {**record, "group": sample.group} if sample.group else record
 
 
-def _check_not_empty(splits: dict[str, dict[str, int]], source: str) -> None:
+def _check_not_empty(splits: dict[str, dict[str, int]], source: str, skipped: list[dict[str, str]]) -> None:
     empty = [s for s, c in splits.items() if c["samples"] == 0]
     if empty:
-        raise MmfuseError(f"source {source!r} gave an empty data set: no images in split(s) {', '.join(empty)}")
+        why = f" ({len(skipped)} skipped, e.g. {skipped[0]['image']}: {skipped[0]['problem']})" if skipped else ""
+        raise MmfuseError(f"source {source!r} gave an empty data set: no images in split(s) {', '.join(empty)}{why}")
 
 
 def _manifest(name: str, source: str, src, splits, vocab: Vocab) -> dict[str, Any]:

@@ -44,6 +44,9 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.itos)
 
+    def __contains__(self, token: object) -> bool:
+        return token in self._stoi  # type: ignore[attr-defined]
+
     def index(self, token: str) -> int:
         return self._stoi.get(token, UNK_ID)  # type: ignore[attr-defined]
 

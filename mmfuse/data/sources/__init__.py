@@ -7,6 +7,7 @@ the workspace data set format, the same for every source.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from mmfuse.registry import Registry
@@ -25,7 +26,8 @@ class RawSample:
     Attributes:
         split: ``train``, ``val`` or ``test``.
         id: unique id within the data set (used in results).
-        image: the RGB image.
+        image: the RGB image (written into the data set as PNG), or the path of an image file
+            (checked once, then referenced where it is).
         captions: reference captions, raw text (captioning).
         text: the text paired with the image, raw (classification).
         label: the class name (classification).
@@ -36,7 +38,7 @@ class RawSample:
 
     split: str
     id: str
-    image: "Image.Image"
+    image: "Image.Image | Path"
     captions: list[str] = field(default_factory=list)
     text: str = ""
     label: str = ""
@@ -63,3 +65,7 @@ SOURCES: Registry[Source] = Registry("data source")
 
 from mmfuse.data.sources import shapes as _shapes  # noqa: E402,F401  (fills SOURCES)
 from mmfuse.data.sources import shapes_qa as _shapes_qa  # noqa: E402,F401
+from mmfuse.data.sources import coco as _coco  # noqa: E402,F401
+from mmfuse.data.sources import karpathy as _karpathy  # noqa: E402,F401
+from mmfuse.data.sources import flickr8k as _flickr8k  # noqa: E402,F401
+from mmfuse.data.sources import folder as _folder  # noqa: E402,F401

@@ -1,0 +1,101 @@
+"""What the sources of real data sets share: reading their option dicts, assigning splits by
+ratio, naming samples, and reading caption files with errors that name the file and line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any, Iterator, TypeVar
+
+from mmfuse.errors import MmfuseError
+
+C = TypeVar("C")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def source_options(cls: type[C], options: dict[str, Any], source: str) -> C:
+    """``cls`` (a dataclass of one source's options) from the options the user gave; an option the
+    source does not take, or a required one that is missing, is a clear error."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        flags = ", ".join(f"--{u.replace('_', '-')}" for u in unknown)
+        raise MmfuseError(f"source {source!r} does not take {flags} (it takes: "
+                          f"{', '.join('--' + f.replace('_', '-') for f in fields)})")
+    missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING and n not in options]  # type: ignore[misc]
+    if missing:
+        raise MmfuseError(f"source {source!r} needs --{missing[0].replace('_', '-')}")
+    return cls(**options)
+
+
+@dataclasses.dataclass
+class SplitRatios:
+    """How images without an official split are divided: fractions for val and test, the rest train."""
+
+    val_ratio: float = 0.05
+    test_ratio: float = 0.05
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("val_ratio", "test_ratio"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise MmfuseError(f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+        if self.val_ratio + self.test_ratio >= 1.0:
+            raise MmfuseError(f"--val-ratio + --test-ratio must leave images for training, got "
+                              f"{self.val_ratio} + {self.test_ratio}")
+
+    def assign(self, keys: list[str]) -> dict[str, str]:
+        """Split of each key: a seeded shuffle of the sorted keys, at least one image per split when
+        there are three or more (so a tiny data set still has val and test)."""
+        order = sorted(keys)
+        random.Random(self.seed).shuffle(order)
+        n = len(order)
+        n_val = max(1, round(n * self.val_ratio)) if n >= 3 and self.val_ratio > 0 else 0
+        n_test = max(1, round(n * self.test_ratio)) if n >= 3 and self.test_ratio > 0 else 0
+        splits = {key: "val" for key in order[:n_val]}
+        splits.update({key: "test" for key in order[n_val:n_val + n_test]})
+        splits.update({key: "train" for key in order[n_val + n_test:]})
+        return splits
+
+
+def safe_id(text: str) -> str:
+    """A sample id usable as a name: unsafe characters (``/``, spaces, ...) become ``_``."""
+    cleaned = _UNSAFE.sub("_", text).strip("._-") or "image"
+    return cleaned[:120] if cleaned[0].isalnum() else f"i{cleaned[:119]}"
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    """A JSON file, or a clear error naming it."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise MmfuseError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise MmfuseError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise MmfuseError(f"{what} {path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+
+
+def read_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, line without its newline) of a UTF-8 text file, or a clear error naming it."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            for number, line in enumerate(handle, 1):
+                yield number, line.rstrip("\r\n")
+    except FileNotFoundError:
+        raise MmfuseError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise MmfuseError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def existing_dir(path: Path | str, what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise MmfuseError(f"{what} is not a directory: {path}")
+    return path.resolve()

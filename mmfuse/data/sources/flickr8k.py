@@ -1,0 +1,82 @@
+"""Flickr8k in its native form: ``Flickr8k.token.txt`` (``<image>#<n><TAB><caption>`` per line) and,
+with ``--splits-dir``, the lists ``Flickr_8k.trainImages.txt``, ``Flickr_8k.devImages.txt``,
+``Flickr_8k.testImages.txt``; without them the images are divided by ``--val-ratio``/``--test-ratio``.
+Flickr30k's ``results_20130124.token`` has the same line format.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from mmfuse.data.sources import SOURCES, RawSample
+from mmfuse.data.sources.files import SplitRatios, existing_dir, read_lines, safe_id, source_options
+from mmfuse.errors import MmfuseError
+
+SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
+
+
+@dataclass
+class Flickr8kOptions:
+    captions: str
+    images: str
+    splits_dir: str = ""
+    val_ratio: float = 0.05
+    test_ratio: float = 0.05
+    seed: int = 0
+
+
+@SOURCES.register("flickr8k")
+class Flickr8kSource:
+    """The Flickr8k (or Flickr30k) token file with the image directory."""
+
+    task = "caption"
+
+    def __init__(self, **options: Any):
+        self.opts = source_options(Flickr8kOptions, options, "flickr8k")
+        images = existing_dir(self.opts.images, "--images")
+        captions = _read_tokens(Path(self.opts.captions))
+        splits = _read_splits(Path(self.opts.splits_dir)) if self.opts.splits_dir else self._ratios(list(captions))
+        self.samples_ = [RawSample(split=splits[name], id=safe_id(Path(name).stem), image=images / name, captions=caps)
+                         for name, caps in sorted(captions.items()) if name in splits]
+
+    def _ratios(self, names: list[str]) -> dict[str, str]:
+        ratios = SplitRatios(self.opts.val_ratio, self.opts.test_ratio, self.opts.seed)
+        ratios.validate()
+        return ratios.assign(names)
+
+    def options(self) -> dict[str, Any]:
+        return asdict(self.opts)
+
+    def count(self, split: str) -> int:
+        return sum(s.split == split for s in self.samples_)
+
+    def samples(self) -> Iterator[RawSample]:
+        yield from self.samples_
+
+
+def _read_tokens(path: Path) -> dict[str, list[str]]:
+    """Image file name -> its captions, from ``name#n<TAB>caption`` lines."""
+    captions: dict[str, list[str]] = defaultdict(list)
+    for number, line in read_lines(path, "Flickr8k caption file"):
+        if not line.strip():
+            continue
+        key, tab, caption = line.partition("\t")
+        if not tab or "#" not in key:
+            raise MmfuseError(f"{path}:{number}: expected '<image>#<n><TAB><caption>', got {line[:60]!r}")
+        captions[key.rsplit("#", 1)[0]].append(caption)
+    if not captions:
+        raise MmfuseError(f"{path}: no captions")
+    return captions
+
+
+def _read_splits(folder: Path) -> dict[str, str]:
+    """Image file name -> split, from the three official lists in ``folder``."""
+    splits: dict[str, str] = {}
+    for split, name in SPLIT_FILES.items():
+        for _, line in read_lines(folder / name, f"Flickr8k {split} list"):
+            if line.strip():
+                splits[line.strip()] = split
+    return splits
