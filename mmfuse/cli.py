@@ -136,20 +136,20 @@ Workspace_ = Annotated[
 ]
 Device_ = Annotated[str, typer.Option(help="Device: auto (CUDA if available), cpu, cuda or cuda:N.")]
 # Decoding options of evaluate and caption (None: the run's setting; see DecodeConfig).
-BeamSize_ = Annotated[Optional[int], typer.Option(help="Beams per image (1 = greedy) [default: the run's, 1].", show_default=False, rich_help_panel="Decoding")]
-MaxLength_ = Annotated[Optional[int], typer.Option(help="Most words in a caption [default: the run's].", show_default=False, rich_help_panel="Decoding")]
-MinLength_ = Annotated[Optional[int], typer.Option(help="Fewest words before the caption may end [default: 0].", show_default=False, rich_help_panel="Decoding")]
-LengthPenalty_ = Annotated[Optional[float], typer.Option(help="GNMT length penalty alpha: score = log-prob / ((5 + L) / 6)^alpha; > 0 favours longer captions [default: 0].", show_default=False, rich_help_panel="Decoding")]
-NBest_ = Annotated[Optional[int], typer.Option(help="Captions per image, best first (<= --beam-size; with --sample, the draws) [default: 1].", show_default=False, rich_help_panel="Decoding")]
-NoRepeat_ = Annotated[Optional[int], typer.Option("--no-repeat-ngram", help="Never repeat an n-gram of this size within a caption (0 = off) [default: 0].", show_default=False, rich_help_panel="Decoding")]
-Groups_ = Annotated[Optional[int], typer.Option(help="Diverse beam search: split the beams into this many groups [default: 1].", show_default=False, rich_help_panel="Decoding")]
-Diversity_ = Annotated[Optional[float], typer.Option(help="Diverse beam search: penalty per word an earlier group chose at the same step [default: 0.5].", show_default=False, rich_help_panel="Decoding")]
-Sample_ = Annotated[Optional[bool], typer.Option("--sample/--no-sample", help="Sample words instead of searching [default: off].", show_default=False, rich_help_panel="Decoding")]
-Temperature_ = Annotated[Optional[float], typer.Option(help="Sampling: divide the logits by this [default: 1].", show_default=False, rich_help_panel="Decoding")]
-TopK_ = Annotated[Optional[int], typer.Option(help="Sampling: only among the k most likely words (0 = all) [default: 0].", show_default=False, rich_help_panel="Decoding")]
-TopP_ = Annotated[Optional[float], typer.Option(help="Sampling: only among the most likely words whose probability reaches p [default: 1].", show_default=False, rich_help_panel="Decoding")]
-Seed_ = Annotated[Optional[int], typer.Option(help="Sampling seed; an image's draws depend only on it and the image's position among those captioned [default: 0].", show_default=False, rich_help_panel="Decoding")]
-Cache_ = Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Transformer decoders: key/value cache (--no-cache re-runs the sequence each step) [default: on].", show_default=False, rich_help_panel="Decoding")]
+BeamSize_ = Annotated[Optional[int], typer.Option(help="Beams per image (1 = greedy) (default: the run's, 1).", show_default=False, rich_help_panel="Decoding")]
+MaxLength_ = Annotated[Optional[int], typer.Option(help="Most words in a caption (default: the run's).", show_default=False, rich_help_panel="Decoding")]
+MinLength_ = Annotated[Optional[int], typer.Option(help="Fewest words before the caption may end (default: 0).", show_default=False, rich_help_panel="Decoding")]
+LengthPenalty_ = Annotated[Optional[float], typer.Option(help="GNMT length penalty alpha: score = log-prob / ((5 + L) / 6)^alpha; > 0 favours longer captions (default: 0).", show_default=False, rich_help_panel="Decoding")]
+NBest_ = Annotated[Optional[int], typer.Option(help="Captions per image, best first (<= --beam-size; with --sample, the draws) (default: 1).", show_default=False, rich_help_panel="Decoding")]
+NoRepeat_ = Annotated[Optional[int], typer.Option("--no-repeat-ngram", help="Never repeat an n-gram of this size within a caption (0 = off) (default: 0).", show_default=False, rich_help_panel="Decoding")]
+Groups_ = Annotated[Optional[int], typer.Option(help="Diverse beam search: split the beams into this many groups (default: 1).", show_default=False, rich_help_panel="Decoding")]
+Diversity_ = Annotated[Optional[float], typer.Option(help="Diverse beam search: penalty per word an earlier group chose at the same step (default: 0.5).", show_default=False, rich_help_panel="Decoding")]
+Sample_ = Annotated[Optional[bool], typer.Option("--sample/--no-sample", help="Sample words instead of searching (default: off).", show_default=False, rich_help_panel="Decoding")]
+Temperature_ = Annotated[Optional[float], typer.Option(help="Sampling: divide the logits by this (default: 1).", show_default=False, rich_help_panel="Decoding")]
+TopK_ = Annotated[Optional[int], typer.Option(help="Sampling: only among the k most likely words (0 = all) (default: 0).", show_default=False, rich_help_panel="Decoding")]
+TopP_ = Annotated[Optional[float], typer.Option(help="Sampling: only among the most likely words whose probability reaches p (default: 1).", show_default=False, rich_help_panel="Decoding")]
+Seed_ = Annotated[Optional[int], typer.Option(help="Sampling seed; an image's draws depend only on it and the image's position among those captioned (default: 0).", show_default=False, rich_help_panel="Decoding")]
+Cache_ = Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Transformer decoders: key/value cache (--no-cache re-runs the sequence each step) (default: on).", show_default=False, rich_help_panel="Decoding")]
 
 
 def _decode_options(beam_size, max_length, min_length, length_penalty, n_best, no_repeat_ngram, diverse_groups,
@@ -177,8 +177,8 @@ def prepare_data_cmd(
     json_file: Annotated[Optional[str], typer.Option("--json", help="karpathy: dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json.", show_default=False, rich_help_panel="Real data")] = None,
     captions: Annotated[Optional[str], typer.Option(help="flickr8k: Flickr8k.token.txt; folder: a CSV (image,caption or image,text,label) or JSONL file.", show_default=False, rich_help_panel="Real data")] = None,
     splits_dir: Annotated[Optional[str], typer.Option(help="flickr8k: the directory of Flickr_8k.{train,dev,test}Images.txt.", show_default=False, rich_help_panel="Real data")] = None,
-    val_ratio: Annotated[Optional[float], typer.Option(help="coco (no training file), flickr8k (no --splits-dir), folder (no split column): fraction of images for val [default: 0.05].", show_default=False, rich_help_panel="Real data")] = None,
-    test_ratio: Annotated[Optional[float], typer.Option(help="The same for test [default: 0.05].", show_default=False, rich_help_panel="Real data")] = None,
+    val_ratio: Annotated[Optional[float], typer.Option(help="coco (no training file), flickr8k (no --splits-dir), folder (no split column): fraction of images for val (default: 0.05).", show_default=False, rich_help_panel="Real data")] = None,
+    test_ratio: Annotated[Optional[float], typer.Option(help="The same for test (default: 0.05).", show_default=False, rich_help_panel="Real data")] = None,
     train_images: Annotated[int, typer.Option(help="shapes: training images to generate.", rich_help_panel="Built-in sets")] = _SHAPES.train_images,
     val_images: Annotated[int, typer.Option(help="shapes: validation images to generate.", rich_help_panel="Built-in sets")] = _SHAPES.val_images,
     test_images: Annotated[int, typer.Option(help="shapes: test images to generate.", rich_help_panel="Built-in sets")] = _SHAPES.test_images,
@@ -227,6 +227,39 @@ def prepare_data_cmd(
                         f"no caption: listed in {result.path / 'report.json'}", markup=False)
 
 
+@app.command("cache-features", cls=RegistryHelpCommand)
+def cache_features_cmd(
+    data: Annotated[str, typer.Option(help="Workspace data set whose images to encode.")],
+    encoder: Annotated[str, typer.Option(help="torchvision image encoder (resnet50, ...).")],
+    pretrained: Annotated[bool, typer.Option(help="Use torchvision's ImageNet weights (from the torch hub cache).")] = False,
+    weights: Annotated[str, typer.Option(help="Use this local state dict instead.", show_default=False)] = "",
+    image_size: Annotated[int, typer.Option(help="Side the images are resized to (0: the data set's, else 224).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 32,
+    workers: Annotated[int, typer.Option(help="Processes that read and decode images.")] = 2,
+    device: Device_ = "auto",
+    workspace: Workspace_ = None,
+) -> None:
+    """Run a frozen torchvision encoder once over every image of a data set and store its outputs
+    (fp16, memory-mapped) in the data set; `train` with the same frozen encoder then reads them.
+    An interrupted run resumes where it stopped.
+
+    Example: mmfuse cache-features --data coco --encoder resnet50 --pretrained
+    """
+    from mmfuse.data.features import cache_dataset_features
+    from mmfuse.ui import LazyProgress, console
+    from mmfuse.workspace import Workspace
+
+    if batch_size < 1 or workers < 0:
+        raise MmfuseError(f"--batch-size must be >= 1 and --workers >= 0, got {batch_size} and {workers}")
+    cfg = ModelConfig(encoder=encoder, pretrained=pretrained, weights=weights, image_size=image_size)
+    with LazyProgress() as bar:
+        result = cache_dataset_features(Workspace.open(workspace), data, cfg, batch_size, workers, device,
+                                        lambda done, total: bar.update("encoding images", done, total))
+    console().print(f"features of {result.images} images in {result.path}: {result.bytes / 2**20:.1f} MiB, "
+                    f"{result.bytes / result.images / 1024:.1f} KiB per image; {result.new} encoded now "
+                    f"({result.images - result.new} were already there)", markup=False)
+
+
 _MODEL_HELP = {
     "task": "caption, classify, or auto (the data set's task).",
     "fusion": "Fusion strategy.",
@@ -265,7 +298,12 @@ def train_cmd(
     feature_dim: Annotated[int, typer.Option(help="Image feature width.")] = _MODEL.feature_dim,
     embed_dim: Annotated[int, typer.Option(help="Word embedding width.")] = _MODEL.embed_dim,
     hidden_dim: Annotated[int, typer.Option(help="Decoder / text encoder hidden width.")] = _MODEL.hidden_dim,
+    pretrained: Annotated[bool, typer.Option(help="torchvision encoders: start from torchvision's ImageNet weights, read from the torch hub cache (never downloaded).")] = _MODEL.pretrained,
+    weights: Annotated[str, typer.Option(help="torchvision encoders: start from this local state dict (.pth or .safetensors).", show_default=False)] = _MODEL.weights,
+    freeze: Annotated[Optional[bool], typer.Option("--freeze/--fine-tune", help="torchvision encoders: keep the backbone fixed, or train it (default: frozen with --pretrained/--weights, else trained).", show_default=False)] = None,
+    fine_tune_from: Annotated[str, typer.Option(help="With --fine-tune: train the backbone from this top-level module on (e.g. layer4).", show_default=False)] = _MODEL.fine_tune_from,
     max_length: Annotated[int, typer.Option(help="Longest caption generated (validation and later decoding).")] = _DECODE.max_length,
+    workers: Annotated[int, typer.Option(help="Processes that read and decode training images (0: the training process).")] = _TRAIN.workers,
     config: Annotated[Optional[Path], typer.Option(help="JSON file with 'model', 'train', 'decode' sections; flags override it.", show_default=False)] = None,
     workspace: Workspace_ = None,
 ) -> None:
@@ -283,11 +321,13 @@ def train_cmd(
 
     cfg = _run_config(
         config,
-        model=_explicit(ctx, task=task, fusion=fusion, encoder=encoder, decoder=decoder, text_encoder=text_encoder,
-                        feature_dim=feature_dim, embed_dim=embed_dim, hidden_dim=hidden_dim),
+        model={**_explicit(ctx, task=task, fusion=fusion, encoder=encoder, decoder=decoder, text_encoder=text_encoder,
+                           feature_dim=feature_dim, embed_dim=embed_dim, hidden_dim=hidden_dim, pretrained=pretrained,
+                           weights=weights, fine_tune_from=fine_tune_from),
+               **({"freeze_encoder": freeze} if freeze is not None else {})},
         train=_explicit(ctx, data=data, epochs=epochs, batch_size=batch_size, captions_per_image=captions_per_image,
                         class_weights=class_weights, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps, seed=seed, device=device, run=run,
-                        overwrite=overwrite, select_metric=select_metric, encoder_from=encoder_from),
+                        overwrite=overwrite, select_metric=select_metric, encoder_from=encoder_from, workers=workers),
         decode=_explicit(ctx, max_length=max_length),
     )
     result = train(Workspace.open(workspace), cfg, _print_epoch)

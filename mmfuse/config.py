@@ -60,6 +60,11 @@ class ModelConfig:
         dropout: dropout on embeddings and decoder outputs.
         grounding: classifier only: add word grounding (where each word's referent is in the image)
             beside every fusion but ``late``; off only to measure what it adds (config file).
+        pretrained: torchvision encoders: start from torchvision's ImageNet weights (torch hub cache).
+        weights: torchvision encoders: start from this local state dict instead.
+        freeze_encoder: True (the backbone does not train), False (it fine-tunes), or None: frozen
+            when weights are loaded, else trained.
+        fine_tune_from: with ``freeze_encoder`` False, train the backbone from this top-level module on.
     """
 
     task: str = "auto"
@@ -74,6 +79,10 @@ class ModelConfig:
     num_layers: int = 1
     dropout: float = 0.1
     grounding: bool = True
+    pretrained: bool = False
+    weights: str = ""
+    freeze_encoder: bool | None = None
+    fine_tune_from: str = ""
 
     def validate(self) -> None:
         _positive(self, "feature_dim", "embed_dim", "hidden_dim", "num_layers")
@@ -205,6 +214,7 @@ class TrainConfig:
             encoder and feature width) whose best image-encoder weights start this model's encoder,
             which then trains with the rest (empty: random initialisation).
         overwrite: replace an existing run of the same name.
+        workers: processes that read and decode training images (0: the training process itself).
     """
 
     data: str = "shapes"
@@ -223,12 +233,13 @@ class TrainConfig:
     class_weights: str = "none"
     encoder_from: str = ""
     overwrite: bool = False
+    workers: int = 0
 
     def validate(self) -> None:
         _positive(self, "epochs", "batch_size", "captions_per_image")
         if self.lr <= 0:
             raise MmfuseError(f"lr must be > 0, got {self.lr}")
-        for name in ("weight_decay", "grad_clip", "warmup_steps"):
+        for name in ("weight_decay", "grad_clip", "warmup_steps", "workers"):
             if getattr(self, name) < 0:
                 raise MmfuseError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr_schedule not in ("cosine", "constant"):

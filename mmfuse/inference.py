@@ -224,14 +224,16 @@ def _save_map(captioned: Captioned, weights: torch.Tensor, attention_dir: Path, 
     return target
 
 
-def labelled_dataset(records: list[LabelledRecord], vocab: Vocab, labels: list[str], image_size: int) -> LabelledDataset:
-    """A :class:`LabelledDataset` of data set records (labels as indices into ``labels``)."""
+def labelled_dataset(records: list[LabelledRecord], vocab: Vocab, labels: list[str], image_size: int,
+                     features: Any = None) -> LabelledDataset:
+    """A :class:`LabelledDataset` of data set records (labels as indices into ``labels``); with a
+    feature cache, it gives cached backbone outputs instead of pixels."""
     index = {name: i for i, name in enumerate(labels)}
     unknown = sorted({r.label for r in records} - set(index))
     if unknown:
         raise MmfuseError(f"label(s) {', '.join(unknown)} are not among the model's labels ({', '.join(labels)})")
     return LabelledDataset([r.image for r in records], [vocab.encode(r.tokens) for r in records],
-                           [index[r.label] for r in records], image_size)
+                           [index[r.label] for r in records], image_size, features=features)
 
 
 @torch.inference_mode()

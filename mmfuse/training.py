@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from mmfuse.config import DecodeConfig, RunConfig, to_dict
 from mmfuse.data.dataset import CaptionDataset, load_labelled_split, load_manifest, load_split, load_vocab
+from mmfuse.data.features import open_cache
 from mmfuse.data.vocab import PAD_ID, Vocab
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
@@ -36,8 +37,9 @@ from mmfuse.metrics.ptb import coco_tokenize
 from mmfuse.models.captioner import build_captioner, count_parameters
 from mmfuse.models.checkpoint import load_encoder_from_run, save_weights
 from mmfuse.models.classifier import build_classifier
+from mmfuse.models.encoders import check_weights_available
 from mmfuse.models.parts import resolve_parts
-from mmfuse.ui import progress
+from mmfuse.ui import console, progress
 from mmfuse.workspace import Workspace, append_jsonl, atomic_write_json
 
 EpochHook = Callable[[dict[str, Any]], None]
@@ -65,10 +67,11 @@ def train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None = Non
     vocab = load_vocab(data_dir)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
+    features = _feature_cache(data_dir, cfg)
     if cfg.model.task == "caption":
-        task: _Task = _CaptionTask(cfg, data_dir, vocab, device)
+        task: _Task = _CaptionTask(cfg, data_dir, vocab, device, features)
     else:
-        task = _ClassifyTask(cfg, data_dir, vocab, list(manifest["labels"]), device)
+        task = _ClassifyTask(cfg, data_dir, vocab, list(manifest["labels"]), device, features)
     if cfg.train.encoder_from:  # checked before the run directory is made: a bad source writes nothing
         load_encoder_from_run(task.model.encoder, workspace.existing_run(cfg.train.encoder_from), cfg.model)
     run_dir = _create_run_dir(workspace, cfg, vocab.to_json(), getattr(task, "labels", None))
@@ -79,10 +82,22 @@ def train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None = Non
         raise MmfuseError(f"training interrupted; checkpoints of finished epochs are in {run_dir}", exit_code=130) from None
 
 
+def _feature_cache(data_dir: Path, cfg: RunConfig):
+    """The data set's feature cache for this model's frozen encoder, if there is one (and says so)."""
+    if cfg.train.encoder_from:  # that run's weights replace the backbone the cache was made with
+        return None
+    cache = open_cache(data_dir, cfg.model)
+    if cache is not None:
+        console().print(f"training reads image features from the cache {cache.path} (frozen {cfg.model.encoder}); "
+                        "validation reads pixels", markup=False)
+    return cache
+
+
 def _resolve(workspace: Workspace, cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
     """Fill what depends on the data set (task, image size), the parts (``auto``) and the clock
     (run name); validate. Returns the resolved config and the data set's manifest."""
     cfg.validate()
+    check_weights_available(cfg.model)  # before anything slow: a missing file fails in seconds
     manifest = load_manifest(workspace.existing_dataset(cfg.train.data))
     task = str(manifest.get("task", "caption"))
     if cfg.model.task not in ("auto", task):
@@ -117,11 +132,11 @@ class _Task(Protocol):
 class _CaptionTask:
     """Teacher-forced cross-entropy; validation scores GENERATED captions (greedy)."""
 
-    def __init__(self, cfg: RunConfig, data_dir: Path, vocab: Vocab, device: torch.device):
+    def __init__(self, cfg: RunConfig, data_dir: Path, vocab: Vocab, device: torch.device, features=None):
         self.cfg, self.vocab, self.device = cfg, vocab, device
         self.model = build_captioner(cfg.model, len(vocab)).to(device)
         self.train_set = CaptionDataset(load_split(data_dir, "train"), vocab, cfg.model.image_size,
-                                        cfg.train.captions_per_image, cfg.train.seed)
+                                        cfg.train.captions_per_image, cfg.train.seed, features)
         self.val_records = load_split(data_dir, "val")
         self.val_refs = [[coco_tokenize(c) for c in r.captions] for r in self.val_records]  # tokenized once
         self.val_decode = DecodeConfig(beam_size=1, max_length=cfg.decode.max_length)
@@ -142,11 +157,12 @@ class _CaptionTask:
 class _ClassifyTask:
     """Cross-entropy over the labels (optionally class-weighted); validation accuracy and macro F1."""
 
-    def __init__(self, cfg: RunConfig, data_dir: Path, vocab: Vocab, labels: list[str], device: torch.device):
+    def __init__(self, cfg: RunConfig, data_dir: Path, vocab: Vocab, labels: list[str], device: torch.device,
+                 features=None):
         self.cfg, self.labels, self.device = cfg, labels, device
         self.model = build_classifier(cfg.model, len(vocab), len(labels)).to(device)
         train_records = load_labelled_split(data_dir, "train")
-        self.train_set = labelled_dataset(train_records, vocab, labels, cfg.model.image_size)
+        self.train_set = labelled_dataset(train_records, vocab, labels, cfg.model.image_size, features)
         self.val_set = labelled_dataset(load_labelled_split(data_dir, "val"), vocab, labels, cfg.model.image_size)
         self.weights = balanced_class_weights(self.train_set.labels, len(labels)).to(device) \
             if cfg.train.class_weights == "balanced" else None
@@ -205,7 +221,8 @@ class _Loop:
         generator = torch.Generator().manual_seed(tc.seed)
         self.loader = DataLoader(task.train_set, batch_size=tc.batch_size, sampler=task.train_set.sampler(generator),
                                  generator=generator,  # as before: the loader's per-epoch seed draw from it, not torch's
-                                 collate_fn=task.train_set.collate, drop_last=False)
+                                 collate_fn=task.train_set.collate, drop_last=False,
+                                 num_workers=0 if task.train_set.features is not None else tc.workers)  # cache: no decoding to spread
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * len(self.loader), tc.warmup_steps)
 

@@ -65,7 +65,7 @@ def _commands() -> dict[str, typer.main.TyperCommand]:
 
 def test_every_option_is_documented() -> None:
     commands = _commands()
-    assert set(commands) == {"prepare-data", "train", "evaluate", "caption", "predict", "compare"}
+    assert set(commands) == {"prepare-data", "cache-features", "train", "evaluate", "caption", "predict", "compare"}
     for name, command in commands.items():
         assert command.help, name
         for param in command.params:

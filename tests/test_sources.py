@@ -168,6 +168,20 @@ def test_bad_images_are_skipped_listed_and_converted(tmp_path: Path, workspace: 
     assert deep.min() < 10 and 100 < deep.max() <= 255 and len(np.unique(deep)) > 50  # scaled, not clipped to white
 
 
+def test_a_decompression_bomb_is_skipped_not_crashed(tmp_path: Path, workspace: Path, monkeypatch) -> None:
+    photos = tmp_path / "photos"
+    _photos(photos, ["a.jpg", "b.jpg", "c.jpg"])
+    Image.new("RGB", (200, 200), "red").save(photos / "huge.png")  # 40,000 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # Pillow refuses images over twice this
+    lines = [json.dumps({"image": n, "caption": "a picture"}) for n in ("a.jpg", "b.jpg", "c.jpg", "huge.png")]
+    (tmp_path / "caps.jsonl").write_text("\n".join(lines))
+    res = invoke("prepare-data", "folder", "--images", str(photos), "--captions", str(tmp_path / "caps.jsonl"))
+    assert res.exit_code == 0, res.stderr
+    skipped = json.loads((workspace / "datasets" / "folder" / "report.json").read_text())["skipped"]
+    assert [Path(s["image"]).name for s in skipped] == ["huge.png"]
+    assert "decompression bomb" in skipped[0]["problem"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["coco", "--images", "."], "source 'coco' needs --annotations"),
     (["coco", "--annotations", "x.json", "--images", ".", "--captions", "c.csv"], "source 'coco' does not take --captions"),

@@ -18,6 +18,7 @@ from mmfuse.data.prepare import FORMAT_VERSION
 from mmfuse.data.vocab import PAD_ID, Vocab
 from mmfuse.errors import MmfuseError
 from mmfuse.images import MEAN, image_transform, load_rgb, normalize_transform, resize_transform
+from mmfuse.models.encoders import CachedFeatures
 from mmfuse.workspace import read_json
 
 CACHE_LIMIT_BYTES = 2 * 2**30  # decoded training images are kept in memory up to this size
@@ -115,12 +116,14 @@ class CaptionDataset(Dataset):
         seed: seed of the reference sampling (combined with :meth:`set_epoch`).
     """
 
-    def __init__(self, records: list[Record], vocab: Vocab, image_size: int, captions_per_image: int = 5, seed: int = 0):
+    def __init__(self, records: list[Record], vocab: Vocab, image_size: int, captions_per_image: int = 5, seed: int = 0,
+                 features: Any = None):
         self.records = records
+        self.features = features  # a FeatureCache: give cached backbone outputs instead of pixels
         self.encoded = [[vocab.encode(t) for t in r.tokens] for r in records]
         self.resize = resize_transform(image_size)
         self.normalize = normalize_transform()
-        fits = len(records) * 3 * image_size**2 <= CACHE_LIMIT_BYTES
+        fits = len(records) * 3 * image_size**2 <= CACHE_LIMIT_BYTES and features is None
         self.cache: list[torch.Tensor | None] | None = [None] * len(records) if fits else None
         self.k = captions_per_image
         self.seed = seed
@@ -136,7 +139,9 @@ class CaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[list[int]], int]:
+    def __getitem__(self, i: int) -> tuple[Any, list[list[int]], int]:
+        if self.features is not None:
+            return CachedFeatures(*self.features.features(self.records[i].image)), self.encoded[i], i
         return self.normalize(self._pixels(i)), self.encoded[i], i
 
     def _pixels(self, i: int) -> torch.Tensor:
@@ -156,7 +161,7 @@ class CaptionDataset(Dataset):
             chosen = refs if len(refs) <= self.k else random.Random(f"{self.seed}/{self.epoch}/{i}").sample(refs, self.k)
             captions.extend(chosen)
             index.extend([row] * len(chosen))
-        return {"images": torch.stack(images), "tokens": pad(captions), "image_index": torch.tensor(index)}
+        return {"images": _stack(images), "tokens": pad(captions), "image_index": torch.tensor(index)}
 
 
 class LabelledDataset(Dataset):
@@ -170,8 +175,9 @@ class LabelledDataset(Dataset):
     """
 
     def __init__(self, paths: list[Path], token_ids: list[list[int]], labels: list[int], image_size: int,
-                 blank: bool = False):
+                 blank: bool = False, features: Any = None):
         self.paths, self.token_ids, self.labels, self.blank = paths, token_ids, labels, blank
+        self.features = features  # a FeatureCache: give cached backbone outputs instead of pixels
         self.resize = resize_transform(image_size)
         self.normalize = normalize_transform()
         fits = len(set(paths)) * 3 * image_size**2 <= CACHE_LIMIT_BYTES
@@ -187,7 +193,9 @@ class LabelledDataset(Dataset):
         :class:`ImageGroupedSampler`)."""
         return ImageGroupedSampler(self.paths, generator)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[int], int]:
+    def __getitem__(self, i: int) -> tuple[Any, list[int], int]:
+        if self.features is not None and not self.blank:
+            return CachedFeatures(*self.features.features(self.paths[i])), self.token_ids[i], self.labels[i]
         return self.normalize(self._pixels(self.paths[i])), self.token_ids[i], self.labels[i]
 
     def _pixels(self, path: Path) -> torch.Tensor:
@@ -204,7 +212,7 @@ class LabelledDataset(Dataset):
     def collate(batch: list[tuple[torch.Tensor, list[int], int]]) -> dict[str, torch.Tensor]:
         """-> images (B, 3, S, S), tokens (B, T) padded, labels (B,)."""
         images, tokens, labels = zip(*batch)
-        return {"images": torch.stack(images), "tokens": pad(list(tokens)), "labels": torch.tensor(labels)}
+        return {"images": _stack(list(images)), "tokens": pad(list(tokens)), "labels": torch.tensor(labels)}
 
 
 class ImageGroupedSampler(Sampler[int]):
@@ -249,6 +257,11 @@ class ImageDataset(Dataset):
         if self.blank:
             return torch.zeros(3, self.image_size, self.image_size)
         return self.transform(load_rgb(self.paths[i]))
+
+
+def _stack(images: list[Any]) -> Any:
+    """A batch of pixels (B, 3, S, S), or of cached backbone outputs."""
+    return CachedFeatures.stack(images) if isinstance(images[0], CachedFeatures) else torch.stack(images)
 
 
 def pad(sequences: list[list[int]]) -> torch.Tensor:

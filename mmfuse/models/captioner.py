@@ -19,7 +19,7 @@ from torch import nn
 from mmfuse.config import ModelConfig
 from mmfuse.data.vocab import BOS_ID, PAD_ID
 from mmfuse.models.decoders import DECODERS
-from mmfuse.models.encoders import IMAGE_ENCODERS, ImageFeatures
+from mmfuse.models.encoders import ImageFeatures, build_image_encoder
 from mmfuse.models.fusion import ATTENTION, FUSIONS, PREFIX
 from mmfuse.models.parts import resolve_parts
 
@@ -173,7 +173,7 @@ def check_parts(cfg: ModelConfig) -> None:
 def build_captioner(cfg: ModelConfig, vocab_size: int) -> Captioner:
     """A captioner with the parts named in ``cfg`` (unknown names list the valid ones)."""
     cfg = resolve_parts(cfg, "caption")
-    encoder = IMAGE_ENCODERS.create(cfg.encoder, feature_dim=cfg.feature_dim, image_size=cfg.image_size)
+    encoder = build_image_encoder(cfg)
     extra = {"query_dim": cfg.hidden_dim} if FUSIONS.get(cfg.fusion).kind == ATTENTION else {}
     fusion = FUSIONS.create(cfg.fusion, image_dim=encoder.out_dim, text_dim=cfg.embed_dim, dropout=cfg.dropout, **extra)
     decoder = DECODERS.create(

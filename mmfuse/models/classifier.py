@@ -23,7 +23,7 @@ from torch import nn
 
 from mmfuse.config import ModelConfig
 from mmfuse.data.vocab import PAD_ID
-from mmfuse.models.encoders import IMAGE_ENCODERS, ImageFeatures
+from mmfuse.models.encoders import ImageFeatures, build_image_encoder
 from mmfuse.errors import MmfuseError
 from mmfuse.models.fusion import ATTENTION, DECISION, FUSIONS, POSITION, PREFIX
 from mmfuse.models.grounding import WordGrounding
@@ -119,7 +119,7 @@ class Classifier(nn.Module):
 def build_classifier(cfg: ModelConfig, vocab_size: int, num_classes: int) -> Classifier:
     """A classifier with the parts named in ``cfg`` for ``num_classes`` labels."""
     cfg = resolve_parts(cfg, "classify")
-    encoder = IMAGE_ENCODERS.create(cfg.encoder, feature_dim=cfg.feature_dim, image_size=cfg.image_size)
+    encoder = build_image_encoder(cfg)
     fusion_cls = FUSIONS.get(cfg.fusion)
     text_encoder = TEXT_ENCODERS.create(cfg.text_encoder, input_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,
                                         num_layers=cfg.num_layers, dropout=cfg.dropout)

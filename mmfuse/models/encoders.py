@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from mmfuse.errors import MmfuseError
 from mmfuse.registry import Registry
 
 
@@ -27,6 +28,25 @@ class ImageFeatures(NamedTuple):
     def select(self, index: torch.Tensor) -> "ImageFeatures":
         """Rows ``index`` of both tensors (one image per caption, or per beam)."""
         return ImageFeatures(self.grid.index_select(0, index), self.pooled.index_select(0, index))
+
+
+class CachedFeatures(NamedTuple):
+    """A batch of a frozen backbone's raw outputs read from the feature cache, given to the encoder
+    in place of pixels: tokens (B, N, C), pooled (B, C) (fp16 on disk)."""
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "CachedFeatures":
+        return CachedFeatures(self.tokens.to(device, non_blocking=non_blocking),
+                              self.pooled.to(device, non_blocking=non_blocking))
+
+    def size(self, dim: int) -> int:
+        return self.pooled.size(dim)
+
+    @staticmethod
+    def stack(items: list["CachedFeatures"]) -> "CachedFeatures":
+        return CachedFeatures(torch.stack([i.tokens for i in items]), torch.stack([i.pooled for i in items]))
 
 
 IMAGE_ENCODERS: Registry[nn.Module] = Registry("image encoder")
@@ -52,12 +72,18 @@ class SmallCNN(nn.Module):
     Args:
         feature_dim: D, width of grid features and of the global vector.
         image_size: S, side of the (square) input images.
+        pretrained, weights, freeze, fine_tune_from: the options every image encoder takes; the
+            small CNN has no pretrained weights and always trains, so they must stay unset.
     """
 
     grid_side = 8
 
-    def __init__(self, feature_dim: int = 256, image_size: int = 64):
+    def __init__(self, feature_dim: int = 256, image_size: int = 64, pretrained: bool = False, weights: str = "",
+                 freeze: bool | None = None, fine_tune_from: str = ""):
         super().__init__()
+        if pretrained or weights or freeze is not None or fine_tune_from:
+            raise MmfuseError("the small CNN trains from scratch: --pretrained, --weights, --freeze/--fine-tune and "
+                              "--fine-tune-from apply to the torchvision encoders (resnet18, resnet50, ...)")
         self.out_dim = feature_dim
         self.body = nn.Sequential(
             _conv_block(3, 16, pool=True),
@@ -80,3 +106,24 @@ class SmallCNN(nn.Module):
         maps = self.body(images.contiguous(memory_format=torch.channels_last))  # (B, D, G, G)
         grid = maps.flatten(2).transpose(1, 2)  # (B, N, D)
         return ImageFeatures(grid=grid, pooled=self.to_global(maps))
+
+
+def build_image_encoder(cfg) -> nn.Module:
+    """The image encoder a :class:`~mmfuse.config.ModelConfig` names, with its weight options."""
+    return IMAGE_ENCODERS.create(cfg.encoder, feature_dim=cfg.feature_dim, image_size=cfg.image_size,
+                                 pretrained=cfg.pretrained, weights=cfg.weights, freeze=cfg.freeze_encoder,
+                                 fine_tune_from=cfg.fine_tune_from)
+
+
+def check_weights_available(cfg) -> None:
+    """Fail at once, before any data or model is loaded, when the weights a config asks for are
+    not on this machine (``--pretrained`` without the cached file, ``--weights`` without the file)."""
+    from pathlib import Path
+
+    if cfg.pretrained and cfg.encoder in _backbones.SPECS:
+        _backbones.cached_weights_file(cfg.encoder)
+    if cfg.weights and not Path(cfg.weights).is_file():
+        raise MmfuseError(f"--weights: no such file: {cfg.weights}")
+
+
+from mmfuse.models import backbones as _backbones  # noqa: E402  (registers the torchvision encoders)
