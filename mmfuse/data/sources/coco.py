@@ -10,44 +10,32 @@ and ``--test-ratio`` (the rest: train). An image is looked up as
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mmfuse.data.sources import SOURCES, RawSample
-from mmfuse.data.sources.files import SplitRatios, existing_dir, read_json_file, source_options
+from mmfuse.data.sources.files import ListedSource, SplitRatios, existing_dir, read_json_file, source_options
 from mmfuse.errors import MmfuseError
 
 
-@dataclass
-class CocoOptions:
+@dataclass(kw_only=True)
+class CocoOptions(SplitRatios):
+    """The source's options; ``val_ratio``, ``test_ratio`` and ``seed`` come from :class:`SplitRatios`."""
+
     annotations: list[str]
     images: str
-    val_ratio: float = 0.05
-    test_ratio: float = 0.05
-    seed: int = 0
 
 
 @SOURCES.register("coco")
-class CocoSource:
+class CocoSource(ListedSource):
     """COCO caption annotation files (2014 or 2017) with the image directory."""
-
-    task = "caption"
 
     def __init__(self, **options: Any):
         self.opts = source_options(CocoOptions, options, "coco")
         images = existing_dir(self.opts.images, "--images")
         entries = [_read(Path(p)) for p in self.opts.annotations]
         self.samples_ = _to_samples(entries, images, self.opts)
-
-    def options(self) -> dict[str, Any]:
-        return asdict(self.opts)
-
-    def count(self, split: str) -> int:
-        return sum(s.split == split for s in self.samples_)
-
-    def samples(self) -> Iterator[RawSample]:
-        yield from self.samples_
 
 
 @dataclass
@@ -85,9 +73,7 @@ def _assign(files: list[_File], opts: CocoOptions) -> dict[str, str]:
     a training file, else val/test/train by the ratios."""
     held_out = [str(i) for f in files if not f.train for i in f.images]
     if not any(f.train for f in files):
-        ratios = SplitRatios(opts.val_ratio, opts.test_ratio, opts.seed)
-        ratios.validate()
-        return ratios.assign(held_out)
+        return opts.assign(held_out)
     halves = SplitRatios(0.5, 0.0, opts.seed).assign(held_out)
     return {key: "val" if split == "val" else "test" for key, split in halves.items()}
 

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, TypeVar
 
+from mmfuse.data.sources import RawSample
 from mmfuse.errors import MmfuseError
 
 C = TypeVar("C")
@@ -29,7 +30,10 @@ def source_options(cls: type[C], options: dict[str, Any], source: str) -> C:
                and f.default_factory is dataclasses.MISSING and n not in options]  # type: ignore[misc]
     if missing:
         raise MmfuseError(f"source {source!r} needs --{missing[0].replace('_', '-')}")
-    return cls(**options)
+    opts = cls(**options)
+    if isinstance(opts, SplitRatios):
+        opts.validate()
+    return opts
 
 
 @dataclasses.dataclass
@@ -61,6 +65,24 @@ class SplitRatios:
         splits.update({key: "test" for key in order[n_val:n_val + n_test]})
         splits.update({key: "train" for key in order[n_val + n_test:]})
         return splits
+
+
+class ListedSource:
+    """What the real-data sources share: every sample is read when the source is made (into
+    ``samples_``, with the options in ``opts``); counts and the sample stream come from that list."""
+
+    task = "caption"
+    opts: Any
+    samples_: list[RawSample]
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.opts)
+
+    def count(self, split: str) -> int:
+        return sum(s.split == split for s in self.samples_)
+
+    def samples(self) -> Iterator[RawSample]:
+        yield from self.samples_
 
 
 def safe_id(text: str) -> str:

@@ -7,54 +7,37 @@ Flickr30k's ``results_20130124.token`` has the same line format.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mmfuse.data.sources import SOURCES, RawSample
-from mmfuse.data.sources.files import SplitRatios, existing_dir, read_lines, safe_id, source_options
+from mmfuse.data.sources.files import ListedSource, SplitRatios, existing_dir, read_lines, safe_id, source_options
 from mmfuse.errors import MmfuseError
 
 SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
 
 
-@dataclass
-class Flickr8kOptions:
+@dataclass(kw_only=True)
+class Flickr8kOptions(SplitRatios):
+    """The source's options; ``val_ratio``, ``test_ratio`` and ``seed`` come from :class:`SplitRatios`."""
+
     captions: str
     images: str
     splits_dir: str = ""
-    val_ratio: float = 0.05
-    test_ratio: float = 0.05
-    seed: int = 0
 
 
 @SOURCES.register("flickr8k")
-class Flickr8kSource:
+class Flickr8kSource(ListedSource):
     """The Flickr8k (or Flickr30k) token file with the image directory."""
-
-    task = "caption"
 
     def __init__(self, **options: Any):
         self.opts = source_options(Flickr8kOptions, options, "flickr8k")
         images = existing_dir(self.opts.images, "--images")
         captions = _read_tokens(Path(self.opts.captions))
-        splits = _read_splits(Path(self.opts.splits_dir)) if self.opts.splits_dir else self._ratios(list(captions))
+        splits = _read_splits(Path(self.opts.splits_dir)) if self.opts.splits_dir else self.opts.assign(list(captions))
         self.samples_ = [RawSample(split=splits[name], id=safe_id(Path(name).stem), image=images / name, captions=caps)
                          for name, caps in sorted(captions.items()) if name in splits]
-
-    def _ratios(self, names: list[str]) -> dict[str, str]:
-        ratios = SplitRatios(self.opts.val_ratio, self.opts.test_ratio, self.opts.seed)
-        ratios.validate()
-        return ratios.assign(names)
-
-    def options(self) -> dict[str, Any]:
-        return asdict(self.opts)
-
-    def count(self, split: str) -> int:
-        return sum(s.split == split for s in self.samples_)
-
-    def samples(self) -> Iterator[RawSample]:
-        yield from self.samples_
 
 
 def _read_tokens(path: Path) -> dict[str, list[str]]:

@@ -13,22 +13,21 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mmfuse.data.sources import SOURCES, SPLITS, RawSample
-from mmfuse.data.sources.files import SplitRatios, existing_dir, read_lines, safe_id, source_options
+from mmfuse.data.sources.files import ListedSource, SplitRatios, existing_dir, read_lines, safe_id, source_options
 from mmfuse.errors import MmfuseError
 
 
-@dataclass
-class FolderOptions:
+@dataclass(kw_only=True)
+class FolderOptions(SplitRatios):
+    """The source's options; ``val_ratio``, ``test_ratio`` and ``seed`` come from :class:`SplitRatios`."""
+
     images: str
     captions: str
-    val_ratio: float = 0.05
-    test_ratio: float = 0.05
-    seed: int = 0
 
 
 @dataclass
@@ -45,30 +44,19 @@ class _Row:
 
 
 @SOURCES.register("folder")
-class FolderSource:
+class FolderSource(ListedSource):
     """A folder of images with a CSV or JSONL caption (or label) file."""
 
     def __init__(self, **options: Any):
         self.opts = source_options(FolderOptions, options, "folder")
-        ratios = SplitRatios(self.opts.val_ratio, self.opts.test_ratio, self.opts.seed)
-        ratios.validate()
         self.root = existing_dir(self.opts.images, "--images")
         rows = list(_read_rows(Path(self.opts.captions)))
         if not rows:
             raise MmfuseError(f"{self.opts.captions}: no rows")
         self.task = "classify" if any(r.label for r in rows) else "caption"
-        splits = _splits(rows, ratios)
+        splits = _splits(rows, self.opts)
         self.samples_ = _classify_samples(rows, splits, self.root) if self.task == "classify" \
             else _caption_samples(rows, splits, self.root)
-
-    def options(self) -> dict[str, Any]:
-        return asdict(self.opts)
-
-    def count(self, split: str) -> int:
-        return sum(s.split == split for s in self.samples_)
-
-    def samples(self) -> Iterator[RawSample]:
-        yield from self.samples_
 
 
 def _read_rows(path: Path) -> Iterator[_Row]:

@@ -7,12 +7,12 @@ Each image entry has ``filename``, ``split``, ``sentences`` (``raw`` captions) a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mmfuse.data.sources import SOURCES, RawSample
-from mmfuse.data.sources.files import existing_dir, read_json_file, safe_id, source_options
+from mmfuse.data.sources.files import ListedSource, existing_dir, read_json_file, safe_id, source_options
 from mmfuse.errors import MmfuseError
 
 SPLIT_NAMES = {"train": "train", "restval": "train", "val": "val", "test": "test"}
@@ -25,10 +25,8 @@ class KarpathyOptions:
 
 
 @SOURCES.register("karpathy")
-class KarpathySource:
+class KarpathySource(ListedSource):
     """A Karpathy split file with the image directory."""
-
-    task = "caption"
 
     def __init__(self, **options: Any):
         self.opts = source_options(KarpathyOptions, options, "karpathy")
@@ -39,15 +37,6 @@ class KarpathySource:
         if not isinstance(entries, list):
             raise MmfuseError(f"{path}: not a Karpathy split file (expected an object with a list 'images')")
         self.samples_ = [_sample(e, n, images, path) for n, e in enumerate(entries)]
-
-    def options(self) -> dict[str, Any]:
-        return asdict(self.opts)
-
-    def count(self, split: str) -> int:
-        return sum(s.split == split for s in self.samples_)
-
-    def samples(self) -> Iterator[RawSample]:
-        yield from self.samples_
 
 
 def _sample(entry: Any, n: int, images: Path, path: Path) -> RawSample:
