@@ -15,7 +15,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mmfuse.data.sources import SOURCES, SPLITS, RawSample
 from mmfuse.data.sources.files import ListedSource, SplitRatios, existing_dir, read_lines, safe_id, source_options
