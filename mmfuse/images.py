@@ -25,7 +25,8 @@ def load_rgb(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return to_rgb(ImageOps.exif_transpose(img))
+            ImageOps.exif_transpose(img, in_place=True)  # no copy for the usual image without rotation
+            return to_rgb(img)
     except FileNotFoundError:
         raise MmfuseError(f"image not found: {path}") from None
     except IsADirectoryError:
