@@ -130,10 +130,10 @@ def _rows(model: Captioner, features: ImageFeatures, copies: int, cfg: DecodeCon
     """The step features and the initial state of ``copies`` rows per image (B*copies rows, image by
     image); the state is computed once per image and then copied."""
     rows = torch.arange(features.pooled.size(0), device=features.pooled.device).repeat_interleave(copies)
-    state = model.initial_state(features, cfg.use_cache)
+    state = model.decoding_state(features, cfg.use_cache)
     if copies == 1:
-        return model.step_features(features), state
-    return model.step_features(features).select(rows), model.reorder_state(state, rows)
+        return model.step_features(features, state), state
+    return model.step_features(features, state).select(rows), model.reorder_state(state, rows)
 
 
 def _one_token_per_row(model: Captioner, features: ImageFeatures, cfg: DecodeConfig, choose: Chooser,
@@ -210,8 +210,8 @@ def beam_search(model: Captioner, features: ImageFeatures, cfg: DecodeConfig) ->
     """
     k, g = cfg.beam_size, cfg.diverse_groups
     batch, device = features.pooled.size(0), features.pooled.device
-    state = model.initial_state(features, cfg.use_cache)  # B rows: the first step reads one row per image
-    features = image_features = model.step_features(features)
+    state = model.decoding_state(features, cfg.use_cache)  # B rows: the first step reads one row per image
+    features = image_features = model.step_features(features, state)
     first = torch.full((batch, k), NEG_INF, device=device)
     first[:, :: k // g] = 0.0  # one live beam per group at the start
     beams = _Beams(list(range(batch)), torch.zeros(batch * k, 0, dtype=torch.long, device=device), first, first.clone())

@@ -10,7 +10,7 @@ import torch
 
 from mmfuse.config import ModelConfig
 from mmfuse.errors import MmfuseError
-from mmfuse.models.captioner import build_captioner
+from mmfuse.models.captioner import ProjectedInputState, build_captioner, generation_log_probs
 from mmfuse.models.classifier import build_classifier
 from mmfuse.models.decoders import DECODERS
 from mmfuse.models.encoders import IMAGE_ENCODERS, ImageFeatures
@@ -202,6 +202,54 @@ def test_step_by_step_decoding_equals_the_teacher_forced_pass(encoder: str, fusi
             logits, state = model.decode(feats, tokens[:, t : t + 1], state)
             steps.append(logits)
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", [name for name in FUSIONS.names() if hasattr(FUSIONS.get(name), "affine_parts")])
+def test_affine_parts_rebuild_the_fusion(fusion: str) -> None:
+    torch.manual_seed(0)
+    module = FUSIONS.create(fusion, image_dim=6, text_dim=5).eval()
+    feats = _feats(3, 6)
+    text = torch.randn(3, 4, 5)
+    with torch.no_grad():
+        weight, bias, image_term = module.affine_parts(feats)
+        assert torch.allclose(text @ weight.t() + bias + image_term.unsqueeze(1), module(feats, text), atol=1e-6)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("fusion", ["concat", "sum"])
+@pytest.mark.parametrize("decoder", ["lstm", "gru"])
+def test_decoding_from_projected_gates_equals_the_teacher_forced_pass(decoder: str, fusion: str, layers: int) -> None:
+    """Inference steps from input gates projected once per image and per word (own cell code) give
+    nn.LSTM's / nn.GRU's logits; with gradients on (training, SCST) the ordinary path is kept."""
+    torch.manual_seed(1)
+    cfg = ModelConfig(image_size=32, feature_dim=16, embed_dim=8, hidden_dim=16, fusion=fusion, decoder=decoder,
+                      num_layers=layers, dropout=0.0)
+    model = build_captioner(cfg, vocab_size=11).eval()
+    images, tokens = torch.randn(3, 3, 32, 32), torch.randint(1, 11, (3, 7))
+    with torch.inference_mode():
+        full = model(images, tokens, torch.arange(3))  # (3, 7, 11)
+        feats = model.encode(images)
+        state, steps = model.decoding_state(feats), []
+        assert isinstance(state, ProjectedInputState)
+        for t in range(tokens.size(1)):
+            log_probs, state = model.step(model.step_features(feats, state), tokens[:, t], state)
+            steps.append(log_probs)
+    assert torch.allclose(torch.stack(steps, 1), generation_log_probs(full), atol=1e-5)
+    assert not isinstance(model.decoding_state(model.encode(images)), ProjectedInputState)
+
+
+def test_small_cnn_in_eval_mode_folds_batch_norm_into_the_convolutions_without_changing_its_output() -> None:
+    torch.manual_seed(0)
+    encoder = IMAGE_ENCODERS.create("small_cnn", feature_dim=16, image_size=32)
+    encoder(torch.randn(8, 3, 32, 32))  # train mode: running statistics move away from 0 / 1
+    for norm in (m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        torch.nn.init.normal_(norm.weight, 1.0, 0.3)  # (initialised to 1 and 0: make every term count)
+        torch.nn.init.normal_(norm.bias, 0.0, 0.3)
+    encoder.eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = encoder.body(images).flatten(2).transpose(1, 2)  # (2, 64, 16) through the BatchNorm modules
+        assert torch.allclose(encoder(images).grid, reference, atol=1e-5)
 
 
 def test_transformer_decoder_refuses_too_long_sequences_clearly() -> None:

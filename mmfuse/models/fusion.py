@@ -9,7 +9,10 @@ test and one ablation command serve them all:
   position by position, so it also works one decoding step at a time (T = 1). They read only
   ``pooled`` and broadcast it over T; extra leading dimensions broadcast too (pooled (B, R, Di) with
   text (B, 1, 1, Dt) -> (B, R, 1, out_dim)), which the classifier uses to fuse one question with
-  every image region while projecting the question once.
+  every image region while projecting the question once. Those affine in the text for a given image
+  (concat, sum) also have ``affine_parts(ImageFeatures) -> (weight (out_dim, Dt), bias (out_dim,),
+  image_term (B, out_dim))`` with ``fused = text weight^T + bias + image_term``: a decoder can then
+  project the image once per image and each vocabulary word once, not at every step.
 - ``attention`` (Show, Attend and Tell): ``step(ImageFeatures, text (B, Dt), query (B, Q)) ->
   (fused (B, out_dim), weights (B, N))`` at every step, with the query coming from the decoder's
   previous hidden state (captioning) or the question vector (classification).
@@ -62,6 +65,14 @@ class ConcatFusion(nn.Module):
         img = self.proj(image.pooled).unsqueeze(-2)  # (B, 1, Dt)
         return torch.cat(torch.broadcast_tensors(text, img), dim=-1)  # (B, T, 2*Dt)
 
+    def affine_parts(self, image: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` as ``text weight^T + bias + image_term``: the word fills the first Dt features,
+        the projected image the last Dt. -> weight (2*Dt, Dt), bias (2*Dt,), image_term (B, 2*Dt)."""
+        img = self.proj(image.pooled)  # (B, Dt)
+        width = img.size(-1)
+        weight = torch.cat([torch.eye(width, dtype=img.dtype, device=img.device), img.new_zeros(width, width)])
+        return weight, img.new_zeros(2 * width), torch.cat([torch.zeros_like(img), img], dim=-1)
+
 
 @FUSIONS.register("sum")
 class SumFusion(nn.Module):
@@ -84,6 +95,10 @@ class SumFusion(nn.Module):
     def forward(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """image.pooled (B, Di), text (B, T, Dt) -> (B, T, 2*Dt)."""
         return self.text_proj(text) + self.image_proj(image.pooled).unsqueeze(-2)
+
+    def affine_parts(self, image: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` as ``text weight^T + bias + image_term`` -> (2*Dt, Dt), (2*Dt,), (B, 2*Dt)."""
+        return self.text_proj.weight, self.text_proj.bias, self.image_proj(image.pooled)
 
 
 @FUSIONS.register("gated")
