@@ -294,7 +294,11 @@ def _cached_block(layer: nn.TransformerEncoderLayer, h: torch.Tensor, past: tupl
     q, k, v = (t.unflatten(-1, (heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, H/heads)
     if past is not None:
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, heads, S, H/heads)
-    context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, T, H/heads)
+    if mask is None and q.size(2) == 1 and q.device.type == "cpu":  # one new position: 2-3x faster than SDPA's CPU kernel
+        weights = torch.softmax((q @ k.transpose(-1, -2)) * q.size(-1) ** -0.5, dim=-1)  # (B, heads, 1, S)
+        context = weights @ v  # (B, heads, 1, H/heads)
+    else:
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, T, H/heads)
     h = h + attn.out_proj(context.transpose(1, 2).flatten(2))
     h = h + layer.linear2(layer.activation(layer.linear1(layer.norm2(h))))
     return h, k, v
