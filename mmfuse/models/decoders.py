@@ -30,6 +30,20 @@ DECODERS: Registry[nn.Module] = Registry("decoder")
 LSTMState = tuple[torch.Tensor, torch.Tensor]
 
 
+def run_recurrent(rnn: nn.RNNBase, x, state=None):
+    """``rnn(x, state)``, in fp32 when bf16 autocast is on for the CPU: oneDNN has no bf16 LSTM or
+    GRU on CPUs without bf16 instructions (and recurrences accumulate rounding). On CUDA, autocast
+    runs them in reduced precision through cuDNN as usual. ``x``: a tensor or a PackedSequence."""
+    device = (x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x).device
+    if device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return rnn(x, state)
+    with torch.autocast("cpu", enabled=False):
+        x = x._replace(data=x.data.float()) if isinstance(x, nn.utils.rnn.PackedSequence) else x.float()
+        if state is not None:
+            state = tuple(s.float() for s in state) if isinstance(state, tuple) else state.float()
+        return rnn(x, state)
+
+
 class _RecurrentDecoder(nn.Module):
     """A stacked recurrent network (``cell``) with a linear word classifier on top.
 
@@ -54,7 +68,7 @@ class _RecurrentDecoder(nn.Module):
         """x (B, T, F) -> logits (B, T, V) and the new state (each tensor (L, B, H))."""
         if bidirectional:
             raise MmfuseError(f"a {type(self).__name__} reads left to right; it cannot attend to a prefix both ways")
-        hidden, state = self.rnn(x, state)  # (B, T, H)
+        hidden, state = run_recurrent(self.rnn, x, state)  # (B, T, H)
         return self.out(self.drop(hidden)), state
 
     @staticmethod

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mmfuse.models.decoders import transformer_blocks
+from mmfuse.models.decoders import run_recurrent, transformer_blocks
 from mmfuse.registry import Registry
 
 TEXT_ENCODERS: Registry[nn.Module] = Registry("text encoder")
@@ -43,7 +43,7 @@ class _RecurrentEncoder(nn.Module):
         """x (B, T, E), mask (B, T) -> states (B, T, H), pooled (B, H)."""
         lengths = mask.sum(1).clamp_min(1).cpu()
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        states, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.size(1))  # (B, T, H)
+        states, _ = pad_packed_sequence(run_recurrent(self.rnn, packed)[0], batch_first=True, total_length=x.size(1))  # (B, T, H)
         states = self.drop(states)
         return states, masked_mean(states, mask)
 
