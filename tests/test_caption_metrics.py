@@ -10,6 +10,7 @@ import pytest
 from mmfuse.metrics.bleu import bleu
 from mmfuse.metrics.captions import caption_scores
 from mmfuse.metrics.cider import cider_d
+from mmfuse.metrics.cider_reward import CiderDReward
 from mmfuse.metrics.rouge import lcs_length, rouge_l
 
 WORDS = ("a an the man woman dog cat dogs two three people red blue green white black sitting standing "
@@ -156,3 +157,16 @@ def test_raw_text_end_to_end_equals_coco_caption(coco) -> None:
     per_image = {f"bleu{k + 1}": b_images[k] for k in range(4)} | {"rouge_l": list(r_images), "cider_d": list(c_images)}
     for metric, values in per_image.items():
         assert [img[metric] for img in ours["per_image"]] == pytest.approx(values, abs=1e-6), metric
+
+
+def test_cider_reward_on_token_ids_equals_cider_d_with_the_same_references() -> None:
+    """The SCST reward (IDF counted once over its references, token ids) is coco-caption's CIDEr-D
+    when scored against the references it was built from."""
+    rng = random.Random(0)
+    refs = [[[rng.randint(3, 12) for _ in range(rng.randint(3, 9))] for _ in range(rng.randint(1, 5))] for _ in range(25)]
+    hyps = [[rng.randint(3, 12) for _ in range(rng.randint(0, 9))] for _ in range(25)]
+    reward = CiderDReward(refs)(list(range(25)), hyps)
+    _, expected = cider_d([[str(t) for t in h] for h in hyps], [[[str(t) for t in r] for r in rs] for rs in refs])
+    assert reward == pytest.approx(expected, abs=1e-12)
+    assert max(reward) > 0.5  # not trivially zero
+    assert CiderDReward(refs)([1], [hyps[0]]) != pytest.approx([reward[0]])  # another image's references score differently
