@@ -287,7 +287,9 @@ def train_cmd(
     captions_per_image: Annotated[int, typer.Option(help="Captioning: reference captions used per image per step.")] = _TRAIN.captions_per_image,
     class_weights: Annotated[str, typer.Option(help="Classification: none, or balanced (weights n / (C * class count)).")] = _TRAIN.class_weights,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = _TRAIN.lr,
-    lr_schedule: Annotated[str, typer.Option(help="Learning-rate schedule: cosine (decay to 0, per step) or constant.")] = _TRAIN.lr_schedule,
+    lr_schedule: Annotated[str, typer.Option(help="Learning-rate schedule: cosine (decay to 0, per step), step (times --lr-gamma every --lr-step-epochs epochs) or constant.")] = _TRAIN.lr_schedule,
+    lr_step_epochs: Annotated[int, typer.Option(help="The step schedule's period in epochs.")] = _TRAIN.lr_step_epochs,
+    lr_gamma: Annotated[float, typer.Option(help="The step schedule's factor.")] = _TRAIN.lr_gamma,
     warmup_steps: Annotated[int, typer.Option(help="Steps of linear learning-rate warmup before the schedule (0: none).")] = _TRAIN.warmup_steps,
     seed: Annotated[int, typer.Option(help="Random seed (weights init, data order).")] = _TRAIN.seed,
     device: Device_ = _TRAIN.device,
@@ -304,6 +306,21 @@ def train_cmd(
     fine_tune_from: Annotated[str, typer.Option(help="With --fine-tune: train the backbone from this top-level module on (e.g. layer4).", show_default=False)] = _MODEL.fine_tune_from,
     max_length: Annotated[int, typer.Option(help="Longest caption generated (validation and later decoding).")] = _DECODE.max_length,
     workers: Annotated[int, typer.Option(help="Processes that read and decode training images (0: the training process).")] = _TRAIN.workers,
+    dropout: Annotated[float, typer.Option(help="Dropout probability in the model.")] = _MODEL.dropout,
+    precision: Annotated[str, typer.Option(help="fp32, bf16 (autocast; CPU or CUDA) or fp16 (autocast + gradient scaler; CUDA only).")] = _TRAIN.precision,
+    accumulate: Annotated[int, typer.Option(help="Micro-batches per optimiser step (gradient accumulation; effective batch = batch size x this).")] = _TRAIN.accumulate,
+    grad_clip: Annotated[float, typer.Option(help="Clip the gradient norm to this (0: no clipping).")] = _TRAIN.grad_clip,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = _TRAIN.weight_decay,
+    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing (0: none).")] = _TRAIN.label_smoothing,
+    patience: Annotated[int, typer.Option(help="Early stopping: stop after this many epochs without a better validation metric (0: never).")] = _TRAIN.patience,
+    save_every: Annotated[int, typer.Option(help="Also save the resumable checkpoint every N optimiser steps (0: after each epoch and on Ctrl-C only).")] = _TRAIN.save_every,
+    resume: Annotated[bool, typer.Option(help="Continue the run named by --run from its resumable checkpoint (its saved config; other flags are ignored).")] = False,
+    tensorboard: Annotated[bool, typer.Option(help="Also write TensorBoard event files into the run (needs the tensorboard package).")] = _TRAIN.tensorboard,
+    compile: Annotated[bool, typer.Option("--compile", help="Run the model through torch.compile (falls back to eager, saying why, where unsupported).")] = _TRAIN.compile,
+    scst: Annotated[bool, typer.Option("--scst", help="Self-critical sequence training: fine-tune the captioner --from RUN with a CIDEr-D reward.")] = _TRAIN.scst,
+    scst_from: Annotated[str, typer.Option("--from", help="With --scst: the trained captioner (run name) to start from.", show_default=False)] = _TRAIN.scst_from,
+    scst_samples: Annotated[int, typer.Option(help="With --scst: captions sampled per image per step.")] = _TRAIN.scst_samples,
+    scst_baseline: Annotated[str, typer.Option(help="With --scst: mean (of the other samples' rewards) or greedy (the greedy caption's reward).")] = _TRAIN.scst_baseline,
     config: Annotated[Optional[Path], typer.Option(help="JSON file with 'model', 'train', 'decode' sections; flags override it.", show_default=False)] = None,
     workspace: Workspace_ = None,
 ) -> None:
@@ -315,6 +332,7 @@ def train_cmd(
     """
     from rich.markup import escape
 
+    from mmfuse.distributed import world_from_env
     from mmfuse.training import train
     from mmfuse.ui import console
     from mmfuse.workspace import Workspace
@@ -323,16 +341,21 @@ def train_cmd(
         config,
         model={**_explicit(ctx, task=task, fusion=fusion, encoder=encoder, decoder=decoder, text_encoder=text_encoder,
                            feature_dim=feature_dim, embed_dim=embed_dim, hidden_dim=hidden_dim, pretrained=pretrained,
-                           weights=weights, fine_tune_from=fine_tune_from),
+                           weights=weights, fine_tune_from=fine_tune_from, dropout=dropout),
                **({"freeze_encoder": freeze} if freeze is not None else {})},
         train=_explicit(ctx, data=data, epochs=epochs, batch_size=batch_size, captions_per_image=captions_per_image,
                         class_weights=class_weights, lr=lr, lr_schedule=lr_schedule, warmup_steps=warmup_steps, seed=seed, device=device, run=run,
-                        overwrite=overwrite, select_metric=select_metric, encoder_from=encoder_from, workers=workers),
+                        overwrite=overwrite, select_metric=select_metric, encoder_from=encoder_from, workers=workers,
+                        lr_step_epochs=lr_step_epochs, lr_gamma=lr_gamma, precision=precision, accumulate=accumulate,
+                        grad_clip=grad_clip, weight_decay=weight_decay, label_smoothing=label_smoothing,
+                        patience=patience, save_every=save_every, tensorboard=tensorboard, compile=compile,
+                        scst=scst, scst_from=scst_from, scst_samples=scst_samples, scst_baseline=scst_baseline),
         decode=_explicit(ctx, max_length=max_length),
     )
-    result = train(Workspace.open(workspace), cfg, _print_epoch)
-    console().print(f"run [bold]{result.config.train.run}[/] at {escape(str(result.run_dir))}: best epoch {result.best_epoch}, "
-                    f"val {result.config.train.select_metric} {result.best_score:.4f}")
+    result = train(Workspace.open(workspace), cfg, _print_epoch, resume=resume)
+    if world_from_env().main:
+        console().print(f"run [bold]{result.config.train.run}[/] at {escape(str(result.run_dir))}: best epoch {result.best_epoch}, "
+                        f"val {result.config.train.select_metric} {result.best_score:.4f}")
 
 
 def _print_epoch(rec: dict[str, Any]) -> None:

@@ -199,9 +199,11 @@ class TrainConfig:
         batch_size: images per step (each brings up to ``captions_per_image`` captions).
         captions_per_image: references used per image per step (sampled when there are more).
         lr: AdamW peak learning rate.
-        lr_schedule: ``cosine`` (decay to 0 over the run, per step) or ``constant``.
+        lr_schedule: ``cosine`` (decay to 0 over the run, per step), ``step`` (times ``lr_gamma``
+            every ``lr_step_epochs`` epochs, as self-critical.pytorch) or ``constant``.
         warmup_steps: steps of linear warmup from ~0 to ``lr`` before the schedule (0 = none); the
             cosine then decays over the remaining steps (as Hugging Face's cosine-with-warmup).
+        lr_step_epochs, lr_gamma: the ``step`` schedule's period (epochs) and factor.
         weight_decay: AdamW weight decay.
         grad_clip: max gradient norm (0 = no clipping).
         seed: seed of every random number generator involved.
@@ -215,6 +217,20 @@ class TrainConfig:
             which then trains with the rest (empty: random initialisation).
         overwrite: replace an existing run of the same name.
         workers: processes that read and decode training images (0: the training process itself).
+        precision: ``fp32``, ``bf16`` (autocast, CPU or CUDA) or ``fp16`` (autocast with a gradient
+            scaler, CUDA only).
+        accumulate: micro-batches whose gradients are summed before each optimiser step (the
+            effective batch is ``batch_size * accumulate``; the loss is averaged over all of it).
+        label_smoothing: cross-entropy label smoothing (0 = none).
+        patience: stop when the validation metric has not improved for this many epochs (0 = never).
+        save_every: also write the resumable checkpoint every this many optimiser steps (0 = only
+            after each epoch and on interruption).
+        tensorboard: also write TensorBoard event files into the run (needs ``tensorboard``).
+        compile: run the model through ``torch.compile`` (falls back, saying why, where unsupported).
+        scst: self-critical sequence training from the run ``scst_from`` (captioning).
+        scst_samples: captions sampled per image per SCST step (K).
+        scst_baseline: ``mean`` (of the other K - 1 samples' rewards, the "new SCST") or ``greedy``
+            (the greedy caption's reward, Rennie et al. 2017).
     """
 
     data: str = "shapes"
@@ -234,16 +250,43 @@ class TrainConfig:
     encoder_from: str = ""
     overwrite: bool = False
     workers: int = 0
+    lr_step_epochs: int = 3
+    lr_gamma: float = 0.8
+    precision: str = "fp32"
+    accumulate: int = 1
+    label_smoothing: float = 0.0
+    patience: int = 0
+    save_every: int = 0
+    tensorboard: bool = False
+    compile: bool = False
+    scst: bool = False
+    scst_from: str = ""
+    scst_samples: int = 5
+    scst_baseline: str = "mean"
 
     def validate(self) -> None:
-        _positive(self, "epochs", "batch_size", "captions_per_image")
+        _positive(self, "epochs", "batch_size", "captions_per_image", "accumulate", "lr_step_epochs")
         if self.lr <= 0:
             raise MmfuseError(f"lr must be > 0, got {self.lr}")
-        for name in ("weight_decay", "grad_clip", "warmup_steps", "workers"):
+        for name in ("weight_decay", "grad_clip", "warmup_steps", "workers", "patience", "save_every"):
             if getattr(self, name) < 0:
-                raise MmfuseError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise MmfuseError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
+                raise MmfuseError(f"{name} (--{name.replace('_', '-')}) must be >= 0, got {getattr(self, name)}")
+        if self.lr_schedule not in ("cosine", "step", "constant"):
+            raise MmfuseError(f"lr_schedule must be cosine, step or constant, got {self.lr_schedule!r}")
+        if not 0 < self.lr_gamma <= 1:
+            raise MmfuseError(f"lr_gamma (--lr-gamma) must be in (0, 1], got {self.lr_gamma}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise MmfuseError(f"precision (--precision) must be fp32, bf16 or fp16, got {self.precision!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise MmfuseError(f"label_smoothing (--label-smoothing) must be in [0, 1), got {self.label_smoothing}")
+        if self.scst and not self.scst_from:
+            raise MmfuseError("--scst fine-tunes a trained captioner: name it with --from RUN")
+        if self.scst_samples < 2 and self.scst_baseline == "mean":
+            raise MmfuseError(f"--scst-samples must be >= 2 with the mean baseline, got {self.scst_samples}")
+        if self.scst_samples < 1:
+            raise MmfuseError(f"--scst-samples must be >= 1, got {self.scst_samples}")
+        if self.scst_baseline not in ("mean", "greedy"):
+            raise MmfuseError(f"--scst-baseline must be mean or greedy, got {self.scst_baseline!r}")
         if self.select_metric not in SELECT_METRICS:
             raise MmfuseError(f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {self.select_metric!r}")
         if self.class_weights not in ("none", "balanced"):

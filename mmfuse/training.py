@@ -1,18 +1,28 @@
 """The training loop for both tasks, with checkpoints.
 
-Captioning: teacher-forced cross-entropy; after every epoch the model captions the validation
-images (greedy, never teacher-forced) and is scored with BLEU-1..4, ROUGE-L and CIDEr-D.
-Classification: cross-entropy over the labels (``--class-weights balanced`` for imbalanced data);
-validation accuracy and macro F1. ``best.safetensors`` keeps the epoch with the best
-``select_metric`` (CIDEr-D / accuracy by default), ``last.safetensors`` the latest. One JSON line
-per epoch goes to ``metrics.jsonl``.
+Captioning: teacher-forced cross-entropy, or self-critical sequence training from a trained
+captioner (``--scst``); after every epoch the model captions the validation images (greedy, never
+teacher-forced) and is scored with BLEU-1..4, ROUGE-L and CIDEr-D. Classification: cross-entropy
+over the labels (``--class-weights balanced`` for imbalanced data); validation accuracy and macro
+F1. ``best.safetensors`` keeps the epoch with the best ``select_metric`` (CIDEr-D / accuracy by
+default), ``last.safetensors`` the latest; ``metrics.jsonl`` and ``curves.png`` the history.
+
+One optimiser step sums the losses of its micro-batches (``--accumulate``) and of every DDP rank
+(:mod:`mmfuse.distributed`) and divides by their global count, so it is the update of one batch of
+that size. Mixed precision runs the forward pass under autocast (fp16 with a gradient scaler).
+The resumable checkpoint (:mod:`mmfuse.train_state`) is written after every epoch, every
+``--save-every`` steps, and on SIGINT/SIGTERM, after the step in progress.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,23 +34,28 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmfuse.config import DecodeConfig, RunConfig, to_dict
-from mmfuse.data.dataset import CaptionDataset, load_labelled_split, load_manifest, load_split, load_vocab
+from mmfuse.config import DecodeConfig, RunConfig, from_dict, to_dict
+from mmfuse.data.dataset import CaptionDataset, load_labelled_split, load_manifest, load_split, load_vocab, pad
 from mmfuse.data.features import open_cache
-from mmfuse.data.vocab import PAD_ID, Vocab
+from mmfuse.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 from mmfuse.device import resolve_device
+from mmfuse.distributed import ShardedBatches, World, start, stop, world_from_env
 from mmfuse.errors import MmfuseError
 from mmfuse.inference import caption_files, labelled_dataset, predict_probabilities
 from mmfuse.metrics.captions import caption_scores
 from mmfuse.metrics.classification import classification_report
 from mmfuse.metrics.ptb import coco_tokenize
-from mmfuse.models.captioner import build_captioner, count_parameters
-from mmfuse.models.checkpoint import load_encoder_from_run, save_weights
+from mmfuse.decoding import greedy, sample
+from mmfuse.metrics.cider_reward import CiderDReward
+from mmfuse.models.captioner import build_captioner, count_parameters, generation_log_probs
+from mmfuse.models.checkpoint import load_encoder_from_run, pick_weights, read_weights, save_weights
 from mmfuse.models.classifier import build_classifier
 from mmfuse.models.encoders import check_weights_available
 from mmfuse.models.parts import resolve_parts
+from mmfuse.run_logs import RunLogs, check_tensorboard
+from mmfuse.train_state import CHECKPOINT, load_checkpoint, save_checkpoint
 from mmfuse.ui import console, progress
-from mmfuse.workspace import Workspace, append_jsonl, atomic_write_json
+from mmfuse.workspace import Workspace, atomic_write_json, atomic_write_text, read_json
 
 EpochHook = Callable[[dict[str, Any]], None]
 
@@ -60,43 +75,108 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None = None) -> TrainResult:
-    """Train a captioner or a classifier as ``cfg`` says, into ``runs/<cfg.train.run>`` of ``workspace``."""
-    cfg, manifest = _resolve(workspace, cfg)
+def train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None = None, resume: bool = False) -> TrainResult:
+    """Train a captioner or a classifier as ``cfg`` says, into ``runs/<cfg.train.run>`` of ``workspace``;
+    ``resume``: continue run ``cfg.train.run`` from its resumable checkpoint, with its own config.
+
+    Under ``torchrun`` every process calls this; they train one model with DDP (see
+    :mod:`mmfuse.distributed`) and rank 0 writes the run.
+    """
+    world = world_from_env()
+    if resume:
+        cfg = _saved_config(workspace, cfg.train.run)
+    cfg.validate()
+    device = start(world, resolve_device(cfg.train.device))
+    try:
+        return _train(workspace, cfg, on_epoch, resume, world, device)
+    finally:
+        stop(world)
+
+
+def _train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None, resume: bool, world: World,
+           device: torch.device) -> TrainResult:
+    cfg, manifest = _resolve(workspace, cfg, resume)
+    cfg = world.share(cfg)  # one run name (it may hold the clock) for every rank
+    if cfg.train.tensorboard:
+        check_tensorboard()
     data_dir = workspace.existing_dataset(cfg.train.data)
     vocab = load_vocab(data_dir)
-    device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
-    features = _feature_cache(data_dir, cfg)
-    if cfg.model.task == "caption":
-        task: _Task = _CaptionTask(cfg, data_dir, vocab, device, features)
+    features = _feature_cache(data_dir, cfg, world)
+    if cfg.train.scst:
+        task: _Task = _ScstTask(cfg, data_dir, vocab, device, features)
+        if not resume:
+            _load_source_weights(task.model, workspace.existing_run(cfg.train.scst_from))
+    elif cfg.model.task == "caption":
+        task = _CaptionTask(cfg, data_dir, vocab, device, features)
     else:
         task = _ClassifyTask(cfg, data_dir, vocab, list(manifest["labels"]), device, features)
-    if cfg.train.encoder_from:  # checked before the run directory is made: a bad source writes nothing
+    if cfg.train.encoder_from and not resume:  # checked before the run directory is made: a bad source writes nothing
         load_encoder_from_run(task.model.encoder, workspace.existing_run(cfg.train.encoder_from), cfg.model)
-    run_dir = _create_run_dir(workspace, cfg, vocab.to_json(), getattr(task, "labels", None))
-    loop = _Loop(task, cfg, device, run_dir)
+    world.barrier()  # every rank has checked the run name before rank 0 makes the directory
+    run_dir = workspace.run_dir(cfg.train.run)
+    if world.main and not resume:
+        _create_run_dir(workspace, cfg, vocab.to_json(), getattr(task, "labels", None))
+    world.barrier()
+    loop = _Loop(task, cfg, device, run_dir, world)
+    if resume:
+        loop.resume()
+        p = loop.progress
+        if world.main:
+            console().print(f"resuming run {cfg.train.run} at epoch {p['epoch']}, step {p['step']} "
+                            f"(its saved config; other flags are ignored)", markup=False)
     try:
         return loop.run(on_epoch)
     except KeyboardInterrupt:
-        raise MmfuseError(f"training interrupted; checkpoints of finished epochs are in {run_dir}", exit_code=130) from None
+        raise MmfuseError(f"training interrupted; the last resumable checkpoint is in {run_dir} "
+                          f"(mmfuse train --resume --run {cfg.train.run})", exit_code=130) from None
 
 
-def _feature_cache(data_dir: Path, cfg: RunConfig):
+def _scst_source(workspace: Workspace, cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the model of the captioner ``--scst`` starts from (``--from``), checked to fit."""
+    source_dir = workspace.existing_run(cfg.train.scst_from)
+    source = from_dict(RunConfig, read_json(source_dir / "config.json", "run config"), "run config")
+    if source.model.task != "caption":
+        raise MmfuseError(f"--scst fine-tunes a captioner; run {cfg.train.scst_from!r} is a {source.model.task} model")
+    data_vocab = read_json(workspace.existing_dataset(cfg.train.data) / "vocab.json", "data set vocabulary")
+    if read_json(source_dir / "vocab.json", "run vocabulary") != data_vocab:
+        raise MmfuseError(f"run {cfg.train.scst_from!r} was trained with another vocabulary than data set "
+                          f"{cfg.train.data!r}: --scst needs the data set it was trained on (--data {source.train.data})")
+    return replace(cfg, model=source.model)
+
+
+def _load_source_weights(model: nn.Module, source_dir: Path) -> None:
+    model.load_state_dict(read_weights(pick_weights(source_dir, "best")), strict=True)
+
+
+def _saved_config(workspace: Workspace, run: str) -> RunConfig:
+    """The config a run was started with (``--resume``)."""
+    if not run:
+        raise MmfuseError("--resume continues a run: name it with --run")
+    run_dir = workspace.existing_run(run)
+    if not (run_dir / CHECKPOINT).exists():
+        raise MmfuseError(f"run {run!r} has no resumable checkpoint ({run_dir / CHECKPOINT}); it was written by an "
+                          "older mmfuse, or stopped before its first save")
+    return from_dict(RunConfig, read_json(run_dir / "config.json", "run config"), "run config")
+
+
+def _feature_cache(data_dir: Path, cfg: RunConfig, world: World):
     """The data set's feature cache for this model's frozen encoder, if there is one (and says so)."""
     if cfg.train.encoder_from:  # that run's weights replace the backbone the cache was made with
         return None
     cache = open_cache(data_dir, cfg.model)
-    if cache is not None:
+    if cache is not None and world.main:
         console().print(f"training reads image features from the cache {cache.path} (frozen {cfg.model.encoder}); "
                         "validation reads pixels", markup=False)
     return cache
 
 
-def _resolve(workspace: Workspace, cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
+def _resolve(workspace: Workspace, cfg: RunConfig, resume: bool = False) -> tuple[RunConfig, dict[str, Any]]:
     """Fill what depends on the data set (task, image size), the parts (``auto``) and the clock
     (run name); validate. Returns the resolved config and the data set's manifest."""
     cfg.validate()
+    if cfg.train.scst and not resume:
+        cfg = _scst_source(workspace, cfg)
     check_weights_available(cfg.model)  # before anything slow: a missing file fails in seconds
     manifest = load_manifest(workspace.existing_dataset(cfg.train.data))
     task = str(manifest.get("task", "caption"))
@@ -113,7 +193,7 @@ def _resolve(workspace: Workspace, cfg: RunConfig) -> tuple[RunConfig, dict[str,
     cfg = replace(cfg, model=model, train=train_cfg)
     if cfg.train.encoder_from:
         workspace.existing_run(cfg.train.encoder_from)
-    if workspace.run_dir(run).exists() and not cfg.train.overwrite:
+    if workspace.run_dir(run).exists() and not cfg.train.overwrite and not resume:
         raise MmfuseError(f"run {run!r} already exists in {workspace.root / 'runs'}; pass --overwrite or choose another --run")
     return cfg, manifest
 
@@ -124,7 +204,9 @@ class _Task(Protocol):
     model: nn.Module
     train_set: Any
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+    def loss(self, net: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> float: ...
 
     def validate(self) -> dict[str, float]: ...
 
@@ -141,17 +223,72 @@ class _CaptionTask:
         self.val_refs = [[coco_tokenize(c) for c in r.captions] for r in self.val_records]  # tokenized once
         self.val_decode = DecodeConfig(beam_size=1, max_length=cfg.decode.max_length)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(self, net: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed (not averaged) cross-entropy over the batch's target tokens."""
         tokens = batch["tokens"].to(self.device)
-        logits = self.model(batch["images"].to(self.device, non_blocking=True), tokens[:, :-1],
-                            batch["image_index"].to(self.device))  # (M, T-1, V)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), ignore_index=PAD_ID)
+        logits = net(batch["images"].to(self.device, non_blocking=True), tokens[:, :-1],
+                     batch["image_index"].to(self.device))  # (M, T-1, V)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tokens[:, 1:].reshape(-1),
+                               ignore_index=PAD_ID, reduction="sum", label_smoothing=self.cfg.train.label_smoothing)
+
+    @staticmethod
+    def loss_weight(batch: dict[str, torch.Tensor]) -> float:
+        """What :meth:`loss` sums over: the target tokens."""
+        return float((batch["tokens"][:, 1:] != PAD_ID).sum())
 
     def validate(self) -> dict[str, float]:
         """Corpus caption metrics of greedy captions of the validation images (never teacher-forced)."""
         hyps = [coco_tokenize(" ".join(words)) for words in caption_files(
             self.model, self.vocab, [r.image for r in self.val_records], self.cfg.model.image_size, self.val_decode)]
         return caption_scores(hyps, self.val_refs)["corpus"]
+
+
+class _ScstTask(_CaptionTask):
+    """Self-critical sequence training (Rennie et al. 2017): per image, sample K captions from the
+    model, reward each with its CIDEr-D against the image's training references, and raise the
+    log-probability of the samples that beat the baseline: ``loss = -sum (r - b) log p(sample)``.
+    Baseline: the mean reward of the image's other K - 1 samples ("new SCST", as
+    self-critical.pytorch's default) or the greedy caption's reward. Sampling and the
+    log-probabilities run in eval mode (no dropout), so the gradient is that of the policy that is
+    sampled and evaluated.
+    """
+
+    eval_mode_training = True
+
+    def __init__(self, cfg: RunConfig, data_dir: Path, vocab: Vocab, device: torch.device, features=None):
+        super().__init__(cfg, data_dir, vocab, device, features)
+        self.train_set.k = 10**9  # every reference of an image comes with it (the reward needs them all)
+        self.model.encoder.requires_grad_(False)  # as self-critical.pytorch: the image features stay fixed
+        self.reward = CiderDReward([[ids[1:-1] for ids in refs] for refs in self.train_set.encoded])
+        self.samples = cfg.train.scst_samples
+
+    def loss(self, net: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """-(reward - baseline) x log-probability, summed over the batch's sampled captions."""
+        images, records = batch["images"].to(self.device, non_blocking=True), batch["records"].tolist()
+        k, length = self.samples, self.cfg.decode.max_length
+        with torch.no_grad():
+            features = self.model.encode(images)
+            # new draws for every batch of every epoch, reproducible (and the same after a resume)
+            seed = (self.cfg.train.seed * 1_000_003 + self.train_set.epoch) * 1_000_003 + records[0]
+            drawn = sample(self.model, features, DecodeConfig(sample=True, n_best=k, max_length=length, seed=seed))
+            captions = [g.tokens for per_image in drawn for g in per_image]  # image by image, K each
+            rewards = torch.tensor(self.reward([r for r in records for _ in range(k)], captions)).view(-1, k)  # (B, K)
+            if self.cfg.train.scst_baseline == "mean":
+                baseline = (rewards.sum(1, keepdim=True) - rewards) / (k - 1)
+            else:
+                best = [g.tokens for g in greedy(self.model, features, DecodeConfig(max_length=length))]
+                baseline = torch.tensor(self.reward(records, best)).unsqueeze(1)  # (B, 1)
+        advantage = (rewards - baseline).view(-1).to(self.device)  # (B*K,)
+        ended = [len(c) < length for c in captions]  # shorter than the limit: it ended with <eos>
+        tokens = pad([[BOS_ID] + c + ([EOS_ID] if e else []) for c, e in zip(captions, ended)]).to(self.device)
+        logits = net(images, tokens[:, :-1], torch.arange(len(records), device=self.device).repeat_interleave(k))
+        log_probs = generation_log_probs(logits).gather(2, tokens[:, 1:].unsqueeze(2)).squeeze(2)  # (B*K, T)
+        log_probs = log_probs.masked_fill(tokens[:, 1:] == PAD_ID, 0.0).sum(1)  # (B*K,)
+        return -(advantage * log_probs).sum()
+
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> float:
+        """What :meth:`loss` sums over: the sampled captions."""
+        return float(batch["images"].size(0) * self.samples)
 
 
 class _ClassifyTask:
@@ -167,9 +304,16 @@ class _ClassifyTask:
         self.weights = balanced_class_weights(self.train_set.labels, len(labels)).to(device) \
             if cfg.train.class_weights == "balanced" else None
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self.model(batch["images"].to(self.device, non_blocking=True), batch["tokens"].to(self.device))  # (B, C)
-        return F.cross_entropy(logits, batch["labels"].to(self.device), weight=self.weights)
+    def loss(self, net: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed (class-weighted) cross-entropy over the batch's samples."""
+        logits = net(batch["images"].to(self.device, non_blocking=True), batch["tokens"].to(self.device))  # (B, C)
+        return F.cross_entropy(logits.float(), batch["labels"].to(self.device), weight=self.weights, reduction="sum",
+                               label_smoothing=self.cfg.train.label_smoothing)
+
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> float:
+        """What :meth:`loss` sums over: the samples, each counted with its class weight."""
+        labels = batch["labels"]
+        return float(self.weights.cpu()[labels].sum()) if self.weights is not None else float(labels.numel())
 
     def validate(self) -> dict[str, float]:
         probs = predict_probabilities(self.model, self.val_set)  # (n, C)
@@ -195,84 +339,278 @@ def _create_run_dir(workspace: Workspace, cfg: RunConfig, vocab_json: dict[str, 
     return run_dir
 
 
-def lr_factor(step: int, kind: str, total_steps: int, warmup_steps: int = 0) -> float:
+def lr_factor(step: int, kind: str, total_steps: int, warmup_steps: int = 0, steps_per_epoch: int = 1,
+              step_epochs: int = 3, gamma: float = 0.8) -> float:
     """Multiplier of the peak learning rate before optimiser step ``step`` (0-based): linear warmup
-    over ``warmup_steps`` (1/w, 2/w, ..., 1), then constant or a cosine decay to 0 over the rest."""
+    over ``warmup_steps`` (1/w, 2/w, ..., 1), then constant, a cosine decay to 0 over the rest, or
+    ``step``: times ``gamma`` every ``step_epochs`` epochs of ``steps_per_epoch`` steps."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if kind == "constant":
         return 1.0
+    if kind == "step":
+        return gamma ** (step // (steps_per_epoch * step_epochs))
     progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
-               warmup_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int,
+               steps_per_epoch: int = 1, step_epochs: int = 3, gamma: float = 0.8) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step learning-rate schedule (see :func:`lr_factor`)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, kind, total_steps, warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, kind, total_steps, warmup_steps, steps_per_epoch, step_epochs, gamma))
+
+
+class _Collate:
+    """The data set's collate function; a rank's empty share of a small last batch gives None."""
+
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, items: list) -> Any:
+        return self.collate(items) if items else None
+
+
+class _StopRequests:
+    """SIGINT / SIGTERM while training ask the loop to stop after the current step (and save);
+    a second SIGINT stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def _ignore_interrupts(worker: int) -> None:
+    """Data-loading workers leave Ctrl-C to the training process, which stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class Interrupted(MmfuseError):
+    """Training stopped on request after saving a resumable checkpoint."""
 
 
 class _Loop:
-    """State of one training run (task, optimiser, data order) and its epoch loop."""
+    """State of one training run (task, optimiser, schedule, data order, progress) and its loop."""
 
-    def __init__(self, task: _Task, cfg: RunConfig, device: torch.device, run_dir: Path):
+    def __init__(self, task: _Task, cfg: RunConfig, device: torch.device, run_dir: Path, world: World):
         self.task, self.model, self.cfg, self.device, self.run_dir = task, task.model, cfg, device, run_dir
+        self.world = world
         tc = cfg.train
-        generator = torch.Generator().manual_seed(tc.seed)
-        self.loader = DataLoader(task.train_set, batch_size=tc.batch_size, sampler=task.train_set.sampler(generator),
-                                 generator=generator,  # as before: the loader's per-epoch seed draw from it, not torch's
-                                 collate_fn=task.train_set.collate, drop_last=False,
-                                 num_workers=0 if task.train_set.features is not None else tc.workers)  # cache: no decoding to spread
+        self.order = torch.Generator().manual_seed(tc.seed)  # the data order, and nothing else
+        self.batches = ShardedBatches(task.train_set.sampler(self.order), tc.batch_size, world)
+        self.loader = DataLoader(task.train_set, batch_sampler=self.batches, collate_fn=_Collate(task.train_set.collate),
+                                 generator=torch.Generator().manual_seed(tc.seed),  # worker seeds: not the order's
+                                 num_workers=0 if task.train_set.features is not None else tc.workers,  # cache: no decoding to spread
+                                 worker_init_fn=_ignore_interrupts)
+        self.steps_per_epoch = -(-self.batches.batches() // tc.accumulate)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * len(self.loader), tc.warmup_steps)
+        self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * self.steps_per_epoch, tc.warmup_steps,
+                                    self.steps_per_epoch, tc.lr_step_epochs, tc.lr_gamma)
+        self.autocast = precision_context(tc.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+        self.net = _parallel(self.model, world, device)
+        self.net = _compiled(self.net) if tc.compile else self.net
+        self.epoch_order = self.order.get_state()
+        self.progress: dict[str, Any] = {"epoch": 1, "batches_done": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0.0,
+                                         "samples": 0, "seconds": 0.0, "best_epoch": 0, "best": -1.0, "stale": 0,
+                                         "done": False, "history": []}
+        self.logs = RunLogs(run_dir, tc.tensorboard) if world.main else None
+
+    def resume(self) -> None:
+        """Continue from the run's resumable checkpoint (see :mod:`mmfuse.train_state`)."""
+        self.progress, self.epoch_order = load_checkpoint(self.run_dir / CHECKPOINT, self.model, self.optimizer,
+                                                          self.scheduler, self.scaler)
+        if self.progress.get("done"):
+            raise MmfuseError(f"run {self.cfg.train.run!r} has finished (epoch {self.progress['epoch'] - 1} of "
+                              f"{self.cfg.train.epochs}); there is nothing to resume")
+        self.order.set_state(self.epoch_order)
 
     def run(self, on_epoch: EpochHook | None) -> TrainResult:
-        history: list[dict[str, Any]] = []
-        best_epoch, best = 0, -1.0
-        metric = self.cfg.train.select_metric
-        with progress() as bar:
-            task = bar.add_task("train", total=self.cfg.train.epochs * len(self.loader), info="")
-            for epoch in range(1, self.cfg.train.epochs + 1):
-                record = self._epoch(epoch, bar, task)
-                record["best"] = record[f"val_{metric}"] > best
+        p, tc = self.progress, self.cfg.train
+        metric = tc.select_metric
+        with progress(disable=not self.world.main) as bar, _StopRequests() as stop:
+            task = bar.add_task("train", total=tc.epochs * self.steps_per_epoch, completed=p["step"], info="")
+            while p["epoch"] <= tc.epochs:
+                record = self._epoch(bar, task, stop)
+                record["best"] = record[f"val_{metric}"] > p["best"]
                 if record["best"]:
-                    best_epoch, best = epoch, record[f"val_{metric}"]
-                self._save(epoch, record)
-                history.append(record)
-                if on_epoch:
+                    p["best_epoch"], p["best"], p["stale"] = p["epoch"], record[f"val_{metric}"], 0
+                else:
+                    p["stale"] += 1
+                p["history"].append(record)
+                p.update(epoch=p["epoch"] + 1, batches_done=0, loss_sum=0.0, loss_count=0.0, samples=0, seconds=0.0)
+                early = bool(tc.patience) and p["stale"] >= tc.patience
+                p["done"] = early or p["epoch"] > tc.epochs
+                self.epoch_order = self.order.get_state()
+                self._save_epoch(record)
+                if on_epoch and self.world.main:
                     on_epoch(record)
-        return TrainResult(self.run_dir, self.cfg, best_epoch, best, history)
+                if early:
+                    if self.world.main:
+                        console().print(f"early stop: val {metric} has not improved for {tc.patience} epochs "
+                                        f"(best {p['best']:.4f} at epoch {p['best_epoch']})", markup=False)
+                    break
+                if not p["done"] and self._stop_requested(stop):
+                    raise Interrupted(f"training interrupted after epoch {record['epoch']}; continue with mmfuse "
+                                      f"train --resume --run {tc.run}", exit_code=130)
+        if self.logs:
+            self.logs.close()
+        return TrainResult(self.run_dir, self.cfg, p["best_epoch"], p["best"], p["history"])
 
-    def _epoch(self, epoch: int, bar, task) -> dict[str, Any]:
-        self.model.train()
+    def _epoch(self, bar, task, stop: _StopRequests) -> dict[str, Any]:
+        p, tc = self.progress, self.cfg.train
+        self.model.train(not getattr(self.task, "eval_mode_training", False))
         if hasattr(self.task.train_set, "set_epoch"):
-            self.task.train_set.set_epoch(epoch)
-        start, total, count, images = time.perf_counter(), 0.0, 0, 0
+            self.task.train_set.set_epoch(p["epoch"])
+        self.order.set_state(self.epoch_order)  # this epoch's order, drawn again when resuming mid-epoch
+        self.batches.start = p["batches_done"]
+        start, group = time.perf_counter(), []
         for batch in self.loader:
-            loss = self._step(batch)
-            total, count, images = total + loss, count + 1, images + batch["images"].size(0)
-            bar.update(task, advance=1, info=f"epoch {epoch} loss {total / count:.3f}")
-        seconds = time.perf_counter() - start
-        scores = self.task.validate()
-        return {"epoch": epoch, "train_loss": total / max(count, 1), "seconds": round(seconds, 3),
-                "images_per_s": round(images / seconds, 1), "lr": self.optimizer.param_groups[0]["lr"],
-                **{f"val_{k}": v for k, v in scores.items()}}
+            group.append(batch)
+            p["batches_done"] += 1
+            if len(group) < tc.accumulate and p["batches_done"] < self.batches.batches():
+                continue
+            self._step(group)
+            group = []
+            p["step"] += 1
+            bar.update(task, completed=p["step"], info=f"epoch {p['epoch']} loss {p['loss_sum'] / max(p['loss_count'], 1e-9):.3f}")
+            if self._stop_requested(stop):
+                p["seconds"] += time.perf_counter() - start
+                self._save_checkpoint(self.epoch_order)
+                raise Interrupted(f"training interrupted at epoch {p['epoch']}, step {p['step']}; the resumable "
+                                  f"checkpoint is in {self.run_dir}: continue with mmfuse train --resume --run "
+                                  f"{tc.run}", exit_code=130)
+            if tc.save_every and p["step"] % tc.save_every == 0:
+                p["seconds"] += time.perf_counter() - start
+                start = time.perf_counter()
+                self._save_checkpoint(self.epoch_order)
+        seconds = p["seconds"] + time.perf_counter() - start
+        scores = self.task.validate() if self.world.main else {}
+        scores = self.world.share(scores)
+        return {"epoch": p["epoch"], "train_loss": p["loss_sum"] / max(p["loss_count"], 1e-9), "seconds": round(seconds, 3),
+                "images_per_s": round(p["samples"] / max(seconds, 1e-9), 1),
+                "lr": self.optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in scores.items()}}
 
-    def _step(self, batch: dict[str, torch.Tensor]) -> float:
-        loss = self.task.loss(batch)
+    def _step(self, group: list[dict[str, torch.Tensor] | None]) -> None:
+        """One optimiser step over the micro-batches of ``group`` (this rank's shares). The loss is
+        the sum over every rank's micro-batches divided by their global count, so accumulation and
+        data parallelism give the update of one big batch."""
+        weights = [self.task.loss_weight(b) if b is not None else 0.0 for b in group]
+        samples = sum(b["images"].size(0) for b in group if b is not None)
+        total, samples = self.world.sum([sum(weights), float(samples)], self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = 0.0
+        for i, batch in enumerate(group):
+            sync = i == len(group) - 1 or not self.world.distributed
+            with (contextlib.nullcontext() if sync else self.net.no_sync()):
+                if batch is None:  # this rank has no share of a small last batch: join the gradient sum
+                    loss = sum(p.sum() for p in self.model.parameters()) * 0.0
+                else:
+                    with self.autocast:
+                        loss = self.task.loss(self.net, batch)
+                    loss_sum += float(loss.detach())
+                self.scaler.scale(loss * (self.world.size / total)).backward()
         if self.cfg.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
-        return float(loss.detach())
+        (loss_sum,) = self.world.sum([loss_sum], self.device)
+        p = self.progress
+        p["loss_sum"], p["loss_count"], p["samples"] = p["loss_sum"] + loss_sum, p["loss_count"] + total, p["samples"] + int(samples)
+        if self.logs:
+            self.logs.step(p["step"] + 1, loss_sum / max(total, 1e-9), self.optimizer.param_groups[0]["lr"])
 
-    def _save(self, epoch: int, record: dict[str, Any]) -> None:
-        metric = self.cfg.train.select_metric
-        meta = {"epoch": str(epoch), f"val_{metric}": str(record[f"val_{metric}"]),
-                "parameters": str(count_parameters(self.model))}
-        save_weights(self.run_dir / "last.safetensors", self.model, meta)
-        if record["best"]:
-            save_weights(self.run_dir / "best.safetensors", self.model, meta)
-        append_jsonl(self.run_dir / "metrics.jsonl", record)
+    def _stop_requested(self, stop: _StopRequests) -> bool:
+        if not self.world.distributed:
+            return stop.requested
+        return self.world.sum([float(stop.requested)], self.device)[0] > 0  # every rank stops at the same step
+
+    def _save_checkpoint(self, epoch_order: torch.Tensor) -> None:
+        if self.world.main:
+            save_checkpoint(self.run_dir / CHECKPOINT, self.model, self.optimizer, self.scheduler, self.scaler,
+                            epoch_order, self.progress)
+        self.world.barrier()
+
+    def _save_epoch(self, record: dict[str, Any]) -> None:
+        if self.world.main:
+            metric = self.cfg.train.select_metric
+            meta = {"epoch": str(record["epoch"]), f"val_{metric}": str(record[f"val_{metric}"]),
+                    "parameters": str(count_parameters(self.model))}
+            save_weights(self.run_dir / "last.safetensors", self.model, meta)
+            if record["best"]:
+                save_weights(self.run_dir / "best.safetensors", self.model, meta)
+        self._save_checkpoint(self.epoch_order)
+        if self.world.main:  # after the checkpoint, written whole from its history: the two always agree
+            history = self.progress["history"]
+            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+            self.logs.epoch(record, history, metric)
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for ``--precision`` (a no-op for fp32); fp16 needs CUDA."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise MmfuseError("--precision fp16 needs a CUDA device (it uses a gradient scaler); on CPU use bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _parallel(model: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """DDP around ``model`` when distributed (batch norm synchronised across GPUs; on CPU each
+    process keeps its own batch statistics, as SyncBatchNorm needs GPUs)."""
+    if not world.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    trains_norms = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and
+                       any(p.requires_grad for p in m.parameters()) for m in model.modules())
+    if device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif trains_norms and world.main:
+        console().print("note: on CPU each process normalises its batch with its own batch-norm statistics "
+                        "(SyncBatchNorm needs GPUs), so results differ slightly from one process", markup=False)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=True)
+
+
+def _compiled(net: nn.Module) -> Any:
+    """``net`` through ``torch.compile``, falling back to eager (saying why) if compiling fails."""
+    return _CompiledOrEager(net)
+
+
+class _CompiledOrEager:
+    """Calls ``torch.compile(net)``; where compiling fails (no compiler, unsupported platform or
+    op) it says why once and calls ``net`` from then on. Compilation happens at the first call."""
+
+    def __init__(self, net: nn.Module):
+        self.eager, self.compiled, self.failed = net, torch.compile(net), False
+
+    def __call__(self, *args: Any) -> Any:
+        if not self.failed:
+            try:
+                return self.compiled(*args)
+            except Exception as exc:  # noqa: BLE001 (any backend failure means: run eagerly)
+                self.failed = True
+                console().print(f"torch.compile is not available here ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}); training eagerly", markup=False)
+        return self.eager(*args)
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        return self.eager.no_sync()

@@ -45,8 +45,9 @@ class LazyProgress:
             self._bar.stop()
 
 
-def progress() -> Progress:
-    """A progress bar on stderr: description, bar, done/total, elapsed, remaining, extra text."""
+def progress(disable: bool = False) -> Progress:
+    """A progress bar on stderr: description, bar, done/total, elapsed, remaining, extra text
+    (``disable``: show nothing, e.g. on every rank but the first of a distributed run)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -56,4 +57,5 @@ def progress() -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console(),
         transient=False,
+        disable=disable,
     )

@@ -95,7 +95,7 @@ def test_config_file_is_overridden_by_flags(tmp_path: Path, monkeypatch: pytest.
     """defaults < --config file < command-line flags, as seen by the core."""
     seen: list[RunConfig] = []
 
-    def fake_train(workspace, cfg, on_epoch=None):
+    def fake_train(workspace, cfg, on_epoch=None, resume=False):
         seen.append(cfg)
         raise typer.Exit(0)
 

@@ -84,7 +84,7 @@ def test_zero_images_requested(workspace: Path) -> None:
 @pytest.mark.parametrize("args,needle", [
     (["train", "--epochs", "0"], "epochs (--epochs) must be >= 1"),
     (["train", "--epochs", "many"], "--epochs"),
-    (["train", "--warmup-steps", "-1"], "warmup_steps must be >= 0"),
+    (["train", "--warmup-steps", "-1"], "warmup_steps (--warmup-steps) must be >= 0, got -1"),
     (["train", "--device", "tpu"], "--device"),
     (["evaluate"], "--run"),
     (["caption", "--run", "r"], "IMAGE"),

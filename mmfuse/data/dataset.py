@@ -154,14 +154,15 @@ class CaptionDataset(Dataset):
         return pixels
 
     def collate(self, batch: list[tuple[torch.Tensor, list[list[int]], int]]) -> dict[str, torch.Tensor]:
-        """-> images (B, 3, S, S), tokens (M, T) padded, image_index (M,)."""
+        """-> images (B, 3, S, S), tokens (M, T) padded, image_index (M,), records (B,) (positions in the split)."""
         images, captions, index = [], [], []
         for row, (image, refs, i) in enumerate(batch):
             images.append(image)
             chosen = refs if len(refs) <= self.k else random.Random(f"{self.seed}/{self.epoch}/{i}").sample(refs, self.k)
             captions.extend(chosen)
             index.extend([row] * len(chosen))
-        return {"images": _stack(images), "tokens": pad(captions), "image_index": torch.tensor(index)}
+        return {"images": _stack(images), "tokens": pad(captions), "image_index": torch.tensor(index),
+                "records": torch.tensor([i for _, _, i in batch])}
 
 
 class LabelledDataset(Dataset):

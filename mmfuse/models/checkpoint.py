@@ -67,7 +67,7 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
     config = from_dict(RunConfig, read_json(run_dir / "config.json", "run config"), "run config")
     config.validate()
     vocab = Vocab.from_json(read_json(run_dir / "vocab.json", "run vocabulary"))
-    weights = _pick_weights(run_dir, which)
+    weights = pick_weights(run_dir, which)
     labels = None
     if config.model.task == "classify":
         labels = _read_labels(run_dir)
@@ -91,7 +91,7 @@ def _read_labels(run_dir: Path) -> list[str]:
     return labels
 
 
-def _pick_weights(run_dir: Path, which: str) -> Path:
+def pick_weights(run_dir: Path, which: str) -> Path:
     if which not in WEIGHT_FILES:
         raise MmfuseError(f"checkpoint must be one of {', '.join(WEIGHT_FILES)}, got {which!r}")
     path = run_dir / f"{which}.safetensors"
@@ -123,7 +123,7 @@ def load_encoder_from_run(encoder: nn.Module, run_dir: Path, model_cfg: ModelCon
         if mine != theirs:
             raise MmfuseError(f"cannot start the image encoder from run {run_dir.name!r}: its {field} is {theirs!r}, "
                               f"this model's is {mine!r} (pass --{field.replace('_', '-')} {theirs} or another run)")
-    state = read_weights(_pick_weights(run_dir, "best"))
+    state = read_weights(pick_weights(run_dir, "best"))
     prefix = "encoder."
     tensors = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     try:
