@@ -7,7 +7,8 @@ rank on GPU ``LOCAL_RANK``). Without those variables everything here is the sing
 Every rank reads its share of each *global* batch (``batch_size`` samples in the order one process
 would read them, :class:`ShardedBatches`), and losses are normalised by the global count of what
 they average (tokens, or samples), so N processes compute the same updates as one process at the
-same global batch size, up to floating-point rounding.
+same global batch size, up to floating-point rounding (given the same batch statistics and dropout
+masks: batch norm is per process on CPU, and each rank draws its own masks).
 """
 
 from __future__ import annotations
@@ -89,8 +90,9 @@ def stop(world: World) -> None:
 
 class ShardedBatches(Sampler[list[int]]):
     """Batches of the indices ``order`` yields, ``batch_size`` at a time (the last may be smaller):
-    rank r of W takes positions r, r + W, r + 2W, ... of each batch. ``start`` skips that many whole
-    batches (resuming mid-epoch); the order is still drawn in full, so its generator moves as in an
+    rank r of W takes positions r, r + W, r + 2W, ... of each batch. A last batch with fewer samples
+    than ranks is left out (some rank would have none). ``start`` skips that many whole batches
+    (resuming mid-epoch); the order is still drawn in full, so its generator moves as in an
     uninterrupted epoch.
     """
 
@@ -99,14 +101,14 @@ class ShardedBatches(Sampler[list[int]]):
         self.start = 0
 
     def __len__(self) -> int:
-        return -(-len(self.order) // self.batch_size) - self.start  # type: ignore[arg-type]
+        return self.batches() - self.start
 
     def batches(self) -> int:
         """Batches in a whole epoch."""
-        return -(-len(self.order) // self.batch_size)  # type: ignore[arg-type]
+        full, rest = divmod(len(self.order), self.batch_size)  # type: ignore[arg-type]
+        return full + (rest >= self.world.size)
 
     def __iter__(self) -> Iterator[list[int]]:
         indices = list(self.order)
-        for b, first in enumerate(range(0, len(indices), self.batch_size)):
-            if b >= self.start:
-                yield indices[first:first + self.batch_size][self.world.rank::self.world.size]
+        for b in range(self.start, self.batches()):
+            yield indices[b * self.batch_size:(b + 1) * self.batch_size][self.world.rank::self.world.size]

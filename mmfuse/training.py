@@ -361,16 +361,6 @@ def _scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int, wa
         optimizer, lambda step: lr_factor(step, kind, total_steps, warmup_steps, steps_per_epoch, step_epochs, gamma))
 
 
-class _Collate:
-    """The data set's collate function; a rank's empty share of a small last batch gives None."""
-
-    def __init__(self, collate: Callable):
-        self.collate = collate
-
-    def __call__(self, items: list) -> Any:
-        return self.collate(items) if items else None
-
-
 class _StopRequests:
     """SIGINT / SIGTERM while training ask the loop to stop after the current step (and save);
     a second SIGINT stops at once."""
@@ -413,7 +403,7 @@ class _Loop:
         tc = cfg.train
         self.order = torch.Generator().manual_seed(tc.seed)  # the data order, and nothing else
         self.batches = ShardedBatches(task.train_set.sampler(self.order), tc.batch_size, world)
-        self.loader = DataLoader(task.train_set, batch_sampler=self.batches, collate_fn=_Collate(task.train_set.collate),
+        self.loader = DataLoader(task.train_set, batch_sampler=self.batches, collate_fn=task.train_set.collate,
                                  generator=torch.Generator().manual_seed(tc.seed),  # worker seeds: not the order's
                                  num_workers=0 if task.train_set.features is not None else tc.workers,  # cache: no decoding to spread
                                  worker_init_fn=_ignore_interrupts)
@@ -506,24 +496,21 @@ class _Loop:
                 "images_per_s": round(p["samples"] / max(seconds, 1e-9), 1),
                 "lr": self.optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in scores.items()}}
 
-    def _step(self, group: list[dict[str, torch.Tensor] | None]) -> None:
+    def _step(self, group: list[dict[str, torch.Tensor]]) -> None:
         """One optimiser step over the micro-batches of ``group`` (this rank's shares). The loss is
         the sum over every rank's micro-batches divided by their global count, so accumulation and
         data parallelism give the update of one big batch."""
-        weights = [self.task.loss_weight(b) if b is not None else 0.0 for b in group]
-        samples = sum(b["images"].size(0) for b in group if b is not None)
+        weights = [self.task.loss_weight(b) for b in group]
+        samples = sum(b["images"].size(0) for b in group)
         total, samples = self.world.sum([sum(weights), float(samples)], self.device)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for i, batch in enumerate(group):
             sync = i == len(group) - 1 or not self.world.distributed
             with (contextlib.nullcontext() if sync else self.net.no_sync()):
-                if batch is None:  # this rank has no share of a small last batch: join the gradient sum
-                    loss = sum(p.sum() for p in self.model.parameters()) * 0.0
-                else:
-                    with self.autocast:
-                        loss = self.task.loss(self.net, batch)
-                    loss_sum += float(loss.detach())
+                with self.autocast:
+                    loss = self.task.loss(self.net, batch)
+                loss_sum += float(loss.detach())
                 self.scaler.scale(loss * (self.world.size / total)).backward()
         if self.cfg.train.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)

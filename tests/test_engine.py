@@ -233,3 +233,20 @@ def test_scst_with_the_greedy_baseline_trains_the_decoder_and_keeps_the_image_en
     assert not torch.equal(before["decoder.out.weight"], after["decoder.out.weight"])
     config = json.loads((ws / "runs" / "s" / "config.json").read_text())
     assert config["model"] == json.loads((ws / "runs" / "r" / "config.json").read_text())["model"]
+
+
+def test_ranks_share_each_global_batch_in_the_one_process_order() -> None:
+    from torch.utils.data import SequentialSampler
+
+    from mmfuse.distributed import ShardedBatches, World
+
+    order = SequentialSampler(range(11))
+    one = list(ShardedBatches(order, 4, World()))
+    assert one == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
+    shares = [list(ShardedBatches(order, 4, World(rank, 2))) for rank in (0, 1)]
+    assert [sorted(a + b) for a, b in zip(*shares)] == one
+    three = [ShardedBatches(order, 5, World(rank, 3)) for rank in range(3)]  # 11 = 5 + 5 + 1: the 1 is left out
+    assert [len(s) for s in three] == [2, 2, 2] and sorted(i for s in three for b in s for i in b) == list(range(10))
+    resumed = ShardedBatches(order, 4, World())
+    resumed.start = 2
+    assert list(resumed) == one[2:] and len(resumed) == 1
