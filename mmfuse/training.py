@@ -401,10 +401,10 @@ class _Loop:
         self.task, self.model, self.cfg, self.device, self.run_dir = task, task.model, cfg, device, run_dir
         self.world = world
         tc = cfg.train
-        self.order = torch.Generator().manual_seed(tc.seed)  # the data order, and nothing else
+        self.order = torch.Generator().manual_seed(tc.seed)  # the data order (and data-loading worker seeds)
         self.batches = ShardedBatches(task.train_set.sampler(self.order), tc.batch_size, world)
         self.loader = DataLoader(task.train_set, batch_sampler=self.batches, collate_fn=task.train_set.collate,
-                                 generator=torch.Generator().manual_seed(tc.seed),  # worker seeds: not the order's
+                                 generator=self.order,  # its per-epoch worker-seed draw comes first, as it always did
                                  num_workers=0 if task.train_set.features is not None else tc.workers,  # cache: no decoding to spread
                                  worker_init_fn=_ignore_interrupts)
         self.steps_per_epoch = -(-self.batches.batches() // tc.accumulate)
