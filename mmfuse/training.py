@@ -55,7 +55,7 @@ from mmfuse.models.parts import resolve_parts
 from mmfuse.run_logs import RunLogs, check_tensorboard
 from mmfuse.train_state import CHECKPOINT, load_checkpoint, save_checkpoint
 from mmfuse.ui import console, progress
-from mmfuse.workspace import Workspace, atomic_write_json, atomic_write_text, read_json
+from mmfuse.workspace import Workspace, atomic_write_json, atomic_write_text, exclusive, read_json
 
 EpochHook = Callable[[dict[str, Any]], None]
 
@@ -115,9 +115,18 @@ def _train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None, res
         load_encoder_from_run(task.model.encoder, workspace.existing_run(cfg.train.encoder_from), cfg.model)
     world.barrier()  # every rank has checked the run name before rank 0 makes the directory
     run_dir = workspace.run_dir(cfg.train.run)
-    if world.main and not resume:
-        _create_run_dir(workspace, cfg, vocab.to_json(), getattr(task, "labels", None))
-    world.barrier()
+    with exclusive(run_dir, f"run {cfg.train.run!r}") if world.main else contextlib.nullcontext():
+        if world.main and not resume:
+            if run_dir.exists() and not cfg.train.overwrite:  # made since it was checked
+                raise MmfuseError(f"run {cfg.train.run!r} already exists in {workspace.root / 'runs'}; pass "
+                                  "--overwrite or choose another --run")
+            _create_run_dir(workspace, cfg, vocab.to_json(), getattr(task, "labels", None))
+        world.barrier()
+        return _run_loop(task, cfg, device, run_dir, world, on_epoch, resume)
+
+
+def _run_loop(task: "_Task", cfg: RunConfig, device: torch.device, run_dir: Path, world: World,
+              on_epoch: EpochHook | None, resume: bool) -> TrainResult:
     loop = _Loop(task, cfg, device, run_dir, world)
     if resume:
         loop.resume()

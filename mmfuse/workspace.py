@@ -14,7 +14,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +131,61 @@ def read_json(path: Path, what: str) -> Any:
         raise MmfuseError(f"{what} is missing: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MmfuseError(f"{what} is not valid JSON: {path}: {exc}") from None
+
+
+@contextmanager
+def exclusive(target: Path, what: str) -> Iterator[None]:
+    """Hold the lock of ``target`` (a data set or run directory) while writing it: the file
+    ``.<name>.lock`` beside it, created exclusively, holding this process's id and host. Another
+    live process's lock is refused with one line; a lock left by a dead process on this host is
+    cleared. The lock file is removed on the way out, whatever happens."""
+    lock = target.parent / f".{target.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is None or _is_dead(holder):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise MmfuseError(f"{what} is being written by another mmfuse process (pid {holder.get('pid')} on "
+                              f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish, or "
+                              f"delete {lock} if that process is gone") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(me))
+        break
+    else:
+        raise MmfuseError(f"could not lock {what}: {lock} keeps reappearing")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+        return holder if isinstance(holder, dict) else None
+    except (OSError, ValueError):
+        return None  # unreadable or half-written by a process killed while writing it: stale
+
+
+def _is_dead(holder: dict[str, Any]) -> bool:
+    """Whether the process that wrote a lock is gone (only known for this host's processes)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        pid = int(holder.get("pid", 0))
+        if pid <= 0:
+            return True
+        os.kill(pid, 0)  # signal 0: only asks whether it exists
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return False
+    return False
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from mmfuse.data.tokenize import tokenize, tokenize_many
 from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError
 from mmfuse.images import load_rgb
-from mmfuse.workspace import Workspace, atomic_write_json, check_name, staged_directory
+from mmfuse.workspace import Workspace, atomic_write_json, check_name, exclusive, staged_directory
 
 FORMAT_VERSION = 1
 TOKENIZER = "spacy.blank('en'), lower-cased"
@@ -58,7 +58,7 @@ def prepare_data(
         raise MmfuseError(f"--min-count must be >= 1 and --max-length >= 0, got {min_count} and {max_length}")
     src = SOURCES.create(source, **options)
     final = workspace.dataset_dir(name)
-    with staged_directory(final) as staging:
+    with exclusive(final, f"data set {name!r}"), staged_directory(final) as staging:
         written = _Written(max_length)
         splits = _write_samples(staging, src, on_progress, written)
         _check_not_empty(splits, source, written.skipped)

@@ -1,0 +1,121 @@
+"""Reliability: a data set or run written by one process at a time (stale locks cleared), the same
+seed gives the same run, and files crafted to run code on load are refused without running it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmfuse.train_state import CHECKPOINT
+from tests.conftest import TINY, invoke
+
+SMALL = ["--feature-dim", "16", "--embed-dim", "8", "--hidden-dim", "16", "--batch-size", "16"]
+
+
+def _lock(path: Path, pid: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "2026-12-03 10:00:00"}))
+
+
+@pytest.fixture
+def other_process():
+    """A live process that is not this one (a lock holder)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_prepare_data_is_refused_while_another_process_writes_the_data_set(workspace: Path, other_process: int) -> None:
+    lock = workspace / "datasets" / ".tiny.lock"
+    _lock(lock, other_process)
+    res = invoke("prepare-data", "shapes", "--name", "tiny", *TINY)
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines == [f"mmfuse: error: data set 'tiny' is being written by another mmfuse process (pid {other_process} "
+                     f"on {socket.gethostname()}, since 2026-12-03 10:00:00); wait for it to finish, or delete "
+                     f"{lock} if that process is gone"]
+    assert not (workspace / "datasets" / "tiny").exists() and lock.exists()  # nothing written, their lock kept
+
+
+def test_a_stale_lock_of_a_dead_process_is_cleared(workspace: Path) -> None:
+    _lock(workspace / "datasets" / ".tiny.lock", _dead_pid())
+    assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
+    _lock(workspace / "runs" / ".r.lock", _dead_pid())
+    res = invoke("train", "--data", "tiny", "--run", "r", "--epochs", "1", *SMALL)
+    assert res.exit_code == 0, res.stderr
+    assert not list((workspace / "datasets").glob(".*.lock")) and not list((workspace / "runs").glob(".*.lock"))
+
+
+def test_train_is_refused_while_another_process_trains_the_same_run(trained: Path, tmp_path: Path,
+                                                                    other_process: int) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(trained, ws)
+    _lock(ws / "runs" / ".r.lock", other_process)
+    before = {p: p.read_bytes() for p in (ws / "runs" / "r").iterdir()}
+    for args in (["--run", "r", "--resume"], ["--data", "tiny", "--run", "r", "--overwrite", *SMALL]):
+        res = invoke("train", *args, "-w", str(ws))
+        assert res.exit_code == 1
+        assert res.stderr.strip().splitlines()[-1].startswith(
+            f"mmfuse: error: run 'r' is being written by another mmfuse process (pid {other_process}")
+    assert {p: p.read_bytes() for p in (ws / "runs" / "r").iterdir()} == before
+
+
+def test_the_same_seed_gives_the_same_run(workspace: Path) -> None:
+    assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
+    for run in ("a", "b"):
+        assert invoke("train", "--data", "tiny", "--run", run, "--epochs", "2", *SMALL).exit_code == 0
+
+    def metrics(run: str) -> list[dict]:
+        lines = (workspace / "runs" / run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")} for line in lines]
+
+    assert metrics("a") == metrics("b")
+    a, b = (load_file(workspace / "runs" / run / "last.safetensors") for run in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # (the header's key order may vary)
+    res = invoke("train", "--data", "tiny", "--run", "c", "--epochs", "2", "--seed", "1", *SMALL)
+    assert res.exit_code == 0 and metrics("c") != metrics("a")  # the seed matters
+
+
+class _RunsCode:
+    """Unpickling this creates a marker file: what a crafted checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("target", ["best.safetensors", CHECKPOINT])
+def test_a_checkpoint_crafted_to_run_code_is_refused_and_never_runs(trained: Path, tmp_path: Path, target: str) -> None:
+    ws = tmp_path / "ws"
+    shutil.copytree(trained, ws)
+    marker = tmp_path / "pwned"
+    (ws / "runs" / "r" / target).write_bytes(pickle.dumps(_RunsCode(marker)))
+    if target == CHECKPOINT:
+        res = invoke("train", "--run", "r", "--resume", "-w", str(ws))
+        expected = "resume checkpoint is damaged"
+    else:
+        image = next((ws / "datasets" / "tiny" / "images" / "test").glob("*.png"))
+        res = invoke("caption", str(image), "--run", "r", "-w", str(ws))
+        expected = "weights file is damaged or not safetensors"
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert expected in res.stderr.strip().splitlines()[-1]
+    assert not marker.exists()
