@@ -40,9 +40,14 @@ class LazyProgress:
     def __enter__(self) -> "LazyProgress":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, *exc: object) -> None:
         if self._bar is not None:
-            self._bar.stop()
+            quiet = console().quiet
+            console().quiet = quiet or kind is not None  # on an error, its one line is all that shows
+            try:
+                self._bar.stop()
+            finally:
+                console().quiet = quiet
 
 
 def progress(disable: bool = False) -> Progress:

@@ -49,7 +49,11 @@ class _File:
 def _read(path: Path) -> _File:
     data = read_json_file(path, "COCO annotation file")
     try:
-        images = {int(i["id"]): str(i["file_name"]) for i in data["images"]}
+        images: dict[int, str] = {}
+        for i in data["images"]:
+            if int(i["id"]) in images:
+                raise MmfuseError(f"{path}: image id {i['id']} is listed twice ({images[int(i['id'])]}, {i['file_name']})")
+            images[int(i["id"])] = str(i["file_name"])
         entry = _File(path, "train" in path.name.lower(), images)
         for n, a in enumerate(data["annotations"]):
             if int(a["image_id"]) not in images:
