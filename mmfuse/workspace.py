@@ -189,12 +189,21 @@ def _is_dead(holder: dict[str, Any]) -> bool:
 
 
 @contextmanager
-def staged_directory(final: Path) -> Iterator[Path]:
+def staged_directory(final: Path, clear_leftovers: bool = False) -> Iterator[Path]:
     """Build a directory in a hidden sibling, then swap it into place in one rename.
 
     On any error (or Ctrl-C) the staging directory is removed and ``final`` is left as it was.
+    ``clear_leftovers`` (only while holding ``final``'s lock, see :func:`exclusive`): first remove
+    the staging and replaced directories a killed process (kill -9) left beside ``final``.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    if clear_leftovers:
+        moved_away = [old / final.name for old in final.parent.glob(f".{final.name}.old-*") if (old / final.name).is_dir()]
+        if not final.exists() and moved_away:  # killed between the two renames of replace_directory
+            os.replace(moved_away[0], final)
+        for pattern in (f".{final.name}.staging-*", f".{final.name}.old-*"):
+            for leftover in final.parent.glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
     try:
         yield staging

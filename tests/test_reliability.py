@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -119,3 +120,56 @@ def test_a_checkpoint_crafted_to_run_code_is_refused_and_never_runs(trained: Pat
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert expected in res.stderr.strip().splitlines()[-1]
     assert not marker.exists()
+
+
+def _killed_after(seconds: float, args: list[str], workspace: Path) -> None:
+    """Start ``mmfuse ARGS`` and kill -9 it after ``seconds`` (or let it finish first)."""
+    proc = subprocess.Popen([sys.executable, "-m", "mmfuse", *args], env={**os.environ, "MMFUSE_WORKSPACE": str(workspace)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.parametrize("seconds", [2.5, 4.0, 6.0])
+def test_prepare_data_killed_at_any_point_leaves_the_old_data_set_or_none_and_runs_again(seconds: float, workspace: Path) -> None:
+    args = ["prepare-data", "shapes", "--train-images", "1500", "--val-images", "20", "--test-images", "20"]
+    _killed_after(seconds, args, workspace)
+    datasets = workspace / "datasets"
+    if (datasets / "shapes").exists():  # finished before the kill: whole
+        assert json.loads((datasets / "shapes" / "manifest.json").read_text())["splits"]["train"]["images"] == 1500
+    res = invoke(*args)
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in datasets.iterdir()) == ["shapes"]  # no staging leftovers, no lock
+    assert json.loads((datasets / "shapes" / "manifest.json").read_text())["splits"]["train"]["images"] == 1500
+
+
+@pytest.mark.parametrize("seconds", [4.5, 7.0, 9.0])
+def test_train_killed_at_any_point_resumes_or_starts_again(seconds: float, workspace: Path) -> None:
+    assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
+    args = ["train", "--data", "tiny", "--run", "k", "--epochs", "3", "--save-every", "1", *SMALL[:-2], "--batch-size", "4"]
+    _killed_after(seconds, args, workspace)
+    run = workspace / "runs" / "k"
+    if (run / CHECKPOINT).exists():
+        res = invoke("train", "--run", "k", "--resume")
+        done = res.exit_code == 0 or "has finished" in res.stderr
+    else:  # killed before its first save: start again
+        res = invoke(*args, "--overwrite")
+        done = res.exit_code == 0
+    assert done, res.stderr
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert not list((workspace / "runs").glob(".*.lock"))
+
+
+def test_prepare_data_again_with_the_same_arguments_gives_the_same_data_set(workspace: Path) -> None:
+    assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
+    first = _snapshot(workspace / "datasets" / "tiny")
+    assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
+    assert _snapshot(workspace / "datasets" / "tiny") == first
+    assert sorted(p.name for p in (workspace / "datasets").iterdir()) == ["tiny"]
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

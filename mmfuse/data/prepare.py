@@ -58,7 +58,7 @@ def prepare_data(
         raise MmfuseError(f"--min-count must be >= 1 and --max-length >= 0, got {min_count} and {max_length}")
     src = SOURCES.create(source, **options)
     final = workspace.dataset_dir(name)
-    with exclusive(final, f"data set {name!r}"), staged_directory(final) as staging:
+    with exclusive(final, f"data set {name!r}"), staged_directory(final, clear_leftovers=True) as staging:
         written = _Written(max_length)
         splits = _write_samples(staging, src, on_progress, written)
         _check_not_empty(splits, source, written.skipped)
