@@ -423,7 +423,7 @@ class _Loop:
         self.autocast = precision_context(tc.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
         self.net = _parallel(self.model, world, device)
-        self.net = _compiled(self.net) if tc.compile else self.net
+        self.net = _CompiledOrEager(self.net) if tc.compile else self.net
         self.epoch_order = self.order.get_state()
         self.progress: dict[str, Any] = {"epoch": 1, "batches_done": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0.0,
                                          "samples": 0, "seconds": 0.0, "best_epoch": 0, "best": -1.0, "stale": 0,
@@ -584,11 +584,6 @@ def _parallel(model: nn.Module, world: World, device: torch.device) -> nn.Module
                         "(SyncBatchNorm needs GPUs), so results differ slightly from one process", markup=False)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=True)
-
-
-def _compiled(net: nn.Module) -> Any:
-    """``net`` through ``torch.compile``, falling back to eager (saying why) if compiling fails."""
-    return _CompiledOrEager(net)
 
 
 class _CompiledOrEager:
