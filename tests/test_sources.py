@@ -122,6 +122,22 @@ def test_folder_csv_several_rows_per_image_and_ratio_splits(tmp_path: Path, work
     assert report["num_images"] == 2
 
 
+def test_folder_rows_of_an_image_anywhere_in_the_file_make_one_sample_with_captions_in_file_order(tmp_path: Path) -> None:
+    """The folder source streams its texts back from disk grouped by image: rows of one image may be
+    anywhere in the file; samples come in order of first appearance, captions in file order."""
+    from mmfuse.data.sources.folder import FolderSource
+
+    _photos(tmp_path, ["a.png", "b.png", "c.png"])
+    rows = ["image,caption,split", "b.png,b one,train", "a.png,a one,val", "b.png,b two,train", "c.png,c one,test",
+            "a.png,a two,val", "b.png,b three,train", "d.png,,train"]
+    (tmp_path / "caps.csv").write_text("\n".join(rows) + "\n")
+    src = FolderSource(images=str(tmp_path), captions=str(tmp_path / "caps.csv"))
+    got = [(s.id, s.split, s.captions) for s in src.samples()]
+    assert got == [("b", "train", ["b one", "b two", "b three"]), ("a", "val", ["a one", "a two"]),
+                   ("c", "test", ["c one"]), ("d", "train", [""])]
+    assert [src.count(s) for s in ("train", "val", "test")] == [2, 1, 1]
+
+
 def test_folder_jsonl_classification_with_splits(tmp_path: Path, workspace: Path) -> None:
     names = _photos(tmp_path / "photos", [f"q{i}.jpg" for i in range(6)], "")
     split = ["train", "train", "train", "train", "val", "test"]

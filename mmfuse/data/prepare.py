@@ -80,7 +80,7 @@ class _Written:
     checked: dict[Path, str | None] = field(default_factory=dict)  # image file -> problem (None: fine)
     skipped: list[dict[str, str]] = field(default_factory=list)
     counts: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in SPLITS})
-    lengths: list[int] = field(default_factory=list)  # training caption lengths in tokens (before cutting)
+    lengths: Counter = field(default_factory=Counter)  # training caption length in tokens (before cutting) -> how many
     cut: int = 0  # captions cut to max_length
 
     def problem(self, path: Path) -> str | None:
@@ -97,11 +97,22 @@ class _Written:
         """Vocabulary coverage per split (tokens the vocabulary knows) and caption-length percentiles."""
         coverage = {s: round(sum(n for t, n in c.items() if t in vocab) / max(sum(c.values()), 1), 4)
                     for s, c in self.counts.items()}
-        ordered = sorted(self.lengths)
-        pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0  # noqa: E731
+        pick = lambda q: _quantile(self.lengths, q)  # noqa: E731
         return {"vocab_coverage": coverage, "caption_length": {"p50": pick(0.5), "p90": pick(0.9),
-                                                               "p99": pick(0.99), "max": ordered[-1] if ordered else 0},
+                                                               "p99": pick(0.99), "max": max(self.lengths, default=0)},
                 "captions_cut": self.cut, "max_length": self.max_length, "skipped_samples": len(self.skipped)}
+
+
+def _quantile(histogram: Counter, q: float) -> int:
+    """The value at position ``int(q * n)`` of the ``n`` values a histogram (value -> count) counts,
+    sorted (0 when it is empty)."""
+    n = sum(histogram.values())
+    position, below = min(n - 1, int(q * n)), 0
+    for value in sorted(histogram):
+        below += histogram[value]
+        if below > position:
+            return value
+    return 0
 
 
 def _write_samples(root: Path, src, on_progress: Progress | None, written: "_Written") -> dict[str, dict[str, int]]:
@@ -109,12 +120,12 @@ def _write_samples(root: Path, src, on_progress: Progress | None, written: "_Wri
     splits = {s: {"images": 0, "samples": 0, "captions": 0} for s in SPLITS}
     labels: dict[str, Counter] = {s: Counter() for s in SPLITS}
     handles = {s: (root / f"{s}.jsonl").open("w", encoding="utf-8") for s in SPLITS}
-    seen = 0
+    seen, total = 0, sum(src.count(s) for s in SPLITS)
     try:
         for sample in src.samples():
             seen += 1
             if on_progress:
-                on_progress(sample.split, seen, sum(src.count(s) for s in SPLITS))
+                on_progress(sample.split, seen, total)
             before = len(written.images)
             record = _write_one(root, sample, src.task, written)
             if record is None:
@@ -155,7 +166,7 @@ def _write_one(root: Path, sample: RawSample, task: str, written: _Written) -> d
         return None
     tokens = list(tokenize_many(captions))
     if sample.split == "train":
-        written.lengths.extend(len(t) for t in tokens)
+        written.lengths.update(len(t) for t in tokens)
     if written.max_length:
         written.cut += sum(len(t) > written.max_length for t in tokens)
         tokens = [t[:written.max_length] for t in tokens]

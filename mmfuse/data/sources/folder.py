@@ -11,14 +11,17 @@ test) places each image; without it images are divided by ``--val-ratio``/``--te
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
-from collections import defaultdict
+import sqlite3
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from mmfuse.data.sources import SOURCES, SPLITS, RawSample
-from mmfuse.data.sources.files import ListedSource, SplitRatios, existing_dir, read_lines, safe_id, source_options
+from mmfuse.data.sources.files import SplitRatios, existing_dir, read_lines, safe_id, source_options
 from mmfuse.errors import MmfuseError
 
 
@@ -43,20 +46,129 @@ class _Row:
     split: str = ""
 
 
+@dataclass(slots=True)
+class _Image:
+    """What is kept in memory per image while the file is read: its place and split."""
+
+    index: int  # order of first appearance in the file
+    split: str = ""  # the split its rows name ("" when they name none)
+    rows: int = 0  # rows naming it (its samples, for classification)
+
+
 @SOURCES.register("folder")
-class FolderSource(ListedSource):
-    """A folder of images with a CSV or JSONL caption (or label) file."""
+class FolderSource:
+    """A folder of images with a CSV or JSONL caption (or label) file.
+
+    The file is read once when the source is made: every row is checked (errors name file:line),
+    each image's split is settled, and the texts go to a private temporary SQLite database on disk
+    (in $SQLITE_TMPDIR, $TMPDIR or /var/tmp; unlinked as soon as it is opened, so even kill -9
+    leaves nothing behind). :meth:`samples` streams them back grouped by image, so memory grows with
+    the number of images, not with the number of captions.
+    """
 
     def __init__(self, **options: Any):
         self.opts = source_options(FolderOptions, options, "folder")
         self.root = existing_dir(self.opts.images, "--images")
-        rows = list(_read_rows(Path(self.opts.captions)))
-        if not rows:
-            raise MmfuseError(f"{self.opts.captions}: no rows")
-        self.task = "classify" if any(r.label for r in rows) else "caption"
-        splits = _splits(rows, self.opts)
-        self.samples_ = _classify_samples(rows, splits, self.root) if self.task == "classify" \
-            else _caption_samples(rows, splits, self.root)
+        self.rows = _RowStore(Path(self.opts.captions))
+        self.task = self.rows.task
+        self.splits = _splits(self.rows.images, self.opts)
+        self.counts = Counter[str]()
+        for image, info in self.rows.images.items():
+            self.counts[self.splits[image]] += info.rows if self.task == "classify" else 1
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.opts)
+
+    def count(self, split: str) -> int:
+        return self.counts[split]
+
+    def samples(self) -> Iterator[RawSample]:
+        names = list(self.rows.images)  # index -> image
+        seen: set[str] = set()
+        if self.task == "classify":
+            for image, number, text, label, group in self.rows.in_file_order():
+                name = names[image]
+                yield RawSample(split=self.splits[name], id=_unique_id(f"{_key(name)}-{number}", seen),
+                                image=self.root / name, text=text, label=label, group=group)
+            return
+        grouped = self.rows.captions_by_image()
+        for index, name in enumerate(names):
+            yield RawSample(split=self.splits[name], id=_unique_id(_key(name), seen), image=self.root / name,
+                            captions=grouped.take(index))
+
+
+class _RowStore:
+    """The rows of a caption file: per image its split and row count in memory, the texts in a
+    private temporary SQLite database (one database row per caption, or per labelled row)."""
+
+    def __init__(self, path: Path):
+        self.db = sqlite3.connect("")  # "": a private on-disk database, deleted when closed
+        self.db.execute("CREATE TABLE texts (image INTEGER, row INTEGER, text TEXT, label TEXT, grp TEXT)")
+        self.images: dict[str, _Image] = {}  # image path as written in the file -> what is kept of it
+        self.unlabelled = ""  # where the first row without a label is
+        self.labelled = 0  # rows with a label
+        with _temporary_space(), self.db:
+            self.db.executemany("INSERT INTO texts VALUES (?, ?, ?, ?, ?)", self._texts(path))
+        if not self.images:
+            raise MmfuseError(f"{path}: no rows")
+        self.task = "classify" if self.labelled else "caption"
+        if self.task == "classify" and self.unlabelled:
+            raise MmfuseError(f"{self.unlabelled}: no 'label' (other rows have one: a classification file)")
+
+    def _texts(self, path: Path) -> Iterator[tuple[int, int, str, str, str]]:
+        """(image index, row number, text, label, group) per caption or labelled row, checking each row."""
+        for number, row in enumerate(_read_rows(path)):
+            image = self.images.get(row.image)
+            if image is None:
+                image = self.images[row.image] = _Image(len(self.images))
+            if row.split and image.split and row.split != image.split:
+                raise MmfuseError(f"{row.where}: image {row.image} is in split {row.split!r} here and "
+                                  f"{image.split!r} in an earlier row")
+            image.split = image.split or row.split
+            image.rows += 1
+            if row.label:
+                self.labelled += 1
+                yield image.index, number, row.text, row.label, row.group
+                continue
+            self.unlabelled = self.unlabelled or row.where
+            for caption in row.captions:
+                yield image.index, number, caption, "", ""
+
+    def in_file_order(self) -> Iterator[tuple[int, int, str, str, str]]:
+        with _temporary_space():
+            yield from self.db.execute("SELECT image, row, text, label, grp FROM texts ORDER BY rowid")
+
+    def captions_by_image(self) -> "_Groups":
+        with _temporary_space():
+            self.db.execute("CREATE INDEX IF NOT EXISTS by_image ON texts (image)")
+            return _Groups(self.db.execute("SELECT image, text FROM texts ORDER BY image, rowid"))
+
+
+@contextmanager
+def _temporary_space() -> Iterator[None]:
+    """SQLite's errors (a full temporary directory, mostly) as one clear error."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise MmfuseError(f"could not keep the caption file's texts in a temporary file ({exc}); point "
+                          f"$SQLITE_TMPDIR or $TMPDIR at a directory with more free space") from None
+
+
+class _Groups:
+    """Walks (image index, caption) rows sorted by image, handing out one image's captions at a time."""
+
+    def __init__(self, rows: Iterator[tuple[int, str]]):
+        self.rows = rows
+        self.head = next(self.rows, None)
+
+    def take(self, index: int) -> list[str]:
+        """The captions of image ``index`` (images are asked for in increasing order)."""
+        captions = []
+        with _temporary_space():
+            while self.head is not None and self.head[0] == index:
+                captions.append(self.head[1])
+                self.head = next(self.rows, None)
+        return captions
 
 
 def _read_rows(path: Path) -> Iterator[_Row]:
@@ -115,36 +227,13 @@ def _row(where: str, item: dict[str, Any]) -> _Row:
                 str(item.get("group") or ""), split)
 
 
-def _splits(rows: list[_Row], ratios: SplitRatios) -> dict[str, str]:
-    """Image -> split: the rows' own (one per image, consistently), else by ratio."""
-    given: dict[str, str] = {}
-    for row in rows:
-        if row.split and given.setdefault(row.image, row.split) != row.split:
-            raise MmfuseError(f"{row.where}: image {row.image} is in split {row.split!r} here and "
-                              f"{given[row.image]!r} in an earlier row")
-    images = sorted({r.image for r in rows})
+def _splits(images: dict[str, _Image], ratios: SplitRatios) -> dict[str, str]:
+    """Image -> split: the rows' own (every image must have one when any has), else by ratio."""
+    given = {image: info.split for image, info in images.items() if info.split}
     if given and len(given) < len(images):
-        missing = next(i for i in images if i not in given)
+        missing = min(i for i in images if i not in given)
         raise MmfuseError(f"image {missing} has no split while other rows name theirs")
-    return given or ratios.assign(images)
-
-
-def _caption_samples(rows: list[_Row], splits: dict[str, str], root: Path) -> list[RawSample]:
-    captions: dict[str, list[str]] = defaultdict(list)
-    for row in rows:
-        captions[row.image].extend(row.captions)
-    seen: set[str] = set()
-    return [RawSample(split=splits[image], id=_unique_id(_key(image), seen), image=root / image, captions=caps)
-            for image, caps in captions.items()]
-
-
-def _classify_samples(rows: list[_Row], splits: dict[str, str], root: Path) -> list[RawSample]:
-    for row in rows:
-        if not row.label:
-            raise MmfuseError(f"{row.where}: no 'label' (other rows have one: a classification file)")
-    seen: set[str] = set()
-    return [RawSample(split=splits[r.image], id=_unique_id(f"{_key(r.image)}-{n}", seen), image=root / r.image,
-                      text=r.text, label=r.label, group=r.group) for n, r in enumerate(rows)]
+    return given or ratios.assign(list(images))
 
 
 def _key(image: str) -> str:
