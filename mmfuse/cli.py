@@ -1,8 +1,9 @@
 """The ``mmfuse`` command line. Each command parses options, builds a typed config and calls ONE
 core function. Heavy libraries (torch, spaCy) are imported inside commands, so ``--help`` is fast.
 
-Errors: an :class:`~mmfuse.errors.MmfuseError` or a usage error becomes one line on stderr and a
-non-zero exit; anything else is reported as an internal error (``--debug`` shows the traceback).
+Errors: an :class:`~mmfuse.errors.MmfuseError`, a usage error or a file-system error (``OSError``:
+disk full, read-only, ...) becomes one line on stderr and a non-zero exit; anything else is
+reported as an internal error (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ except ImportError:  # pragma: no cover
 
 from mmfuse import __version__
 from mmfuse.config import DecodeConfig, ModelConfig, RunConfig, ShapesConfig, TrainConfig, from_dict
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import MmfuseError, describe_os_error
 
 _DEBUG = {"on": False}  # set per invocation by --debug or $MMFUSE_DEBUG
 
@@ -56,6 +57,10 @@ class MmfuseGroup(TyperGroup):
             if _DEBUG["on"]:
                 raise
             _fail(str(exc), exc.exit_code)
+        except OSError as exc:  # the file system refused (disk full, read-only, no permission, ...)
+            if _DEBUG["on"]:
+                raise
+            _fail(describe_os_error(exc), 1)
         except Exception as exc:  # a bug: say so in one line unless debugging
             if _DEBUG["on"]:
                 raise

@@ -1,4 +1,7 @@
-"""The one error type the command line turns into a single clear line and a non-zero exit."""
+"""The one error type the command line turns into a single clear line and a non-zero exit, and the
+line it prints for a file-system error."""
+
+import errno
 
 
 class MmfuseError(Exception):
@@ -13,3 +16,23 @@ class MmfuseError(Exception):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+# What to do about the file-system errors a user can fix (errno -> advice).
+_OS_ADVICE = {
+    errno.ENOSPC: "free some disk space, or use a workspace on another disk (--workspace)",
+    errno.EDQUOT: "your disk quota is used up: free some space, or use a workspace on another disk (--workspace)",
+    errno.EFBIG: "the file is larger than this system lets a process write (see `ulimit -f`)",
+    errno.EROFS: "the file system is read-only: use a writable workspace (--workspace)",
+    errno.EACCES: "no permission: use a workspace you can write to (--workspace), or fix its permissions",
+    errno.EPERM: "not permitted: use a workspace you can write to (--workspace), or fix its permissions",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a file-system error (disk full, read-only, no permission, ...): what failed,
+    on which file when the system said, and what to do about it."""
+    what = exc.strerror or str(exc)
+    where = f": {exc.filename}" if exc.filename else ""
+    advice = _OS_ADVICE.get(exc.errno or 0)
+    return f"{what}{where}{f' ({advice})' if advice else ''}"

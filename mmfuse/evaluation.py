@@ -27,7 +27,7 @@ from mmfuse.metrics.classification import classification_report
 from mmfuse.metrics.meteor import MeteorUnavailable, meteor
 from mmfuse.models.checkpoint import LoadedRun, load_run, read_metadata
 from mmfuse.results import read_predictions, read_references
-from mmfuse.workspace import Workspace, atomic_write_json
+from mmfuse.workspace import Workspace, atomic_write_json, check_writable
 
 
 ABLATE_MODALITIES = ("image", "text")
@@ -93,6 +93,7 @@ def evaluate_run(
     of an n-best list is scored.
     """
     run_dir = workspace.existing_run(run)
+    check_writable(run_dir)  # the reports go there: a read-only run fails before the work, not after
     loaded = load_run(run_dir, checkpoint, resolve_device(device))
     if ablation is not None:
         ablation = ablation.resolve("classify" if loaded.labels is not None else "caption")

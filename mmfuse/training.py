@@ -116,13 +116,19 @@ def _train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None, res
     world.barrier()  # every rank has checked the run name before rank 0 makes the directory
     run_dir = workspace.run_dir(cfg.train.run)
     with exclusive(run_dir, f"run {cfg.train.run!r}") if world.main else contextlib.nullcontext():
-        if world.main and not resume:
+        created = world.main and not resume
+        if created:
             if run_dir.exists() and not cfg.train.overwrite:  # made since it was checked
                 raise MmfuseError(f"run {cfg.train.run!r} already exists in {workspace.root / 'runs'}; pass "
                                   "--overwrite or choose another --run")
             _create_run_dir(workspace, cfg, vocab.to_json(), getattr(task, "labels", None))
         world.barrier()
-        return _run_loop(task, cfg, device, run_dir, world, on_epoch, resume)
+        try:
+            return _run_loop(task, cfg, device, run_dir, world, on_epoch, resume)
+        except BaseException:
+            if created and not (run_dir / CHECKPOINT).exists():  # nothing to resume: no half-made run is left
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
 
 def _run_loop(task: "_Task", cfg: RunConfig, device: torch.device, run_dir: Path, world: World,
@@ -137,6 +143,9 @@ def _run_loop(task: "_Task", cfg: RunConfig, device: torch.device, run_dir: Path
     try:
         return loop.run(on_epoch)
     except KeyboardInterrupt:
+        if not (run_dir / CHECKPOINT).exists():
+            raise MmfuseError("training interrupted before its first checkpoint: there is nothing to resume",
+                              exit_code=130) from None
         raise MmfuseError(f"training interrupted; the last resumable checkpoint is in {run_dir} "
                           f"(mmfuse train --resume --run {cfg.train.run})", exit_code=130) from None
 

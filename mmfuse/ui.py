@@ -42,18 +42,26 @@ class LazyProgress:
 
     def __exit__(self, kind: object, *exc: object) -> None:
         if self._bar is not None:
-            quiet = console().quiet
-            console().quiet = quiet or kind is not None  # on an error, its one line is all that shows
-            try:
-                self._bar.stop()
-            finally:
-                console().quiet = quiet
+            self._bar.__exit__(kind, *exc)
+
+
+class _Progress(Progress):
+    """A rich progress bar that, when an error ends it, stops without printing its last frame (on a
+    log or pipe that frame would come first): the error's one line is all that shows."""
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        quiet = console().quiet
+        console().quiet = quiet or kind is not None
+        try:
+            self.stop()
+        finally:
+            console().quiet = quiet
 
 
 def progress(disable: bool = False) -> Progress:
     """A progress bar on stderr: description, bar, done/total, elapsed, remaining, extra text
     (``disable``: show nothing, e.g. on every rank but the first of a distributed run)."""
-    return Progress(
+    return _Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),

@@ -89,12 +89,24 @@ class Workspace:
         return path
 
 
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name ``path`` in an ``OSError`` raised while writing it (a failed ``write()`` says "No space
+    left on device" but not on which file)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary_beside(path)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with writing(path), os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -102,6 +114,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A new hidden temporary file in ``path``'s directory (an error names ``path``, not the temporary)."""
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now, with the usual error, when no file can be made in ``folder`` (a read-only workspace),
+    rather than after the work whose results were to go there."""
+    fd, tmp = _temporary_beside(folder / ".write-check")
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

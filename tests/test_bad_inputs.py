@@ -6,8 +6,13 @@ animated GIF) must simply work."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import resource
 import shutil
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -112,7 +117,14 @@ def _animated_gif(path: Path) -> Path:
     return path.with_suffix(".gif")
 
 
-@pytest.mark.parametrize("make", [_one_pixel, _sixteen_bit, _cmyk, _animated_gif], ids=lambda f: f.__name__[1:])
+def _huge_dimensions(path: Path) -> Path:
+    """8,000 x 6,000 pixels (48 million: large, yet under Pillow's decompression-bomb limit)."""
+    Image.new("RGB", (8000, 6000), (30, 30, 220)).save(path.with_suffix(".png"))
+    return path.with_suffix(".png")
+
+
+@pytest.mark.parametrize("make", [_one_pixel, _sixteen_bit, _cmyk, _animated_gif, _huge_dimensions],
+                         ids=lambda f: f.__name__[1:])
 def test_unusual_but_valid_images_are_captioned(make: Callable[[Path], Path], ws: Path, tmp_path: Path) -> None:
     image = make(tmp_path / "odd")
     res = invoke("caption", str(image), "--run", "r", "--format", "jsonl", "-w", str(ws))
@@ -221,3 +233,86 @@ def test_a_bad_workspace_state_is_one_line(case: str, ws: Path, tmp_path: Path) 
     res = invoke(*args, *([] if "-w" in args else ["-w", str(ws)]))
     _one_error_line(res, str(blocker) if needle == "FILE" else needle)
     assert _snapshot(ws) == before
+
+
+# --- a workspace that cannot be written: read-only, or a full disk ---------------------------------
+# These run mmfuse in a subprocess. Root may write anywhere whatever the permissions, so as root the
+# subprocess first gives up the capabilities that allow that (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH);
+# a full disk is simulated with a file-size limit (RLIMIT_FSIZE: a write past it fails with EFBIG, the
+# way a write to a full disk fails with ENOSPC).
+
+_PR_CAPBSET_DROP, _CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH = 24, 1, 2
+
+
+def _without_root_override() -> None:
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
+            if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed: cannot test a read-only workspace as root")
+
+
+def _file_size_limit(nbytes: int) -> Callable[[], None]:
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+
+
+def _mmfuse(ws: Path, args: list[str], preexec: Callable[[], None]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MMFUSE_WORKSPACE": str(ws)}
+    env.pop("MMFUSE_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "mmfuse", *args], env=env, preexec_fn=preexec, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _one_error_line_of(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mmfuse: error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _read_only(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+
+
+READ_ONLY: dict[str, tuple[list[str], str]] = {
+    "prepare-data": (["prepare-data", "shapes", "--name", "new", *TINY], "datasets/.new.lock"),
+    "train": (["train", "--data", "tiny", "--run", "r2", "--epochs", "1"], "runs/.r2.lock"),
+    "evaluate": (["evaluate", "--run", "r", "--no-meteor"], "runs/r/.write-check"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(READ_ONLY))
+def test_a_read_only_workspace_is_one_line_and_stays_as_it_was(case: str, ws: Path) -> None:
+    args, needle = READ_ONLY[case]
+    _read_only(ws)
+    before = _snapshot(ws)
+    proc = _mmfuse(ws, args, _without_root_override)
+    _one_error_line_of(proc, "Permission denied", str(ws / needle), "--workspace")
+    assert _snapshot(ws) == before
+
+
+def test_a_read_only_workspace_still_captions(ws: Path) -> None:
+    image = next((ws / "datasets/tiny/images/test").glob("*.png"))
+    _read_only(ws)
+    proc = _mmfuse(ws, ["caption", str(image), "--run", "r"], _without_root_override)
+    assert proc.returncode == 0, proc.stderr
+    path, caption, _score = proc.stdout.rstrip("\n").split("\t")
+    assert path == str(image) and caption
+
+
+def test_a_full_disk_while_preparing_data_leaves_the_workspace_as_it_was(ws: Path) -> None:
+    before = _snapshot(ws)
+    proc = _mmfuse(ws, ["prepare-data", "shapes", "--name", "tiny", "--train-images", "400", "--val-images", "8",
+                        "--test-images", "8"], _file_size_limit(64_000))
+    _one_error_line_of(proc, "File too large", ".jsonl", "ulimit")
+    assert _snapshot(ws) == before  # the old data set 'tiny' is intact, no staging directory, no lock
+
+
+def test_a_full_disk_before_the_first_checkpoint_leaves_no_run_behind(ws: Path) -> None:
+    before = _snapshot(ws)
+    proc = _mmfuse(ws, ["train", "--data", "tiny", "--run", "r2", "--epochs", "2", "--feature-dim", "32",
+                        "--embed-dim", "16", "--hidden-dim", "32"], _file_size_limit(64_000))
+    _one_error_line_of(proc, "File too large", str(ws / "runs/r2"))
+    assert _snapshot(ws) == before and not (ws / "runs/r2").exists()  # nothing to resume: no half-made run

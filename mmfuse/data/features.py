@@ -13,8 +13,10 @@ Shape legend: n images, N grid cells, C backbone channels, B batch.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +29,7 @@ from mmfuse.config import ModelConfig
 from mmfuse.data.dataset import ImageDataset, load_labelled_split, load_manifest, load_split
 from mmfuse.data.sources import SPLITS
 from mmfuse.errors import MmfuseError
-from mmfuse.workspace import atomic_write_json, atomic_write_text, read_json
+from mmfuse.workspace import atomic_write_json, atomic_write_text, read_json, writing
 
 CACHE_FORMAT_VERSION = 1
 Progress = Callable[[int, int], None]  # (images done, images in all)
@@ -173,8 +175,22 @@ def _start(root: Path, images: list[str], encoder: Any, cfg: ModelConfig, device
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / "meta.json", fresh)  # done = 0 before the arrays change
     atomic_write_text(root / "images.json", json.dumps(images))
-    _arrays(root, fresh, "w+")
+    n, (cells, channels) = len(images), shape
+    _allocate(root / "grid.f16", n * cells * channels * 2)
+    _allocate(root / "pooled.f16", n * channels * 2)
     return fresh
+
+
+def _allocate(path: Path, size: int) -> None:
+    """Create ``path`` with ``size`` bytes of disk reserved, so that a full disk is one error here
+    rather than a crash (SIGBUS) when the memory-mapped array is written later."""
+    with writing(path), path.open("wb") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except (AttributeError, OSError) as exc:  # no posix_fallocate here, or not on this file system
+            if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            handle.truncate(size)
 
 
 def _arrays(root: Path, meta: dict[str, Any], mode: str) -> tuple[np.ndarray, np.ndarray]:

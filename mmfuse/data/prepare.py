@@ -21,7 +21,7 @@ from mmfuse.data.tokenize import tokenize, tokenize_many
 from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError
 from mmfuse.images import load_rgb
-from mmfuse.workspace import Workspace, atomic_write_json, check_name, exclusive, staged_directory
+from mmfuse.workspace import Workspace, atomic_write_json, check_name, exclusive, staged_directory, writing
 
 FORMAT_VERSION = 1
 TOKENIZER = "spacy.blank('en'), lower-cased"
@@ -130,7 +130,8 @@ def _write_samples(root: Path, src, on_progress: Progress | None, written: "_Wri
             record = _write_one(root, sample, src.task, written)
             if record is None:
                 continue
-            handles[sample.split].write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
+            with writing(root / f"{sample.split}.jsonl"):
+                handles[sample.split].write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
             split = splits[sample.split]
             split["samples"] += 1
             split["images"] += len(written.images) - before
@@ -142,8 +143,9 @@ def _write_samples(root: Path, src, on_progress: Progress | None, written: "_Wri
                 tokens = record["tokens"]
             written.counts[sample.split].update(tokens)
     finally:
-        for handle in handles.values():
-            handle.close()
+        for split, handle in handles.items():
+            with writing(root / f"{split}.jsonl"):
+                handle.close()  # flushes: may be where the disk turns out full
     if src.task == "classify":
         for s in SPLITS:
             splits[s]["labels"] = dict(sorted(labels[s].items()))
@@ -187,7 +189,8 @@ def _image(root: Path, sample: RawSample, written: _Written) -> str | None:
     rel = (Path("images") / sample.split / f"{check_name(sample.image_id or sample.id, 'image id')}.png").as_posix()
     if rel not in written.images:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        sample.image.save(root / rel, format="PNG")
+        with writing(root / rel):
+            sample.image.save(root / rel, format="PNG")
         written.images.add(rel)
     return rel
 
