@@ -173,8 +173,9 @@ def _saved_config(workspace: Workspace, run: str) -> RunConfig:
         raise MmfuseError("--resume continues a run: name it with --run")
     run_dir = workspace.existing_run(run)
     if not (run_dir / CHECKPOINT).exists():
-        raise MmfuseError(f"run {run!r} has no resumable checkpoint ({run_dir / CHECKPOINT}); it was written by an "
-                          "older mmfuse, or stopped before its first save")
+        raise MmfuseError(f"run {run!r} has no resumable checkpoint ({run_dir / CHECKPOINT}): it was written by an "
+                          f"older mmfuse, or stopped before its first save; its weights (if any) still caption and "
+                          f"evaluate, and `mmfuse train --run {run} --overwrite ...` trains it again from the start")
     return from_dict(RunConfig, read_json(run_dir / "config.json", "run config"), "run config")
 
 

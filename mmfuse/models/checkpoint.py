@@ -25,6 +25,9 @@ from mmfuse.models.classifier import build_classifier
 from mmfuse.workspace import atomic_write_bytes, read_json
 
 WEIGHT_FILES = ("best", "last")
+# Tensor names older mmfuse wrote -> today's (prefixes). 9ad19ab: the LSTM and GRU decoders share one
+# recurrent base, whose layers are ``rnn`` (they were ``lstm`` / ``gru``).
+RENAMED = {"decoder.lstm.": "decoder.rnn.", "decoder.gru.": "decoder.rnn."}
 
 
 def save_weights(path: Path, model: nn.Module, metadata: dict[str, str]) -> None:
@@ -74,7 +77,7 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
         model: nn.Module = build_classifier(config.model, len(vocab), len(labels))
     else:
         model = build_captioner(config.model, len(vocab))
-    state = read_weights(weights)
+    state = migrate_names(read_weights(weights), model.state_dict())
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # torch's message lists every tensor; name the first few instead
@@ -82,6 +85,17 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
         raise MmfuseError(f"weights {weights} do not match the run's config ({problem}); was the run trained "
                           f"by another version of mmfuse? Retrain it") from None
     return LoadedRun(config, vocab, model.to(device).eval(), weights, labels)
+
+
+def migrate_names(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the tensor names an older mmfuse wrote (:data:`RENAMED`) changed to today's,
+    where the model expects the new name and not the old one; other names are left as they are."""
+    def today(name: str) -> str:
+        for old, new in RENAMED.items():
+            if name.startswith(old) and name not in expected and new + name[len(old):] in expected:
+                return new + name[len(old):]
+        return name
+    return {today(name): tensor for name, tensor in state.items()}
 
 
 def _read_labels(run_dir: Path) -> list[str]:
