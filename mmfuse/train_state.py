@@ -25,6 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from mmfuse.errors import MmfuseError
+from mmfuse.models.checkpoint import read_metadata
 from mmfuse.workspace import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -63,12 +64,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     """Restore what :func:`save_checkpoint` wrote into these objects and the global generators;
     returns the progress and the data-order generator's state at the start of that epoch."""
     try:
-        raw = path.read_bytes()
-        tensors = st_load(raw)
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})["mmfuse"])
+        tensors = st_load(path.read_bytes())
+        meta = json.loads(read_metadata(path)["mmfuse"])
     except FileNotFoundError:
         raise MmfuseError(f"nothing to resume: {path} is missing (the run saves it after its first epoch, "
                           "every --save-every steps and when interrupted)") from None

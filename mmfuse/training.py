@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmfuse.config import DecodeConfig, RunConfig, from_dict, to_dict
+from mmfuse.config import DecodeConfig, RunConfig, to_dict
 from mmfuse.data.dataset import CaptionDataset, load_labelled_split, load_manifest, load_split, load_vocab, pad
 from mmfuse.data.features import open_cache
 from mmfuse.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
@@ -48,7 +48,7 @@ from mmfuse.metrics.ptb import coco_tokenize
 from mmfuse.decoding import greedy, sample
 from mmfuse.metrics.cider_reward import CiderDReward
 from mmfuse.models.captioner import build_captioner, count_parameters, generation_log_probs
-from mmfuse.models.checkpoint import load_encoder_from_run, pick_weights, read_weights, save_weights
+from mmfuse.models.checkpoint import load_encoder_from_run, pick_weights, read_run_config, read_weights, save_weights
 from mmfuse.models.classifier import build_classifier
 from mmfuse.models.encoders import check_weights_available
 from mmfuse.models.parts import resolve_parts
@@ -153,7 +153,7 @@ def _run_loop(task: "_Task", cfg: RunConfig, device: torch.device, run_dir: Path
 def _scst_source(workspace: Workspace, cfg: RunConfig) -> RunConfig:
     """``cfg`` with the model of the captioner ``--scst`` starts from (``--from``), checked to fit."""
     source_dir = workspace.existing_run(cfg.train.scst_from)
-    source = from_dict(RunConfig, read_json(source_dir / "config.json", "run config"), "run config")
+    source = read_run_config(source_dir)
     if source.model.task != "caption":
         raise MmfuseError(f"--scst fine-tunes a captioner; run {cfg.train.scst_from!r} is a {source.model.task} model")
     data_vocab = read_json(workspace.existing_dataset(cfg.train.data) / "vocab.json", "data set vocabulary")
@@ -176,7 +176,7 @@ def _saved_config(workspace: Workspace, run: str) -> RunConfig:
         raise MmfuseError(f"run {run!r} has no resumable checkpoint ({run_dir / CHECKPOINT}): it was written by an "
                           f"older mmfuse, or stopped before its first save; its weights (if any) still caption and "
                           f"evaluate, and `mmfuse train --run {run} --overwrite ...` trains it again from the start")
-    return from_dict(RunConfig, read_json(run_dir / "config.json", "run config"), "run config")
+    return read_run_config(run_dir)
 
 
 def _feature_cache(data_dir: Path, cfg: RunConfig, world: World):
@@ -320,8 +320,9 @@ class _ClassifyTask:
         train_records = load_labelled_split(data_dir, "train")
         self.train_set = labelled_dataset(train_records, vocab, labels, cfg.model.image_size, features)
         self.val_set = labelled_dataset(load_labelled_split(data_dir, "val"), vocab, labels, cfg.model.image_size)
-        self.weights = balanced_class_weights(self.train_set.labels, len(labels)).to(device) \
-            if cfg.train.class_weights == "balanced" else None
+        self.cpu_weights = balanced_class_weights(self.train_set.labels, len(labels)) \
+            if cfg.train.class_weights == "balanced" else None  # (C,): loss_weight reads them every step
+        self.weights = self.cpu_weights.to(device) if self.cpu_weights is not None else None
 
     def loss(self, net: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed (class-weighted) cross-entropy over the batch's samples."""
@@ -332,7 +333,7 @@ class _ClassifyTask:
     def loss_weight(self, batch: dict[str, torch.Tensor]) -> float:
         """What :meth:`loss` sums over: the samples, each counted with its class weight."""
         labels = batch["labels"]
-        return float(self.weights.cpu()[labels].sum()) if self.weights is not None else float(labels.numel())
+        return float(self.cpu_weights[labels].sum()) if self.cpu_weights is not None else float(labels.numel())
 
     def validate(self) -> dict[str, float]:
         probs = predict_probabilities(self.model, self.val_set)  # (n, C)

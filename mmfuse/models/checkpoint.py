@@ -54,6 +54,11 @@ def read_metadata(path: Path) -> dict[str, str]:
         return dict(handle.metadata() or {})
 
 
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The config a run was trained with (its ``config.json``), checked against today's fields."""
+    return from_dict(RunConfig, read_json(run_dir / "config.json", "run config"), "run config")
+
+
 @dataclass
 class LoadedRun:
     """A trained run ready for inference (``labels`` is None for a captioner)."""
@@ -67,7 +72,7 @@ class LoadedRun:
 
 def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild a run's model from its JSON config and safetensors weights, in eval mode."""
-    config = from_dict(RunConfig, read_json(run_dir / "config.json", "run config"), "run config")
+    config = read_run_config(run_dir)
     config.validate()
     vocab = Vocab.from_json(read_json(run_dir / "vocab.json", "run vocabulary"))
     weights = pick_weights(run_dir, which)
@@ -131,7 +136,7 @@ def load_encoder_from_run(encoder: nn.Module, run_dir: Path, model_cfg: ModelCon
     The run may be a captioner or a classifier; it must use the same image encoder and feature
     width. Only the encoder is taken (its BatchNorm statistics included); nothing else of the run.
     """
-    source = from_dict(RunConfig, read_json(run_dir / "config.json", "run config"), "run config").model
+    source = read_run_config(run_dir).model
     for field in ("encoder", "feature_dim"):
         mine, theirs = getattr(model_cfg, field), getattr(source, field)
         if mine != theirs:
