@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, TextIO
 
 from mmfuse.config import DecodeConfig, to_dict
 from mmfuse.inference import Captioned
+from mmfuse.workspace import json_path, printable
 
 
 @dataclass
@@ -67,11 +68,12 @@ def _format(item: Captioned, settings: dict[str, Any], fmt: str) -> str:
     if fmt == "text":
         return "".join(f"{c}\n" for c in captions)
     if fmt == "tsv":
-        return "".join(f"{item.path}\t{c}\t{s:.4f}\n" for c, s in zip(captions, scores))
-    record: dict[str, Any] = {"path": str(item.path), "caption": captions[0], "score": scores[0],
+        path = printable(str(item.path))  # a tab or newline in a name cannot break the row
+        return "".join(f"{path}\t{c}\t{s:.4f}\n" for c, s in zip(captions, scores))
+    record: dict[str, Any] = {**json_path(item.path), "caption": captions[0], "score": scores[0],
                               "captions": captions, "scores": scores, "decoding": settings}
     if item.attention_map is not None:
-        record["attention_map"] = str(item.attention_map)
+        record.update(json_path(item.attention_map, "attention_map"))
     return json.dumps(record, ensure_ascii=False) + ("\n" if fmt == "jsonl" else "")
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterable, Iterator, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -25,6 +26,7 @@ except ImportError:  # pragma: no cover
 from mmfuse import __version__
 from mmfuse.config import DecodeConfig, ModelConfig, RunConfig, ShapesConfig, TrainConfig, from_dict
 from mmfuse.errors import MmfuseError, describe_os_error
+from mmfuse.workspace import json_path, printable
 
 _DEBUG = {"on": False}  # set per invocation by --debug or $MMFUSE_DEBUG
 
@@ -34,11 +36,22 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    """A library's warning as one ``mmfuse: warning:`` line on stderr (the source line and the
+    warning's file are for --debug)."""
+    if _DEBUG["on"]:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"mmfuse: warning: {text[:300]}\n")
+
+
 class MmfuseGroup(TyperGroup):
     """Turns every expected failure into one clear stderr line and an exit code."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
         _DEBUG["on"] = bool(os.environ.get("MMFUSE_DEBUG"))
+        warnings.showwarning = _one_line_warning
         try:
             rv = super().main(args, prog_name or "mmfuse", complete_var, standalone_mode=False, **extra)
         except click_errors.UsageError as exc:
@@ -591,7 +604,7 @@ def caption_cmd(
         raise MmfuseError(f"--format must be tsv, text, jsonl or json, got {output_format!r}")
     options = _decode_options(beam_size, max_length, min_length, length_penalty, n_best, no_repeat_ngram,
                               diverse_groups, diversity, sample, temperature, top_k, top_p, seed, cache)
-    decode, results = caption_run(Workspace.open(workspace), run, images, sys.stdin, options, checkpoint, device,
+    decode, results = caption_run(Workspace.open(workspace), run, images, _stdin_paths(), options, checkpoint, device,
                                   batch_size, attention_map)
     failed = write_results(results, decode, output_format, sys.stdout,
                            lambda message: typer.echo(f"mmfuse: warning: {message}", err=True))
@@ -630,23 +643,40 @@ def predict_cmd(
         raise MmfuseError("give either IMAGE... with --text, or --pairs FILE, not both")
     lines = None
     if pairs is not None:
-        lines = sys.stdin if str(pairs) == "-" else _read_lines(pairs)
-    paths, texts = read_pairs(images or [], text, lines, str(pairs), sys.stdin)
+        lines = _utf8_lines(sys.stdin.buffer, "standard input") if str(pairs) == "-" else _read_lines(pairs)
+    paths, texts = read_pairs(images or [], text, lines, str(pairs), _stdin_paths())
     for path, question, probs in predict_run(Workspace.open(workspace), run, paths, texts, checkpoint, device, batch_size):
         label = max(probs, key=probs.get)
         if json_out:
-            typer.echo(json.dumps({"path": str(path), "text": question, "label": label, "probabilities": probs}))
+            typer.echo(json.dumps({**json_path(path), "text": question, "label": label, "probabilities": probs}))
         else:
-            typer.echo(f"{path}\t{label}\t{probs[label]:.4f}")
+            typer.echo(f"{printable(str(path))}\t{label}\t{probs[label]:.4f}")
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise MmfuseError(f"file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MmfuseError(f"cannot read {path}: {exc}") from None
+    """The lines of a UTF-8 text file (one clear error for a missing, non-regular or non-UTF-8 file)."""
+    from mmfuse.workspace import open_regular
+
+    with open_regular(path, "pairs") as handle:
+        data = handle.read()
+    return _utf8_lines(data.splitlines(), str(path))
+
+
+def _utf8_lines(lines: Iterable[bytes], where: str) -> list[str]:
+    """Lines decoded as UTF-8; a line that is not is one error naming it."""
+    out = []
+    for number, line in enumerate(lines, 1):
+        try:
+            out.append(line.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError as exc:
+            raise MmfuseError(f"{where}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return out
+
+
+def _stdin_paths() -> Iterator[str]:
+    """Lines of standard input as paths: any bytes a file name may hold (not only UTF-8) are kept."""
+    for line in sys.stdin.buffer:
+        yield os.fsdecode(line.rstrip(b"\r\n"))
 
 
 @app.command("compare", cls=RegistryHelpCommand)

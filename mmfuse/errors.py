@@ -36,3 +36,10 @@ def describe_os_error(exc: OSError) -> str:
     where = f": {exc.filename}" if exc.filename else ""
     advice = _OS_ADVICE.get(exc.errno or 0)
     return f"{what}{where}{f' ({advice})' if advice else ''}"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (libraries' messages can run to many lines), or its
+    type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__

@@ -97,15 +97,8 @@ def evaluate_run(
     loaded = load_run(run_dir, checkpoint, resolve_device(device))
     if ablation is not None:
         ablation = ablation.resolve("classify" if loaded.labels is not None else "caption")
-    data_dir = workspace.existing_dataset(loaded.config.train.data)
-    if loaded.labels is not None:
-        given = sorted(k for k, v in (decode_options or {}).items() if v is not None)
-        if given:
-            raise MmfuseError(f"run {run!r} is a classifier; decoding options (--{given[0].replace('_', '-')}) "
-                              "apply to captioning runs")
-        report, results = _classify_split(loaded, data_dir, split, batch_size, ablation)
-    else:
-        report, results = _caption_split(loaded, data_dir, split, decode_options or {}, batch_size, with_meteor, ablation)
+    with workspace.reading_dataset(loaded.config.train.data) as data_dir:
+        report, results = _score_split(loaded, run, data_dir, split, decode_options, batch_size, with_meteor, ablation)
     report.update({"run": run, "data": loaded.config.train.data, "split": split, "checkpoint": checkpoint,
                    "epoch": int(read_metadata(loaded.weights).get("epoch", 0)),
                    "ablation": None if ablation is None else {"modality": ablation.modality, "mode": ablation.mode}})
@@ -113,6 +106,18 @@ def evaluate_run(
     atomic_write_json(run_dir / f"results-{split}{suffix}.json", results)
     atomic_write_json(run_dir / f"eval-{split}{suffix}.json", report)
     return report
+
+
+def _score_split(loaded: LoadedRun, run: str, data_dir: Path, split: str, decode_options: dict[str, Any] | None,
+                 batch_size: int, with_meteor: bool, ablation: Ablation | None) -> tuple[dict[str, Any], list]:
+    """The report and results of a run's model on one split of its data set."""
+    if loaded.labels is not None:
+        given = sorted(k for k, v in (decode_options or {}).items() if v is not None)
+        if given:
+            raise MmfuseError(f"run {run!r} is a classifier; decoding options (--{given[0].replace('_', '-')}) "
+                              "apply to captioning runs")
+        return _classify_split(loaded, data_dir, split, batch_size, ablation)
+    return _caption_split(loaded, data_dir, split, decode_options or {}, batch_size, with_meteor, ablation)
 
 
 def _caption_split(loaded: LoadedRun, data_dir: Path, split: str, decode_options: dict[str, Any],

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from mmfuse.workspace import printable
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 _GLOB_CHARS = frozenset("*?[")
@@ -37,21 +41,39 @@ def expand_inputs(inputs: Iterable[str], stdin: Iterable[str]) -> Iterator[Input
 
 def _expand(item: str, literal: bool) -> Iterator[InputItem]:
     path = Path(item)
-    if path.is_dir():
+    kind, problem = _kind(path)
+    if kind == stat.S_IFDIR:
         found = False
         for image in _images_under(path):
             found = True
             yield InputItem(image)
         if not found:
-            yield InputItem(path, f"no image files in directory {path}")
-    elif path.exists() or literal or not _GLOB_CHARS & set(item):
-        yield InputItem(path, None if path.exists() else f"image not found: {path}")
+            yield InputItem(path, f"no image files in directory {printable(item)}")
+    elif kind is not None or literal or not _GLOB_CHARS & set(item):
+        yield InputItem(path, problem)  # a file that is not a regular one is refused when it is read
     else:
         matches = sorted(glob.glob(item, recursive=True))
         if not matches:
-            yield InputItem(path, f"no file matches {item}")
+            yield InputItem(path, f"no file matches {printable(item)}")
         for match in matches:
             yield from _expand(match, literal=True)
+
+
+_STAT_PROBLEMS = {errno.ENAMETOOLONG: "a name too long for the file system", errno.ELOOP: "a symbolic link loop",
+                  errno.ENOTDIR: "a path through something that is not a directory",
+                  errno.EACCES: "permission denied"}
+
+
+def _kind(path: Path) -> tuple[int | None, str | None]:
+    """The file type of ``path`` (following links; None when it cannot be known) and, when it
+    cannot be used, why: any path a user can type is one input, never an error that stops the rest."""
+    try:
+        return stat.S_IFMT(os.stat(path).st_mode), None
+    except FileNotFoundError:
+        return None, f"image not found: {printable(str(path))}"
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        why = _STAT_PROBLEMS.get(getattr(exc, "errno", None), str(exc))
+        return None, f"cannot open image {printable(str(path))}: {why}"
 
 
 def _images_under(root: Path) -> Iterator[Path]:

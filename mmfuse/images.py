@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmfuse.errors import MmfuseError
+from mmfuse.workspace import open_regular, printable
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as torchvision's backbones expect
 STD = (0.229, 0.224, 0.225)
@@ -20,23 +24,28 @@ def load_rgb(path: str | Path) -> Image.Image:
     transparent pixels are composited over white. Pillow's decompression-bomb guard refuses images
     of more than about 179 million pixels."""
     path = Path(path)
-    if path.is_file() and path.stat().st_size == 0:
-        raise MmfuseError(f"not a readable image file (0 bytes): {path}")
+    with open_regular(path, "image") as handle:  # never blocks: a named pipe or device is refused
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise MmfuseError(f"not a readable image file (0 bytes): {printable(str(path))}")
+        return _decode(handle, path)
+
+
+def _decode(handle: BinaryIO, path: Path) -> Image.Image:
+    """The image in the open file ``handle`` as upright 8-bit RGB (see :func:`load_rgb`)."""
+    shown = printable(str(path))
     try:
-        with Image.open(path) as img:
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # no copy for the usual image without rotation
-            return to_rgb(img)
-    except FileNotFoundError:
-        raise MmfuseError(f"image not found: {path}") from None
-    except IsADirectoryError:
-        raise MmfuseError(f"not an image file (a directory): {path}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # under the refusal limit: fine
+            with Image.open(handle) as img:
+                img.load()
+                ImageOps.exif_transpose(img, in_place=True)  # no copy for the usual image without rotation
+                return to_rgb(img)
     except UnidentifiedImageError:
-        raise MmfuseError(f"not a readable image file: {path}") from None
+        raise MmfuseError(f"not a readable image file: {shown}") from None
     except Image.DecompressionBombError as exc:
-        raise MmfuseError(f"image refused as too large (decompression bomb guard): {path}: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise MmfuseError(f"cannot read image {path}: {exc}") from None
+        raise MmfuseError(f"image refused as too large (decompression bomb guard): {shown}: {exc}") from None
+    except (OSError, ValueError, SyntaxError, MemoryError) as exc:
+        raise MmfuseError(f"cannot read image {shown}: {exc or type(exc).__name__}") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -19,14 +19,14 @@ from mmfuse.data.dataset import ImageDataset, LabelledDataset, LabelledRecord, p
 from mmfuse.data.tokenize import tokenize_many
 from mmfuse.data.vocab import BOS_ID, Vocab
 from mmfuse.decoding import generate
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import MmfuseError, first_line
 from mmfuse.device import resolve_device
 from mmfuse.image_inputs import InputItem, expand_inputs
 from mmfuse.images import image_transform, load_rgb
 from mmfuse.models.captioner import Captioner
 from mmfuse.models.checkpoint import LoadedRun, load_run
 from mmfuse.models.fusion import ATTENTION
-from mmfuse.workspace import Workspace
+from mmfuse.workspace import Workspace, open_regular, printable
 
 
 def caption_files(
@@ -79,15 +79,12 @@ def check_images(paths: list[Path]) -> None:
     from PIL import Image, UnidentifiedImageError
 
     for path in paths:
-        if not path.exists():
-            raise MmfuseError(f"image not found: {path}")
-        if path.is_dir():
-            raise MmfuseError(f"not an image file (a directory): {path}")
-        try:
-            with Image.open(path) as img:
-                img.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise MmfuseError(f"not a readable image file: {path} ({exc})") from None
+        with open_regular(path, "image") as handle:  # a named pipe or directory is refused, never waited on
+            try:
+                with Image.open(handle) as img:
+                    img.verify()
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                raise MmfuseError(f"not a readable image file: {printable(str(path))} ({first_line(exc)})") from None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any, Hashable
 
 from mmfuse.data.dataset import load_split
 from mmfuse.errors import MmfuseError
-from mmfuse.workspace import Workspace
+from mmfuse.workspace import Workspace, open_regular
 
 
 def read_predictions(path: Path) -> dict[Hashable, str]:
@@ -87,11 +87,8 @@ def _fields(entry: Any, path: Path, where: str) -> tuple[Hashable, str]:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MmfuseError(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise MmfuseError(f"expected a file, got a directory: {path}") from None
+        with open_regular(path, "results") as handle:
+            return handle.read().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MmfuseError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 

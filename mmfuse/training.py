@@ -86,11 +86,12 @@ def train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None = Non
     if resume:
         cfg = _saved_config(workspace, cfg.train.run)
     cfg.validate()
-    device = start(world, resolve_device(cfg.train.device))
-    try:
-        return _train(workspace, cfg, on_epoch, resume, world, device)
-    finally:
-        stop(world)
+    with workspace.reading_dataset(cfg.train.data):  # prepare-data cannot replace it under the training
+        device = start(world, resolve_device(cfg.train.device))
+        try:
+            return _train(workspace, cfg, on_epoch, resume, world, device)
+        finally:
+            stop(world)
 
 
 def _train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None, resume: bool, world: World,

@@ -10,17 +10,20 @@ Layout under the workspace root (``--workspace``, else ``$MMFUSE_WORKSPACE``, el
 
 from __future__ import annotations
 
+import base64
+import errno
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from mmfuse.errors import MmfuseError
 
@@ -77,6 +80,14 @@ class Workspace:
                 f"(run `mmfuse prepare-data SOURCE --name {name}` first)"
             )
         return path
+
+    @contextmanager
+    def reading_dataset(self, name: str) -> Iterator[Path]:
+        """The directory of a prepared data set, held with a shared lock while the caller reads it, so
+        that ``prepare-data`` cannot replace it meanwhile (it is refused, naming the reader)."""
+        self.existing_dataset(name)
+        with shared(self.dataset_dir(name), f"data set {name!r}"):
+            yield self.existing_dataset(name)
 
     def existing_run(self, name: str) -> Path:
         """The directory of a trained run, or a clear error listing the runs there are."""
@@ -152,68 +163,272 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_json(path: Path, what: str) -> Any:
-    """Read a JSON file, turning a missing or malformed file into one clear error."""
+    """Read a JSON file, turning a missing, malformed or non-regular file into one clear error."""
+    if not os.path.lexists(path):
+        raise MmfuseError(f"{what} is missing: {path}")
+    with open_regular(path, what) as handle:
+        data = handle.read()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MmfuseError(f"{what} is missing: {path}") from None
+        return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MmfuseError(f"{what} is not valid JSON: {path}: {exc}") from None
 
 
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+_OPEN_PROBLEMS = {errno.ELOOP: "a symbolic link loop", errno.ENAMETOOLONG: "a name too long for the file system",
+                  errno.ENOTDIR: "a path through something that is not a directory"}
+
+
+def open_regular(path: str | os.PathLike[str], what: str) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file (following symbolic links), or raise
+    one clear error naming it. The open never blocks: a named pipe, socket or device is refused
+    (reading one would wait forever for a writer), and so is a directory.
+
+    Args:
+        what: what the file is for the user ("image", "caption file"), as the error names it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise MmfuseError(f"{what} not found: {_shown(path)}") from None
+    except OSError as exc:
+        if exc.errno in _OPEN_PROBLEMS:
+            raise MmfuseError(f"cannot open {what} {_shown(path)}: {_OPEN_PROBLEMS[exc.errno]}") from None
+        raise OSError(exc.errno, exc.strerror, _shown(path)) from None
+    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+    if kind != stat.S_IFREG:
+        os.close(fd)
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise MmfuseError(f"not {article} {what} file ({_KINDS.get(kind, 'not a regular file')}): {_shown(path)}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _shown(path: str | os.PathLike[str]) -> str:
+    """A path as a message shows it: one line, printable whatever bytes its name holds."""
+    return printable(os.fspath(path))
+
+
+def printable(text: str) -> str:
+    """``text`` with backslash escapes where it would not stay on one printable line: ``\\\\``,
+    ``\\t``, ``\\n``, ``\\r``, ``\\xHH`` for a byte (an ASCII control character, or a byte of a file
+    name that is not valid UTF-8, which Python holds as a surrogate escape) and ``\\uHHHH`` /
+    ``\\UHHHHHHHH`` for another unprintable character. Undoing the escapes gives the exact bytes
+    back (the TSV outputs use it for paths and texts)."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of a file name
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif not ch.isprintable() and ch != " ":
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def json_path(path: str | os.PathLike[str], key: str = "path") -> dict[str, str]:
+    """A path as JSON output fields: ``{key: name}``; a name that is not valid UTF-8 (a file
+    system allows any bytes) has its undecodable bytes shown as U+FFFD there, and its exact bytes,
+    base64-encoded, in ``{key}_bytes``, so that JSON output stays valid and can name the file."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return {key: text}
+    except UnicodeEncodeError:
+        raw = os.fsencode(text)
+        return {key: raw.decode("utf-8", "replace"), f"{key}_bytes": base64.b64encode(raw).decode("ascii")}
+
+
 @contextmanager
 def exclusive(target: Path, what: str) -> Iterator[None]:
-    """Hold the lock of ``target`` (a data set or run directory) while writing it: the file
-    ``.<name>.lock`` beside it, created exclusively, holding this process's id and host. Another
-    live process's lock is refused with one line; a lock left by a dead process on this host is
-    cleared. The lock file is removed on the way out, whatever happens."""
-    lock = target.parent / f".{target.name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _lock_holder(lock)
-            if holder is None or _is_dead(holder):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            raise MmfuseError(f"{what} is being written by another mmfuse process (pid {holder.get('pid')} on "
-                              f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish, or "
-                              f"delete {lock} if that process is gone") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(me))
-        break
-    else:
-        raise MmfuseError(f"could not lock {what}: {lock} keeps reappearing")
+    """Hold ``target``'s lock (a data set or run directory) alone while writing it.
+
+    The lock is ``flock(2)`` on the file ``.<name>.lock`` beside ``target``: taken atomically by the
+    kernel, released by it when the process ends however it ends (kill -9 included), so a lock is
+    never stale and never removed to break it. Another holder (a writer, or a reader holding
+    :func:`shared`) is refused with one line naming it. The lock file records this process (pid,
+    host, start, command) for those messages."""
+    with _flocked(target, what, exclusive=True):
+        yield
+
+
+@contextmanager
+def shared(target: Path, what: str) -> Iterator[None]:
+    """Hold ``target``'s lock together with other readers (a training reading its data set): a
+    writer (:func:`exclusive`) cannot replace ``target`` meanwhile, and a target being written is
+    refused with one line. Where the lock cannot be created because the workspace is read-only,
+    nothing can write the target either, and reading goes on without it."""
+    with _flocked(target, what, exclusive=False):
+        yield
+
+
+def lock_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.lock"
+
+
+@contextmanager
+def _flocked(target: Path, what: str, exclusive: bool) -> Iterator[None]:
+    import fcntl
+
+    lock = lock_path(target)
+    fd = _acquire(lock, what, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
     try:
+        if exclusive and fd is not None:
+            _record_holder(fd)
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        if fd is not None:
+            _release(fd, lock)
 
 
-def _lock_holder(lock: Path) -> dict[str, Any] | None:
+def _acquire(lock: Path, what: str, mode: int) -> int | None:
+    """An open descriptor of ``lock`` holding ``flock`` ``mode`` (None: a reader in a read-only
+    workspace). A lock file its last holder removed between our open and flock is opened again."""
+    import fcntl
+
+    for _ in range(1000):
+        fd = _open_lock(lock, reader=mode == fcntl.LOCK_SH)
+        if fd is None:
+            return None
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            message = _refusal(fd, lock, what, mode)
+            os.close(fd)
+            raise MmfuseError(message) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _same_file(fd, lock):
+            return fd
+        os.close(fd)  # we locked a file that is no longer at that path: take the one that is
+    raise MmfuseError(f"could not lock {what}: {lock} keeps being replaced")
+
+
+def _open_lock(lock: Path, reader: bool) -> int | None:
+    if not reader:
+        lock.parent.mkdir(parents=True, exist_ok=True)
     try:
-        holder = json.loads(lock.read_text(encoding="utf-8"))
-        return holder if isinstance(holder, dict) else None
+        return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        if reader:
+            return None  # no folder, so no target to read (nor to replace)
+        raise
+    except OSError as exc:
+        if not reader or exc.errno not in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise OSError(exc.errno, exc.strerror, str(lock)) from None
+    try:  # a reader in a workspace it cannot write: lock the file if there is one
+        return os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # no writer can create it either, so nobody can replace what we read
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(lock)) from None
+
+
+def _same_file(fd: int, lock: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(lock)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _record_holder(fd: int) -> None:
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "command": _command_line(os.getpid())}
+    data = json.dumps(me).encode("utf-8")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+
+
+def _release(fd: int, lock: Path) -> None:
+    """Unlock; the last holder removes the lock file (only while it holds it alone, so a process
+    that opened it meanwhile notices, see :func:`_acquire`)."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _same_file(fd, lock):
+            lock.unlink(missing_ok=True)
+    except OSError:
+        pass  # another reader still holds it (it removes it), or the workspace is read-only
+    finally:
+        os.close(fd)
+
+
+def _refusal(fd: int, lock: Path, what: str, mode: int) -> str:
+    """The one line saying who holds ``lock``: the writer its file names, or the processes the
+    kernel lists as holding it (readers)."""
+    holders = _kernel_holders(fd)
+    writer = _recorded_holder(fd)
+    readers = [h for h in holders if not h[1]]
+    if readers and not any(h[1] for h in holders):
+        names = "; ".join(f"pid {pid}{_described(pid)}" for pid, _ in readers[:3])
+        more = f" and {len(readers) - 3} more" if len(readers) > 3 else ""
+        return f"{what} is in use by another mmfuse process ({names}{more}); wait for it to finish"
+    if writer is None:
+        return (f"{what} is being written by another mmfuse process (its lock {lock} does not say which); "
+                f"wait for it to finish")
+    command = f": {writer['command']}" if writer.get("command") else ""
+    return (f"{what} is being written by another mmfuse process (pid {writer.get('pid')} on {writer.get('host')}, "
+            f"since {writer.get('started')}{command}); wait for it to finish")
+
+
+def _recorded_holder(fd: int) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(os.pread(fd, 65536, 0).decode("utf-8"))
     except (OSError, ValueError):
-        return None  # unreadable or half-written by a process killed while writing it: stale
+        return None
+    return holder if isinstance(holder, dict) and "pid" in holder else None
 
 
-def _is_dead(holder: dict[str, Any]) -> bool:
-    """Whether the process that wrote a lock is gone (only known for this host's processes)."""
-    if holder.get("host") != socket.gethostname():
-        return False
+def _kernel_holders(fd: int) -> list[tuple[int, bool]]:
+    """(pid, exclusive) of each flock on ``fd``'s file, from Linux's /proc/locks ([] elsewhere)."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders = []
     try:
-        pid = int(holder.get("pid", 0))
-        if pid <= 0:
-            return True
-        os.kill(pid, 0)  # signal 0: only asks whether it exists
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError, TypeError, OverflowError):
-        return False
-    return False
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        parts = line.split()
+        if "->" in parts:  # a process waiting for the lock, not holding it
+            continue
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == inode:
+            holders.append((int(parts[4]), parts[3] == "WRITE"))
+    return holders
+
+
+def _command_line(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    args = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+    if args and Path(args[0]).name.startswith("python"):  # python [-m mmfuse | path/to/mmfuse] ARGS
+        args = args[1:]
+        args = args[2:] if args[:2] == ["-m", "mmfuse"] else args
+    if args and Path(args[0]).name == "mmfuse":
+        args = args[1:]
+    text = printable("mmfuse " + " ".join(args))  # one line, whatever the arguments hold
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _described(pid: int) -> str:
+    command = _command_line(pid)
+    return f": {command}" if command.strip() != "mmfuse" else ""
 
 
 @contextmanager

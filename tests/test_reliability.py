@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,18 +24,31 @@ from tests.conftest import TINY, invoke
 SMALL = ["--feature-dim", "16", "--embed-dim", "8", "--hidden-dim", "16", "--batch-size", "16"]
 
 
-def _lock(path: Path, pid: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "2026-12-03 10:00:00"}))
+_HOLD = """
+import sys, time
+from pathlib import Path
+from mmfuse.workspace import exclusive
+with exclusive(Path(sys.argv[1]), "it"):
+    print("holding", flush=True)
+    time.sleep(60)
+"""
 
 
 @pytest.fixture
-def other_process():
-    """A live process that is not this one (a lock holder)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
+def lock_holder():
+    """Start a live process that holds the write lock of a data set or run directory."""
+    procs = []
+
+    def hold(target: Path) -> int:
+        proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(target)], stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "holding"
+        return proc.pid
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
 def _dead_pid() -> int:
@@ -43,38 +57,37 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_prepare_data_is_refused_while_another_process_writes_the_data_set(workspace: Path, other_process: int) -> None:
-    lock = workspace / "datasets" / ".tiny.lock"
-    _lock(lock, other_process)
+def test_prepare_data_is_refused_while_another_process_writes_the_data_set(workspace: Path, lock_holder) -> None:
+    pid = lock_holder(workspace / "datasets" / "tiny")
     res = invoke("prepare-data", "shapes", "--name", "tiny", *TINY)
     assert res.exit_code == 1
     lines = res.stderr.strip().splitlines()
-    assert lines == [f"mmfuse: error: data set 'tiny' is being written by another mmfuse process (pid {other_process} "
-                     f"on {socket.gethostname()}, since 2026-12-03 10:00:00); wait for it to finish, or delete "
-                     f"{lock} if that process is gone"]
-    assert not (workspace / "datasets" / "tiny").exists() and lock.exists()  # nothing written, their lock kept
+    assert len(lines) == 1 and lines[0].startswith(
+        f"mmfuse: error: data set 'tiny' is being written by another mmfuse process (pid {pid} on {socket.gethostname()}, since ")
+    assert lines[0].endswith("); wait for it to finish")
+    assert not (workspace / "datasets" / "tiny").exists() and (workspace / "datasets" / ".tiny.lock").exists()
 
 
-def test_a_stale_lock_of_a_dead_process_is_cleared(workspace: Path) -> None:
-    _lock(workspace / "datasets" / ".tiny.lock", _dead_pid())
+def test_a_lock_file_left_by_a_dead_process_is_free(workspace: Path) -> None:
+    for lock in (workspace / "datasets" / ".tiny.lock", workspace / "runs" / ".r.lock"):
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started": "2026-12-03 10:00:00"}))
     assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
-    _lock(workspace / "runs" / ".r.lock", _dead_pid())
     res = invoke("train", "--data", "tiny", "--run", "r", "--epochs", "1", *SMALL)
     assert res.exit_code == 0, res.stderr
     assert not list((workspace / "datasets").glob(".*.lock")) and not list((workspace / "runs").glob(".*.lock"))
 
 
-def test_train_is_refused_while_another_process_trains_the_same_run(trained: Path, tmp_path: Path,
-                                                                    other_process: int) -> None:
+def test_train_is_refused_while_another_process_trains_the_same_run(trained: Path, tmp_path: Path, lock_holder) -> None:
     ws = tmp_path / "ws"
     shutil.copytree(trained, ws)
-    _lock(ws / "runs" / ".r.lock", other_process)
+    pid = lock_holder(ws / "runs" / "r")
     before = {p: p.read_bytes() for p in (ws / "runs" / "r").iterdir()}
     for args in (["--run", "r", "--resume"], ["--data", "tiny", "--run", "r", "--overwrite", *SMALL]):
         res = invoke("train", *args, "-w", str(ws))
         assert res.exit_code == 1
         assert res.stderr.strip().splitlines()[-1].startswith(
-            f"mmfuse: error: run 'r' is being written by another mmfuse process (pid {other_process}")
+            f"mmfuse: error: run 'r' is being written by another mmfuse process (pid {pid}")
     assert {p: p.read_bytes() for p in (ws / "runs" / "r").iterdir()} == before
 
 
@@ -173,3 +186,35 @@ def test_prepare_data_again_with_the_same_arguments_gives_the_same_data_set(work
 
 def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_prepare_data_cannot_replace_the_data_set_a_training_reads(workspace: Path) -> None:
+    assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
+    args = ["train", "--data", "tiny", "--epochs", "3", *SMALL[:-2], "--batch-size", "4"]
+    proc = subprocess.Popen([sys.executable, "-m", "mmfuse", *args, "--run", "busy"],
+                            env={**os.environ, "MMFUSE_WORKSPACE": str(workspace)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = workspace / "datasets" / ".tiny.lock"
+        for _ in range(600):  # the training holds the data set once it has started
+            if lock.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        before = _snapshot(workspace / "datasets" / "tiny")
+        res = invoke("prepare-data", "shapes", "--name", "tiny", "--train-images", "48", "--val-images", "8",
+                     "--test-images", "8", "--seed", "9")
+        assert proc.poll() is None, "the training ended before prepare-data tried: nothing was tested"
+        assert res.exit_code == 1
+        assert res.stderr.strip().splitlines() == [
+            f"mmfuse: error: data set 'tiny' is in use by another mmfuse process (pid {proc.pid}: "
+            f"mmfuse {' '.join(args)} --run busy); wait for it to finish"]
+        assert _snapshot(workspace / "datasets" / "tiny") == before
+    finally:
+        _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert invoke(*args, "--run", "calm").exit_code == 0  # the same training, undisturbed
+    busy, calm = (load_file(workspace / "runs" / run / "last.safetensors") for run in ("busy", "calm"))
+    assert busy.keys() == calm.keys() and all(torch.equal(busy[k], calm[k]) for k in busy)
+    metrics = [[{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
+                for line in (workspace / "runs" / run / "metrics.jsonl").read_text().splitlines()] for run in ("busy", "calm")]
+    assert metrics[0] == metrics[1]

@@ -29,7 +29,7 @@ from mmfuse.config import ModelConfig
 from mmfuse.data.dataset import ImageDataset, load_labelled_split, load_manifest, load_split
 from mmfuse.data.sources import SPLITS
 from mmfuse.errors import MmfuseError
-from mmfuse.workspace import atomic_write_json, atomic_write_text, read_json, writing
+from mmfuse.workspace import atomic_write_json, atomic_write_text, exclusive, read_json, writing
 
 CACHE_FORMAT_VERSION = 1
 Progress = Callable[[int, int], None]  # (images done, images in all)
@@ -46,6 +46,15 @@ def cache_key(cfg: ModelConfig) -> str | None:
     if not frozen or not (cfg.pretrained or cfg.weights):
         return None
     return f"{cfg.encoder}-{_weights_id(cfg)}-{cfg.image_size}"
+
+
+def required_key(cfg: ModelConfig) -> str:
+    """:func:`cache_key`, or a clear error saying which encoders can be cached."""
+    key = cache_key(cfg)
+    if key is None:
+        raise MmfuseError("only a frozen torchvision encoder with loaded weights can be cached: give --encoder "
+                          "resnet50 (or another backbone) with --pretrained or --weights PATH, without --fine-tune")
+    return key
 
 
 def _weights_id(cfg: ModelConfig) -> str:
@@ -83,7 +92,7 @@ def open_cache(data_dir: Path, cfg: ModelConfig) -> FeatureCache | None:
     root = data_dir / "features" / key
     meta = read_json(root / "meta.json", "feature cache metadata")
     images = read_json(root / "images.json", "feature cache image list")
-    if meta.get("done") != len(images):
+    if not isinstance(meta, dict) or meta.get("done") != len(images) or not _arrays_complete(root, meta):
         return None  # unfinished: `mmfuse cache-features` resumes it
     grid, pooled = _arrays(root, meta, "r")
     return FeatureCache(root, {p: i for i, p in enumerate(images)}, grid, pooled)
@@ -108,10 +117,12 @@ def cache_dataset_features(workspace: Any, data: str, cfg: ModelConfig, batch_si
     from mmfuse.models.encoders import check_weights_available
 
     check_weights_available(cfg)
-    data_dir = workspace.existing_dataset(data)
-    if not cfg.image_size:
-        cfg = replace(cfg, image_size=int(load_manifest(data_dir).get("image_size") or 224))
-    root, meta, new = build_cache(data_dir, cfg, batch_size, workers, on_progress, resolve_device(device))
+    with workspace.reading_dataset(data) as data_dir:  # prepare-data cannot replace the data set meanwhile
+        if not cfg.image_size:
+            cfg = replace(cfg, image_size=int(load_manifest(data_dir).get("image_size") or 224))
+        key = required_key(cfg)
+        with exclusive(data_dir / "features" / key, f"feature cache {key} of data set {data!r}"):
+            root, meta, new = build_cache(data_dir, cfg, batch_size, workers, on_progress, resolve_device(device))
     size = sum((root / name).stat().st_size for name in ("grid.f16", "pooled.f16"))
     return CacheResult(root, meta["images"], new, size)
 
@@ -123,10 +134,7 @@ def build_cache(data_dir: Path, cfg: ModelConfig, batch_size: int = 32, workers:
     interrupted run); returns the cache directory, its metadata and how many images this run encoded."""
     from mmfuse.models.encoders import build_image_encoder
 
-    key = cache_key(cfg)
-    if key is None:
-        raise MmfuseError("only a frozen torchvision encoder with loaded weights can be cached: give --encoder "
-                          "resnet50 (or another backbone) with --pretrained or --weights PATH, without --fine-tune")
+    key = required_key(cfg)
     encoder = build_image_encoder(cfg).eval().to(device)
     images = _all_images(data_dir)
     root = data_dir / "features" / key
@@ -166,19 +174,44 @@ def _start(root: Path, images: list[str], encoder: Any, cfg: ModelConfig, device
     fresh = {"format_version": CACHE_FORMAT_VERSION, "encoder": cfg.encoder, "pretrained": cfg.pretrained,
              "weights": cfg.weights, "image_size": cfg.image_size, "grid_shape": shape, "images": len(images),
              "done": 0}
-    if (root / "meta.json").is_file() and (root / "images.json").is_file():
-        meta = read_json(root / "meta.json", "feature cache metadata")
-        same = {k: meta.get(k) for k in ("grid_shape", "images", "image_size")} == \
-            {k: fresh[k] for k in ("grid_shape", "images", "image_size")}
-        if same and read_json(root / "images.json", "feature cache image list") == images:
-            return meta
+    resumable = _resumable(root, fresh, images)
+    if resumable is not None:
+        return resumable
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / "meta.json", fresh)  # done = 0 before the arrays change
-    atomic_write_text(root / "images.json", json.dumps(images))
+    (root / "meta.json").unlink(missing_ok=True)  # no metadata while the rest changes: a crash now restarts
     n, (cells, channels) = len(images), shape
     _allocate(root / "grid.f16", n * cells * channels * 2)
     _allocate(root / "pooled.f16", n * channels * 2)
+    atomic_write_text(root / "images.json", json.dumps(images))
+    atomic_write_json(root / "meta.json", fresh)  # last: it says the arrays and the image list are complete
     return fresh
+
+
+def _resumable(root: Path, fresh: dict[str, Any], images: list[str]) -> dict[str, Any] | None:
+    """The metadata of an interrupted cache of the same images and shapes whose files are all there
+    in full, or None (then the cache starts afresh: a damaged or half-created cache is no error)."""
+    keys = ("grid_shape", "images", "image_size")
+    try:
+        meta = read_json(root / "meta.json", "feature cache metadata")
+        if not isinstance(meta, dict) or {k: meta.get(k) for k in keys} != {k: fresh[k] for k in keys}:
+            return None
+        if not isinstance(meta.get("done"), int) or not 0 <= meta["done"] <= len(images):
+            return None
+        if read_json(root / "images.json", "feature cache image list") != images or not _arrays_complete(root, meta):
+            return None
+    except MmfuseError:
+        return None
+    return meta
+
+
+def _arrays_complete(root: Path, meta: dict[str, Any]) -> bool:
+    """Whether both array files exist at their full size."""
+    n, (cells, channels) = meta["images"], meta["grid_shape"]
+    sizes = {"grid.f16": n * cells * channels * 2, "pooled.f16": n * channels * 2}
+    try:
+        return all((root / name).stat().st_size == size for name, size in sizes.items())
+    except OSError:
+        return False
 
 
 def _allocate(path: Path, size: int) -> None:

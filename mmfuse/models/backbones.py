@@ -16,14 +16,16 @@ Shape legend: B batch, C backbone channels, h x w the last feature map, N = h*w,
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import MmfuseError, first_line
 from mmfuse.models.encoders import IMAGE_ENCODERS, CachedFeatures, ImageFeatures
+from mmfuse.workspace import open_regular
 
 
 @dataclass(frozen=True)
@@ -164,18 +166,34 @@ def _local_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MmfuseError(f"--weights: no such file: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        return load_file(str(path))
+        with open_regular(path, "weights") as handle:
+            data = handle.read()
+        try:
+            return load(data)
+        except Exception as exc:  # noqa: BLE001 (a damaged or foreign file, in any of safetensors' errors)
+            raise MmfuseError(f"cannot read weights from {path}: not a valid safetensors file "
+                              f"({first_line(exc)})") from None
     return _torch_load(path)
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict read without running code from the file (``weights_only=True``)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a pickle with code, a truncated file, not a torch file
-        raise MmfuseError(f"cannot read weights from {path}: {type(exc).__name__}: {exc}") from None
+    """A state dict read without running code from the file (``weights_only=True``); a pickle that
+    holds anything but tensors is refused (loading it fully could run code)."""
+    import pickle
+
+    with open_regular(path, "weights") as handle:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch's note on pickle protocols, not the user's problem
+                state = torch.load(handle, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise MmfuseError(f"cannot read weights from {path}: it is a pickle holding more than tensors, which "
+                              f"mmfuse refuses to load (it could run code); save a state dict of tensors, or "
+                              f"convert it to .safetensors") from None
+        except Exception as exc:  # noqa: BLE001 (a truncated file, not a torch file)
+            raise MmfuseError(f"cannot read weights from {path}: {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(state, dict):
         raise MmfuseError(f"{path} does not hold a state dict (got {type(state).__name__})")
     return state

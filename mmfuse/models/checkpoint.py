@@ -8,6 +8,7 @@ Tensors are saved from CPU, so a checkpoint written on a GPU loads anywhere.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError
 from mmfuse.models.captioner import build_captioner
 from mmfuse.models.classifier import build_classifier
-from mmfuse.workspace import atomic_write_bytes, read_json
+from mmfuse.workspace import atomic_write_bytes, open_regular, read_json
 
 WEIGHT_FILES = ("best", "last")
 # Tensor names older mmfuse wrote -> today's (prefixes). 9ad19ab: the LSTM and GRU decoders share one
@@ -38,10 +39,11 @@ def save_weights(path: Path, model: nn.Module, metadata: dict[str, str]) -> None
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, on CPU; a missing or damaged file is a clear error."""
+    if not os.path.lexists(path):
+        raise MmfuseError(f"weights file is missing: {path}")
     try:
-        return st_load(path.read_bytes())
-    except FileNotFoundError:
-        raise MmfuseError(f"weights file is missing: {path}") from None
+        with open_regular(path, "weights") as handle:
+            return st_load(handle.read())
     except (SafetensorError, ValueError, OSError) as exc:
         raise MmfuseError(f"weights file is damaged or not safetensors: {path}: {exc}") from None
 

@@ -4,6 +4,7 @@ ratio, naming samples, and reading caption files with errors that name the file 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import random
 import re
@@ -12,6 +13,7 @@ from typing import Any, Iterator, TypeVar
 
 from mmfuse.data.sources import RawSample
 from mmfuse.errors import MmfuseError
+from mmfuse.workspace import open_regular
 
 C = TypeVar("C")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -94,10 +96,8 @@ def safe_id(text: str) -> str:
 def read_json_file(path: Path, what: str) -> Any:
     """A JSON file, or a clear error naming it."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise MmfuseError(f"{what} not found: {path}") from None
+        with open_regular(path, what) as handle:
+            return json.loads(handle.read().decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise MmfuseError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
@@ -107,11 +107,9 @@ def read_json_file(path: Path, what: str) -> Any:
 def read_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
     """(line number, line without its newline) of a UTF-8 text file, or a clear error naming it."""
     try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
+        with open_regular(path, what) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as handle:
             for number, line in enumerate(handle, 1):
                 yield number, line.rstrip("\r\n")
-    except FileNotFoundError:
-        raise MmfuseError(f"{what} not found: {path}") from None
     except UnicodeDecodeError as exc:
         raise MmfuseError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
