@@ -228,7 +228,7 @@ def prepare_data_cmd(
         options["json"] = options.pop("json_file")
     with LazyProgress() as bar:
         result = prepare_data(Workspace.open(workspace), source, options, name, min_count,
-                              lambda split, done, total: bar.update("checking and tokenizing", done, total), max_length)
+                              lambda stage, done, total: bar.update(stage if stage == "checking images" else "tokenizing", done, total), max_length)
     m = result.manifest
     counts = ", ".join(f"{s} {c['images']} images / {c['captions'] or c['samples']} {'captions' if m['task'] == 'caption' else 'samples'}" for s, c in m["splits"].items())
     console().print(f"data set [bold]{m['name']}[/] at {escape(str(result.path))}: {counts}; vocabulary {m['vocab_size']} words")

@@ -6,6 +6,7 @@ Override order everywhere: dataclass defaults < a JSON config file (``--config``
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class ShapesConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        check_values(self)
         for split in ("train", "val", "test"):
             count = getattr(self, f"{split}_images")
             if count < 1:
@@ -85,6 +87,7 @@ class ModelConfig:
     fine_tune_from: str = ""
 
     def validate(self) -> None:
+        check_values(self)
         _positive(self, "feature_dim", "embed_dim", "hidden_dim", "num_layers")
         if self.image_size < 0:
             raise MmfuseError(f"image_size must be >= 0, got {self.image_size}")
@@ -134,6 +137,7 @@ class DecodeConfig:
     use_cache: bool = True
 
     def validate(self) -> None:
+        check_values(self)
         _positive(self, "beam_size", "max_length", "n_best", "diverse_groups")
         for name in ("min_length", "no_repeat_ngram", "top_k", "diversity"):
             if getattr(self, name) < 0:
@@ -265,6 +269,7 @@ class TrainConfig:
     scst_baseline: str = "mean"
 
     def validate(self) -> None:
+        check_values(self)
         _positive(self, "epochs", "batch_size", "captions_per_image", "accumulate", "lr_step_epochs")
         if self.lr <= 0:
             raise MmfuseError(f"lr must be > 0, got {self.lr}")
@@ -327,6 +332,35 @@ def _positive(cfg: Any, *names: str) -> None:
         value = getattr(cfg, name)
         if value < 1:
             raise MmfuseError(f"{name} (--{name.replace('_', '-')}) must be >= 1, got {value}")
+
+
+MAX_SEED = 2**63 - 1  # what torch.manual_seed and NumPy's generators take
+# The largest value of each size that makes sense on any machine: above it the request is a typo
+# (torch would fail to allocate it, or overflow a 32-bit index, with a message of its own).
+SIZE_LIMITS = {"feature_dim": 65536, "embed_dim": 65536, "hidden_dim": 65536, "num_layers": 256,
+               "epochs": 1_000_000, "batch_size": 1_000_000, "captions_per_image": 10_000, "accumulate": 100_000,
+               "beam_size": 1024, "max_length": 4096, "n_best": 1024, "diverse_groups": 1024,
+               "no_repeat_ngram": 4096, "min_length": 4096, "top_k": 1_000_000, "scst_samples": 1024,
+               "warmup_steps": 10**12, "lr_step_epochs": 1_000_000, "patience": 1_000_000, "save_every": 10**12,
+               "workers": 1024, "image_size": 8192, "train_images": 100_000_000, "val_images": 100_000_000,
+               "test_images": 100_000_000}
+
+
+def check_values(cfg: Any) -> None:
+    """Every float of ``cfg`` finite, every seed in [0, 2^63), every size within :data:`SIZE_LIMITS`:
+    one clear error naming the setting (and its flag) otherwise."""
+    for item in dataclasses.fields(cfg):
+        value = getattr(cfg, item.name)
+        flag = f"{item.name} (--{item.name.replace('_', '-')})"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MmfuseError(f"{flag} must be a finite number, got {value}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if item.name == "seed" and not 0 <= value <= MAX_SEED:
+            raise MmfuseError(f"{flag} must be between 0 and {MAX_SEED}, got {value}")
+        limit = SIZE_LIMITS.get(item.name)
+        if limit is not None and value > limit:
+            raise MmfuseError(f"{flag} must be at most {limit}, got {value}")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

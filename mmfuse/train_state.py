@@ -24,8 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from mmfuse.errors import MmfuseError
-from mmfuse.models.checkpoint import read_metadata
+from mmfuse.errors import MmfuseError, first_line
+from mmfuse.models.checkpoint import load_checked, read_metadata
 from mmfuse.workspace import atomic_write_bytes
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -71,9 +71,52 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                           "every --save-every steps and when interrupted)") from None
     except (SafetensorError, KeyError, ValueError, OSError) as exc:
         raise MmfuseError(f"resume checkpoint is damaged: {path}: {exc}") from None
-    if meta.get("format", 0) > FORMAT:
+    if not isinstance(meta, dict):
+        raise MmfuseError(f"resume checkpoint is damaged: {path}: its metadata is not a JSON object")
+    if not isinstance(meta.get("format", 0), int) or meta.get("format", 0) > FORMAT:
         raise MmfuseError(f"resume checkpoint {path} was written by a newer mmfuse; upgrade mmfuse")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    _check_metadata(meta, tensors, path)
+    load_checked(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")},
+                 f"the model tensors of the resume checkpoint {path}", "the run's config")
+    try:
+        return _restore(meta, tensors, optimizer, scheduler, scaler)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        raise MmfuseError(f"resume checkpoint {path} does not fit this run ({type(exc).__name__}: "
+                          f"{first_line(exc)}); train the run again with --overwrite") from None
+
+
+# What the progress record of a resume checkpoint holds, and of which types.
+_PROGRESS_TYPES: dict[str, tuple[type, ...]] = {
+    "epoch": (int,), "batches_done": (int,), "step": (int,), "loss_sum": (int, float), "loss_count": (int, float),
+    "samples": (int,), "seconds": (int, float), "best_epoch": (int,), "best": (int, float), "stale": (int,),
+    "done": (bool,), "history": (list,)}
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "optimizer_groups": (list,), "scheduler": (dict,), "scaler": (dict, type(None)), "rng_python": (list,),
+    "rng_numpy": (list,), "progress": (dict,)}
+
+
+def _check_metadata(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Every field the restore reads is there with the right type, or one line naming the first
+    that is not (a hand-edited or damaged checkpoint)."""
+    for where, record, types in (("", meta, _META_TYPES), ("progress.", meta.get("progress"), _PROGRESS_TYPES)):
+        for key, kinds in types.items():
+            value = record.get(key, _MISSING) if isinstance(record, dict) else _MISSING
+            if value is _MISSING:
+                raise MmfuseError(f"resume checkpoint is damaged: {path}: its metadata has no '{where}{key}'")
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise MmfuseError(f"resume checkpoint is damaged: {path}: '{where}{key}' should be "
+                                  f"{' or '.join(k.__name__ for k in kinds)}, got {type(value).__name__}")
+    for key in ("rng.torch", "rng.epoch_order"):
+        if key not in tensors:
+            raise MmfuseError(f"resume checkpoint is damaged: {path}: tensor {key!r} is missing")
+
+
+_MISSING = object()
+
+
+def _restore(meta: dict[str, Any], tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+             scheduler: Any, scaler: Any) -> tuple[dict[str, Any], torch.Tensor]:
+    """Put the optimiser, schedule, scaler and random generators back as they were saved."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

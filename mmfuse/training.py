@@ -533,17 +533,32 @@ class _Loop:
                     loss = self.task.loss(self.net, batch)
                 loss_sum += float(loss.detach())
                 self.scaler.scale(loss * (self.world.size / total)).backward()
+        (loss_sum,) = self.world.sum([loss_sum], self.device)  # every rank sees the same: all stop together
+        self._check_finite(loss_sum, "the loss")
         if self.cfg.train.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        (loss_sum,) = self.world.sum([loss_sum], self.device)
         p = self.progress
         p["loss_sum"], p["loss_count"], p["samples"] = p["loss_sum"] + loss_sum, p["loss_count"] + total, p["samples"] + int(samples)
         if self.logs:
             self.logs.step(p["step"] + 1, loss_sum / max(total, 1e-9), self.optimizer.param_groups[0]["lr"])
+
+    def _check_finite(self, loss_sum: float | None, what: str) -> None:
+        """Stop with one line at the first non-finite loss (before it changes the weights), or when
+        the weights are no longer finite (before they are saved): nothing non-finite is ever written."""
+        bad = not math.isfinite(loss_sum) if loss_sum is not None else \
+            not all(bool(torch.isfinite(t).all()) for t in self.model.state_dict().values() if t.is_floating_point())
+        if not bad:
+            return
+        p, lr = self.progress, self.optimizer.param_groups[0]["lr"]
+        value = f" ({loss_sum})" if loss_sum is not None else ""
+        kept = "the run keeps its last checkpoint" if (self.run_dir / CHECKPOINT).exists() else "nothing was saved"
+        raise MmfuseError(f"training stopped: {what} became non-finite{value} at epoch {p['epoch']}, step "
+                          f"{p['step'] + 1}, learning rate {lr:.3g}; {kept}. Lower --lr (or keep --grad-clip on) "
+                          f"and train again")
 
     def _stop_requested(self, stop: _StopRequests) -> bool:
         if not self.world.distributed:
@@ -551,16 +566,20 @@ class _Loop:
         return self.world.sum([float(stop.requested)], self.device)[0] > 0  # every rank stops at the same step
 
     def _save_checkpoint(self, epoch_order: torch.Tensor) -> None:
+        self._check_finite(None, "the weights")
         if self.world.main:
             save_checkpoint(self.run_dir / CHECKPOINT, self.model, self.optimizer, self.scheduler, self.scaler,
                             epoch_order, self.progress)
         self.world.barrier()
 
     def _save_epoch(self, record: dict[str, Any]) -> None:
+        self._check_finite(None, "the weights")
         if self.world.main:
             metric = self.cfg.train.select_metric
             meta = {"epoch": str(record["epoch"]), f"val_{metric}": str(record[f"val_{metric}"]),
                     "parameters": str(count_parameters(self.model))}
+            if isinstance(self.task, _ClassifyTask):  # the class order the output units mean, checked on load
+                meta["labels"] = json.dumps(self.task.labels)
             save_weights(self.run_dir / "last.safetensors", self.model, meta)
             if record["best"]:
                 save_weights(self.run_dir / "best.safetensors", self.model, meta)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmfuse.data.sources import SOURCES, SPLITS, RawSample
+from mmfuse.data.sources.files import absolute
 from mmfuse.data.tokenize import tokenize, tokenize_many
 from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError
@@ -25,7 +26,7 @@ from mmfuse.workspace import Workspace, atomic_write_json, check_name, exclusive
 
 FORMAT_VERSION = 1
 TOKENIZER = "spacy.blank('en'), lower-cased"
-Progress = Callable[[str, int, int], None]  # (split, samples done in it, samples it will have)
+Progress = Callable[[str, int, int], None]  # ("checking images" or the split, done, total)
 
 
 @dataclass
@@ -60,6 +61,7 @@ def prepare_data(
     final = workspace.dataset_dir(name)
     with exclusive(final, f"data set {name!r}"), staged_directory(final, clear_leftovers=True) as staging:
         written = _Written(max_length)
+        _check_images(src, written, on_progress)
         splits = _write_samples(staging, src, on_progress, written)
         _check_not_empty(splits, source, written.skipped)
         vocab = Vocab.build_from_counts(written.counts["train"], min_count)
@@ -85,6 +87,7 @@ class _Written:
 
     def problem(self, path: Path) -> str | None:
         """Why the image file at ``path`` cannot be used (None: it can), checked once per file."""
+        path = absolute(path)
         if path not in self.checked:
             try:
                 load_rgb(path)
@@ -113,6 +116,17 @@ def _quantile(histogram: Counter, q: float) -> int:
         if below > position:
             return value
     return 0
+
+
+def _check_images(src, written: "_Written", on_progress: Progress | None) -> None:
+    """Open and decode every image file the source names, once, then let it settle the splits
+    among the usable ones (so an unreadable image cannot leave a split empty)."""
+    files = list(src.image_files())
+    for done, path in enumerate(files, 1):
+        written.problem(path)
+        if on_progress:
+            on_progress("checking images", done, len(files))
+    src.settle_splits({path for path, problem in written.checked.items() if problem is not None})
 
 
 def _write_samples(root: Path, src, on_progress: Progress | None, written: "_Written") -> dict[str, dict[str, int]]:
@@ -179,7 +193,7 @@ def _image(root: Path, sample: RawSample, written: _Written) -> str | None:
     """Where the data set finds the sample's image: a PNG written into it, or the checked file's
     absolute path (None, with the sample listed as skipped, when that file cannot be used)."""
     if isinstance(sample.image, Path):
-        path = sample.image.expanduser().absolute()
+        path = absolute(sample.image)
         problem = written.problem(path)
         if problem is not None:
             written.skipped.append({"id": sample.id, "image": str(path), "problem": problem})

@@ -8,9 +8,11 @@ Tensors are saved from CPU, so a checkpoint written on a GPU loads anywhere.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -20,7 +22,7 @@ from torch import nn
 
 from mmfuse.config import ModelConfig, RunConfig, from_dict
 from mmfuse.data.vocab import Vocab
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import MmfuseError, first_line
 from mmfuse.models.captioner import build_captioner
 from mmfuse.models.classifier import build_classifier
 from mmfuse.workspace import atomic_write_bytes, open_regular, read_json
@@ -85,13 +87,43 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
     else:
         model = build_captioner(config.model, len(vocab))
     state = migrate_names(read_weights(weights), model.state_dict())
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # torch's message lists every tensor; name the first few instead
-        problem = _mismatch(model.state_dict(), state) or str(exc).strip().splitlines()[-1].strip()
-        raise MmfuseError(f"weights {weights} do not match the run's config ({problem}); was the run trained "
-                          f"by another version of mmfuse? Retrain it") from None
+    load_checked(model, state, f"weights {weights}", "the run's config")
+    if labels is not None:
+        _check_label_order(weights, labels, run_dir)
     return LoadedRun(config, vocab, model.to(device).eval(), weights, labels)
+
+
+def load_checked(model: nn.Module, state: dict[str, torch.Tensor], what: str, against: str) -> None:
+    """Load ``state`` into ``model`` only if it has exactly the model's tensors, shapes and dtypes
+    (torch would silently cast another dtype); else one line naming the first differences."""
+    problem = _mismatch(model.state_dict(), state)
+    if not problem:
+        try:
+            model.load_state_dict(state, strict=True)
+            return
+        except RuntimeError as exc:
+            problem = first_line(exc)
+    raise MmfuseError(f"{what} do not match {against} ({problem}); were they written by another version of "
+                      f"mmfuse or changed by hand? Retrain the run")
+
+
+def _check_label_order(weights: Path, labels: list[str], run_dir: Path) -> None:
+    """The class names the weights were trained with (in their metadata, since this version) must be
+    ``labels.json``'s, in the same order: otherwise every prediction would carry the wrong name."""
+    recorded = read_metadata(weights).get("labels")
+    if recorded is None:
+        return  # written by an older mmfuse: the head's size was checked with the tensors
+    try:
+        trained = json.loads(recorded)
+    except ValueError:
+        trained = None
+    if trained != labels:
+        def shown(names: Any) -> str:
+            names = [str(n) for n in names] if isinstance(names, list) else [str(names)]
+            return ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise MmfuseError(f"{run_dir / 'labels.json'} lists the classes {shown(labels)} but the weights "
+                          f"{weights.name} were trained for {shown(trained if trained is not None else recorded)} "
+                          f"(in that order); restore labels.json or retrain the run")
 
 
 def migrate_names(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -126,8 +158,11 @@ def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor])
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     resized = sorted(k for k in set(expected) & set(found) if expected[k].shape != found[k].shape)
+    retyped = sorted(k for k in set(expected) & set(found) if expected[k].shape == found[k].shape
+                     and expected[k].dtype != found[k].dtype)
     parts = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-             for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", resized)) if keys]
+             for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", resized),
+                                 ("other dtype", retyped)) if keys]
     return "; ".join(parts)
 
 

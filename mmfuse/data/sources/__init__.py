@@ -54,11 +54,30 @@ class Source(Protocol):
     def options(self) -> dict[str, Any]:
         """The resolved options, recorded in the data set's manifest."""
 
+    def image_files(self) -> Iterator[Path]:
+        """The image files the samples name, each once (none for a source that draws its images):
+        ``prepare-data`` checks them all before the splits are settled."""
+
+    def settle_splits(self, unusable: set[Path]) -> None:
+        """Settle each image's split knowing which image files cannot be used (absolute paths): a
+        source that divides its images by ratio divides only the usable ones (with at least one
+        non-empty caption), so a bad image never leaves a split empty. Then :meth:`count` is final."""
+
     def count(self, split: str) -> int:
         """How many samples :meth:`samples` will yield for ``split`` (for progress bars)."""
 
     def samples(self) -> Iterator[RawSample]:
         """Every sample, split by split."""
+
+
+class DrawnImages:
+    """For sources whose images are drawn (PIL images, always usable): no files to check."""
+
+    def image_files(self) -> Iterator[Path]:
+        return iter(())
+
+    def settle_splits(self, unusable: set[Path]) -> None:
+        """Nothing to settle: every drawn image is usable."""
 
 
 SOURCES: Registry[Source] = Registry("data source")

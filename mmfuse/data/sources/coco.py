@@ -34,8 +34,14 @@ class CocoSource(ListedSource):
     def __init__(self, **options: Any):
         self.opts = source_options(CocoOptions, options, "coco")
         images = existing_dir(self.opts.images, "--images")
-        entries = [_read(Path(p)) for p in self.opts.annotations]
-        self.samples_ = _to_samples(entries, images, self.opts)
+        self.files = [_read(Path(p)) for p in self.opts.annotations]
+        self.samples_ = _to_samples(self.files, images, self.opts)
+
+    def divide(self, usable: list[RawSample]) -> None:
+        """Divide the held-out images again, among the usable ones only."""
+        splits = _assign(self.files, self.opts, {s.id for s in usable})
+        for sample in usable:
+            sample.split = splits.get(sample.id, "train")
 
 
 @dataclass
@@ -72,10 +78,10 @@ def _to_samples(files: list[_File], images: Path, opts: CocoOptions) -> list[Raw
             for f in files for image_id, name in sorted(f.images.items())]
 
 
-def _assign(files: list[_File], opts: CocoOptions) -> dict[str, str]:
-    """The split of every image not in a training file: half val, half test (seeded) when there is
-    a training file, else val/test/train by the ratios."""
-    held_out = [str(i) for f in files if not f.train for i in f.images]
+def _assign(files: list[_File], opts: CocoOptions, keep: set[str] | None = None) -> dict[str, str]:
+    """The split of every image not in a training file (of those in ``keep``, if given): half val,
+    half test (seeded) when there is a training file, else val/test/train by the ratios."""
+    held_out = [str(i) for f in files if not f.train for i in f.images if keep is None or str(i) in keep]
     if not any(f.train for f in files):
         return opts.assign(held_out)
     halves = SplitRatios(0.5, 0.0, opts.seed).assign(held_out)

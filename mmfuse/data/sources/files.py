@@ -71,7 +71,8 @@ class SplitRatios:
 
 class ListedSource:
     """What the real-data sources share: every sample is read when the source is made (into
-    ``samples_``, with the options in ``opts``); counts and the sample stream come from that list."""
+    ``samples_``, with the options in ``opts``); counts and the sample stream come from that list.
+    A source that divides images by ratio overrides :meth:`divide`."""
 
     task = "caption"
     opts: Any
@@ -80,11 +81,27 @@ class ListedSource:
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.opts)
 
+    def image_files(self) -> Iterator[Path]:
+        yield from dict.fromkeys(s.image for s in self.samples_ if isinstance(s.image, Path))
+
+    def settle_splits(self, unusable: set[Path]) -> None:
+        usable = [s for s in self.samples_ if isinstance(s.image, Path) and absolute(s.image) not in unusable
+                  and any(c.strip() for c in s.captions)]
+        self.divide(usable)
+
+    def divide(self, usable: list[RawSample]) -> None:
+        """Set the split of each usable sample (default: the official splits stay)."""
+
     def count(self, split: str) -> int:
         return sum(s.split == split for s in self.samples_)
 
     def samples(self) -> Iterator[RawSample]:
         yield from self.samples_
+
+
+def absolute(path: Path) -> Path:
+    """The form in which prepare-data names image files (user home expanded, absolute)."""
+    return path.expanduser().absolute()
 
 
 def safe_id(text: str) -> str:

@@ -36,8 +36,17 @@ class Flickr8kSource(ListedSource):
         images = existing_dir(self.opts.images, "--images")
         captions = _read_tokens(Path(self.opts.captions))
         splits = _read_splits(Path(self.opts.splits_dir)) if self.opts.splits_dir else self.opts.assign(list(captions))
+        self.images = images
         self.samples_ = [RawSample(split=splits[name], id=safe_id(Path(name).stem), image=images / name, captions=caps)
                          for name, caps in sorted(captions.items()) if name in splits]
+
+    def divide(self, usable: list[RawSample]) -> None:
+        """Without --splits-dir: divide the usable images by the ratios (keyed by file name)."""
+        if self.opts.splits_dir:
+            return
+        names = {sample.image.relative_to(self.images).as_posix(): sample for sample in usable}  # type: ignore[union-attr]
+        for name, split in self.opts.assign(list(names)).items():
+            names[name].split = split
 
 
 def _read_tokens(path: Path) -> dict[str, list[str]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mmfuse.data.sources import SOURCES, SPLITS, RawSample
-from mmfuse.data.sources.files import SplitRatios, existing_dir, read_lines, safe_id, source_options
+from mmfuse.data.sources.files import SplitRatios, absolute, existing_dir, read_lines, safe_id, source_options
 from mmfuse.errors import MmfuseError
 
 
@@ -53,6 +53,7 @@ class _Image:
     index: int  # order of first appearance in the file
     split: str = ""  # the split its rows name ("" when they name none)
     rows: int = 0  # rows naming it (its samples, for classification)
+    texts: int = 0  # of its captions (or labelled rows), those that are not empty
 
 
 @SOURCES.register("folder")
@@ -71,13 +72,24 @@ class FolderSource:
         self.root = existing_dir(self.opts.images, "--images")
         self.rows = _RowStore(Path(self.opts.captions))
         self.task = self.rows.task
-        self.splits = _splits(self.rows.images, self.opts)
-        self.counts = Counter[str]()
-        for image, info in self.rows.images.items():
-            self.counts[self.splits[image]] += info.rows if self.task == "classify" else 1
+        self.settle_splits(set())
 
     def options(self) -> dict[str, Any]:
         return dataclasses.asdict(self.opts)
+
+    def image_files(self) -> Iterator[Path]:
+        return (self.root / name for name in self.rows.images)
+
+    def settle_splits(self, unusable: set[Path]) -> None:
+        """Splits by ratio among the usable images (a readable file and a non-empty text); the
+        others keep their own split, or train, and are skipped when prepared."""
+        usable = {name: info for name, info in self.rows.images.items()
+                  if info.texts and absolute(self.root / name) not in unusable}
+        self.splits = {name: info.split or "train" for name, info in self.rows.images.items()}
+        self.splits.update(_splits(usable, self.opts) if usable else {})
+        self.counts = Counter[str]()
+        for image, info in self.rows.images.items():
+            self.counts[self.splits[image]] += info.rows if self.task == "classify" else 1
 
     def count(self, split: str) -> int:
         return self.counts[split]
@@ -128,10 +140,12 @@ class _RowStore:
             image.rows += 1
             if row.label:
                 self.labelled += 1
+                image.texts += 1
                 yield image.index, number, row.text, row.label, row.group
                 continue
             self.unlabelled = self.unlabelled or row.where
             for caption in row.captions:
+                image.texts += bool(caption.strip())
                 yield image.index, number, caption, "", ""
 
     def in_file_order(self) -> Iterator[tuple[int, int, str, str, str]]:

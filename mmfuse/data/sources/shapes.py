@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mmfuse.config import ShapesConfig
-from mmfuse.data.sources import SPLITS, SOURCES, RawSample
+from mmfuse.data.sources import SOURCES, SPLITS, DrawnImages, RawSample
 from mmfuse.errors import MmfuseError
 
 SHAPES = ("circle", "square", "triangle")
@@ -55,7 +55,7 @@ class ShapeObject:
 
 
 @SOURCES.register("shapes")
-class ShapesSource:
+class ShapesSource(DrawnImages):
     """Synthetic shapes with attribute and spatial-relation captions (built in, no download)."""
 
     task = "caption"

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from mmfuse.config import ShapesConfig
-from mmfuse.data.sources import SPLITS, SOURCES, RawSample
+from mmfuse.data.sources import SOURCES, SPLITS, DrawnImages, RawSample
 from mmfuse.data.sources.shapes import COLOURS, SHAPES, SIZES, ShapeObject, make_scene
 from mmfuse.errors import MmfuseError
 
@@ -44,7 +44,7 @@ class Question(NamedTuple):
 
 
 @SOURCES.register("shapes-qa")
-class ShapesQASource:
+class ShapesQASource(DrawnImages):
     """Yes/no questions about synthetic shapes images (built in, no download); 2 per image."""
 
     task = "classify"
