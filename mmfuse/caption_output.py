@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
 from mmfuse.config import DecodeConfig, to_dict
+from mmfuse.errors import Interrupted
 from mmfuse.inference import Captioned
 from mmfuse.workspace import json_path, printable
 
@@ -21,6 +22,8 @@ class Summary:
     """How many inputs there were and which could not be captioned."""
 
     total: int = 0
+    written: int = 0  # results printed whole
+    closed: bool = False  # the output's end is written (JSON: the closing bracket)
     paths: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -46,13 +49,16 @@ def write_results(results: Iterable[Captioned], decode: DecodeConfig, fmt: str, 
                 if summary.total > 1:
                     warn(f"{item.problem} (skipped)")
                 continue
-            written = summary.total - len(summary.paths)
             text = _format(item, settings, fmt)
-            out.write(("\n" if written == 1 else ",\n") + text if fmt == "json" else text)
+            out.write(("\n" if summary.written == 0 else ",\n") + text if fmt == "json" else text)
+            summary.written += 1
             out.flush()
-        if fmt == "json":
-            out.write("\n]\n" if summary.total > len(summary.paths) else "]\n")
-        out.flush()
+        _close(out, fmt, summary)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: end the output whole, then say where it stopped
+        _close(out, fmt, summary)
+        closed = " (a closed JSON array)" if fmt == "json" else ""
+        raise Interrupted(f"caption interrupted after {summary.written} image(s): the output{closed} holds their "
+                          f"results, each whole; run it again on the inputs that follow", exc) from None
     except BrokenPipeError:  # the reader went away: stop, and keep Python from complaining at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
         summary.paths.clear()
@@ -60,6 +66,14 @@ def write_results(results: Iterable[Captioned], decode: DecodeConfig, fmt: str, 
     finally:
         status.done()
     return summary
+
+
+def _close(out: TextIO, fmt: str, summary: Summary) -> None:
+    """End the output (once): a JSON array gets its closing bracket."""
+    if fmt == "json" and not summary.closed:
+        out.write("\n]\n" if summary.written else "]\n")
+    summary.closed = True
+    out.flush()
 
 
 def _format(item: Captioned, settings: dict[str, Any], fmt: str) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Iterator, Optional
@@ -25,7 +27,7 @@ except ImportError:  # pragma: no cover
 
 from mmfuse import __version__
 from mmfuse.config import DecodeConfig, ModelConfig, RunConfig, ShapesConfig, TrainConfig, from_dict
-from mmfuse.errors import MmfuseError, describe_os_error
+from mmfuse.errors import Interrupted, MmfuseError, Terminated, describe_os_error
 from mmfuse.workspace import json_path, printable
 
 _DEBUG = {"on": False}  # set per invocation by --debug or $MMFUSE_DEBUG
@@ -52,6 +54,8 @@ class MmfuseGroup(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
         _DEBUG["on"] = bool(os.environ.get("MMFUSE_DEBUG"))
         warnings.showwarning = _one_line_warning
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
         try:
             rv = super().main(args, prog_name or "mmfuse", complete_var, standalone_mode=False, **extra)
         except click_errors.UsageError as exc:
@@ -81,6 +85,19 @@ class MmfuseGroup(TyperGroup):
         if standalone_mode:
             sys.exit(rv if isinstance(rv, int) else 0)
         return rv
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        """Run the command; Ctrl-C or SIGTERM that the command did not report itself (with what it
+        kept and how to go on) becomes one line here, before click's own handling prints anything."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            command = ctx.invoked_subcommand or "mmfuse"
+            raise Interrupted(f"{command} interrupted; nothing was left half-written", exc) from None
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 app = typer.Typer(
@@ -573,6 +590,7 @@ def _print_images(title: str, items: list[dict[str, Any]], with_score: bool = Fa
 
 @app.command("caption")
 def caption_cmd(
+    ctx: typer.Context,
     images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="Image files, directories (searched recursively), glob patterns, or '-' to read them from stdin, one per line.", show_default=False)],
     run: Annotated[str, typer.Option(help="Run whose model captions the images.")],
     output_format: Annotated[str, typer.Option("--format", help="tsv (path, caption, score), text (captions only), jsonl (one object per image), or json (one array).")] = "tsv",
@@ -599,6 +617,8 @@ def caption_cmd(
 
     if batch_size < 1:
         raise MmfuseError(f"--batch-size must be >= 1, got {batch_size}")
+    if json_lines and "output_format" in _explicit(ctx, output_format=output_format) and output_format != "jsonl":
+        raise MmfuseError(f"--json means --format jsonl; it conflicts with --format {output_format}")
     output_format = "jsonl" if json_lines else output_format
     if output_format not in ("tsv", "text", "jsonl", "json"):
         raise MmfuseError(f"--format must be tsv, text, jsonl or json, got {output_format!r}")

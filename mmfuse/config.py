@@ -150,7 +150,25 @@ class DecodeConfig:
             raise MmfuseError(f"--top-p must be in (0, 1], got {self.top_p}")
         self._check_strategy()
 
+    def check_reachable(self, vocab_size: int) -> None:
+        """Refuse constraints no caption can meet with a vocabulary of ``vocab_size`` tokens (3 of
+        them never generated: padding, start, end): with ``no_repeat_ngram`` n, a caption of L words
+        holds L - n + 1 distinct n-grams, of which there are only W^n."""
+        words = vocab_size - 3
+        n = self.no_repeat_ngram
+        if n and self.min_length - n + 1 > words ** min(n, 8):
+            raise MmfuseError(f"--min-length {self.min_length} cannot be reached with --no-repeat-ngram {n}: the model "
+                              f"knows {words} words, so no caption without a repeated {n}-gram is that long; lower "
+                              f"--min-length or raise --no-repeat-ngram")
+
     def _check_strategy(self) -> None:
+        shaping = [f"--{name.replace('_', '-')}" for name, default in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0))
+                   if getattr(self, name) != default]
+        if shaping and not self.sample:
+            raise MmfuseError(f"{', '.join(shaping)} shape{'s' if len(shaping) == 1 else ''} sampling; add --sample "
+                              f"(or leave {'it' if len(shaping) == 1 else 'them'} out for search)")
+        if self.diversity != 0.5 and self.diverse_groups == 1:
+            raise MmfuseError("--diversity applies to diverse beam search: add --diverse-groups G (G > 1)")
         if self.sample:
             if self.beam_size > 1 or self.diverse_groups > 1:
                 raise MmfuseError("--sample draws each caption independently; it does not combine with --beam-size "

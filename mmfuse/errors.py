@@ -43,3 +43,15 @@ def first_line(exc: BaseException) -> str:
     type's name when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every clean-up on the way out runs."""
+
+
+class Interrupted(MmfuseError):
+    """A command stopped by Ctrl-C (exit 130) or SIGTERM (exit 143), saying what was kept and how to
+    go on."""
+
+    def __init__(self, message: str, signal_exc: BaseException | None = None):
+        super().__init__(message, exit_code=143 if isinstance(signal_exc, Terminated) else 130)

@@ -20,7 +20,7 @@ from mmfuse.config import to_dict
 from mmfuse.data.dataset import LabelledDataset, load_labelled_split, load_split
 from mmfuse.data.vocab import Vocab
 from mmfuse.device import resolve_device
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import Interrupted, MmfuseError
 from mmfuse.inference import caption_files, labelled_dataset, predict_probabilities
 from mmfuse.metrics.captions import caption_scores, tokenize_texts
 from mmfuse.metrics.classification import classification_report
@@ -97,8 +97,13 @@ def evaluate_run(
     loaded = load_run(run_dir, checkpoint, resolve_device(device))
     if ablation is not None:
         ablation = ablation.resolve("classify" if loaded.labels is not None else "caption")
-    with workspace.reading_dataset(loaded.config.train.data) as data_dir:
-        report, results = _score_split(loaded, run, data_dir, split, decode_options, batch_size, with_meteor, ablation)
+    try:
+        with workspace.reading_dataset(loaded.config.train.data) as data_dir:
+            report, results = _score_split(loaded, run, data_dir, split, decode_options, batch_size, with_meteor,
+                                           ablation)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"evaluate interrupted before its report was written (run {run!r} is as it was); run the "
+                          f"same command again", exc) from None
     report.update({"run": run, "data": loaded.config.train.data, "split": split, "checkpoint": checkpoint,
                    "epoch": int(read_metadata(loaded.weights).get("epoch", 0)),
                    "ablation": None if ablation is None else {"modality": ablation.modality, "mode": ablation.mode}})
@@ -123,6 +128,7 @@ def _score_split(loaded: LoadedRun, run: str, data_dir: Path, split: str, decode
 def _caption_split(loaded: LoadedRun, data_dir: Path, split: str, decode_options: dict[str, Any],
                    batch_size: int, with_meteor: bool, ablation: Ablation | None) -> tuple[dict[str, Any], list]:
     decode = loaded.config.decode.override(**decode_options)
+    decode.check_reachable(len(loaded.vocab))
     records = load_split(data_dir, split)
     paths = [r.image for r in records]
     if ablation is not None and ablation.modality == "image" and ablation.mode == "shuffle":

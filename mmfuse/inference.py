@@ -120,6 +120,7 @@ def caption_run(
     if loaded.labels is not None:
         raise MmfuseError(f"run {run!r} is a classifier; use 'mmfuse predict' (caption is for captioning runs)")
     decode = loaded.config.decode.override(**(decode_options or {}))
+    decode.check_reachable(len(loaded.vocab))
     if attention_dir is not None and loaded.model.fusion.kind != ATTENTION:
         raise MmfuseError(f"--attention-map needs a run with attention over the image (--fusion attention); run "
                           f"{run!r} uses fusion {loaded.config.model.fusion!r}, which has none")
@@ -173,6 +174,10 @@ def _caption_batch(loaded: LoadedRun, batch: list[tuple[Captioned, torch.Tensor]
     outcomes = generate(loaded.model, images, decode, first_index)
     maps = _attention_maps(loaded.model, images, outcomes) if attention_dir is not None else None
     for j, (captioned, _) in enumerate(batch):
+        if any(g.score == float("-inf") for g in outcomes[j]):  # every word was forbidden at some step
+            captioned.problem = (f"no caption of {printable(str(captioned.path))} meets the decoding constraints "
+                                 f"({decode.describe()})")
+            continue
         captioned.captions = [(loaded.vocab.decode(g.tokens), g.score) for g in outcomes[j]]
         if maps is not None and attention_dir is not None:
             captioned.attention_map = _save_map(captioned, maps[j], attention_dir, names)

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from mmfuse.config import DecodeConfig, RunConfig, to_dict
 from mmfuse.data.dataset import CaptionDataset, load_labelled_split, load_manifest, load_split, load_vocab, pad
-from mmfuse.data.features import open_cache
+from mmfuse.data.features import ignore_interrupts, open_cache
 from mmfuse.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 from mmfuse.device import resolve_device
 from mmfuse.distributed import ShardedBatches, World, start, stop, world_from_env
@@ -406,11 +406,6 @@ class _StopRequests:
         self.requested = True
 
 
-def _ignore_interrupts(worker: int) -> None:
-    """Data-loading workers leave Ctrl-C to the training process, which stops cleanly."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 class Interrupted(MmfuseError):
     """Training stopped on request after saving a resumable checkpoint."""
 
@@ -427,7 +422,7 @@ class _Loop:
         self.loader = DataLoader(task.train_set, batch_sampler=self.batches, collate_fn=task.train_set.collate,
                                  generator=self.order,  # its per-epoch worker-seed draw comes first, as it always did
                                  num_workers=0 if task.train_set.features is not None else tc.workers,  # cache: no decoding to spread
-                                 worker_init_fn=_ignore_interrupts)
+                                 worker_init_fn=ignore_interrupts)
         self.steps_per_epoch = -(-self.batches.batches() // tc.accumulate)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * self.steps_per_epoch, tc.warmup_steps,

@@ -34,12 +34,13 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def resolve_workspace(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The workspace root: ``explicit``, else ``$MMFUSE_WORKSPACE``, else ``./workspace``."""
-    if explicit:
-        return Path(explicit).expanduser().resolve()
     env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser().resolve()
-    return (Path.cwd() / DEFAULT_DIRNAME).resolve()
+    path = Path(explicit) if explicit else Path(env) if env else Path.cwd() / DEFAULT_DIRNAME
+    try:
+        return path.expanduser().resolve()
+    except (RuntimeError, OSError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        raise MmfuseError(f"the workspace {_shown(path)} is a symbolic link loop; give a directory with "
+                          f"--workspace (or ${ENV_VAR})") from None
 
 
 def check_name(name: str, kind: str) -> str:
@@ -60,7 +61,14 @@ class Workspace:
 
     @classmethod
     def open(cls, explicit: str | os.PathLike[str] | None = None) -> "Workspace":
-        return cls(resolve_workspace(explicit))
+        """The workspace at ``explicit`` (see :func:`resolve_workspace`); a path that exists but is
+        not a directory (a file, a symbolic link loop) is one clear error."""
+        root = resolve_workspace(explicit)
+        problem = not_a_directory(root)
+        if problem:
+            raise MmfuseError(f"the workspace {_shown(root)} is {problem}; give a directory with --workspace "
+                              f"(or ${ENV_VAR})")
+        return cls(root)
 
     def dataset_dir(self, name: str) -> Path:
         return self.root / "datasets" / check_name(name, "data set")
@@ -74,6 +82,10 @@ class Workspace:
     def existing_dataset(self, name: str) -> Path:
         """The directory of a prepared data set, or a clear error naming what to run."""
         path = self.dataset_dir(name)
+        problem = not_a_directory(path)
+        if problem:
+            raise MmfuseError(f"data set {name!r}: {_shown(path)} is {problem}, not a data set directory; move it "
+                              f"away, or prepare the data set under another --name")
         if not (path / "manifest.json").is_file():
             raise MmfuseError(
                 f"no data set {name!r} in workspace {self.root} "
@@ -92,12 +104,30 @@ class Workspace:
     def existing_run(self, name: str) -> Path:
         """The directory of a trained run, or a clear error listing the runs there are."""
         path = self.run_dir(name)
+        problem = not_a_directory(path)
+        if problem:
+            raise MmfuseError(f"run {name!r}: {_shown(path)} is {problem}, not a run directory; move it away, or "
+                              f"name another run")
         if not (path / "config.json").is_file():
             runs_dir = self.root / "runs"
             known = sorted(p.name for p in runs_dir.iterdir() if (p / "config.json").is_file()) if runs_dir.is_dir() else []
             hint = f"; runs: {', '.join(known)}" if known else "; train one with `mmfuse train`"
             raise MmfuseError(f"no run {name!r} in workspace {self.root}{hint}")
         return path
+
+
+def not_a_directory(path: Path) -> str | None:
+    """What ``path`` is when it exists but is not a directory ("a file", "a symbolic link loop",
+    ...), else None (a directory, or nothing there)."""
+    try:
+        kind = stat.S_IFMT(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _OPEN_PROBLEMS.get(exc.errno or 0, exc.strerror or str(exc))
+    if kind == stat.S_IFDIR:
+        return None
+    return "a file" if kind == stat.S_IFREG else _KINDS.get(kind, "not a directory")
 
 
 @contextmanager

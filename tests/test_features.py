@@ -12,6 +12,7 @@ import torchvision
 
 from mmfuse.config import ModelConfig
 from mmfuse.data.features import build_cache, open_cache
+from mmfuse.errors import Interrupted
 from mmfuse.images import image_transform, load_rgb
 from mmfuse.models.encoders import build_image_encoder
 from tests.conftest import TINY, invoke
@@ -56,7 +57,8 @@ def test_an_interrupted_build_resumes_to_the_same_bytes(tiny: Path, weights: Pat
         if done >= 16:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="the cache keeps the 16 of 64 images encoded so far; run the same command "
+                                          "again to continue"):
         build_cache(tiny, cfg, batch_size=8, on_progress=stop_after_two_batches)
     assert open_cache(tiny, cfg) is None  # unfinished caches are not used
     root, meta, new = build_cache(tiny, cfg, batch_size=8)

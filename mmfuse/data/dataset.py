@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, RandomSampler, Sampler
 
 from mmfuse.data.prepare import FORMAT_VERSION
 from mmfuse.data.vocab import PAD_ID, Vocab
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import MmfuseError, first_line
 from mmfuse.images import MEAN, image_transform, load_rgb, normalize_transform, resize_transform
 from mmfuse.models.encoders import CachedFeatures
 from mmfuse.workspace import read_json
@@ -45,11 +45,30 @@ def load_manifest(root: Path) -> dict[str, Any]:
             f"data set {root.name!r} has format version {version}, newer than this mmfuse reads "
             f"({FORMAT_VERSION}); upgrade mmfuse or prepare the data set again"
         )
+    _check_manifest(manifest, root / "manifest.json")
     return manifest
 
 
+def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """The fields commands read, with their types: a damaged or hand-edited manifest is one line
+    naming the field, never a wrong value used quietly."""
+    where = f"data set manifest {path}"
+    if manifest.get("task", "caption") not in ("caption", "classify"):
+        raise MmfuseError(f"{where}: 'task' must be \"caption\" or \"classify\", got {manifest.get('task')!r}")
+    size = manifest.get("image_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 8192):
+        raise MmfuseError(f"{where}: 'image_size' must be null or a whole number from 1 to 8192, got {size!r}")
+    if not isinstance(manifest.get("splits", {}), dict):
+        raise MmfuseError(f"{where}: 'splits' must be an object")
+    if manifest.get("task") == "classify":
+        labels = manifest.get("labels")
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels) \
+                or len(set(labels)) != len(labels):
+            raise MmfuseError(f"{where}: 'labels' must be a list of distinct, non-empty class names")
+
+
 def load_vocab(root: Path) -> Vocab:
-    return Vocab.from_json(read_json(root / "vocab.json", "data set vocabulary"))
+    return Vocab.from_json(read_json(root / "vocab.json", "data set vocabulary"), str(root / "vocab.json"))
 
 
 @dataclass(frozen=True)
@@ -88,18 +107,34 @@ def _load(root: Path, split: str, parse) -> list:
 def _parse_line(parse, root: Path, line: str, path: Path, lineno: int):
     try:
         return parse(root, json.loads(line))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise MmfuseError(f"{path}:{lineno}: malformed record ({type(exc).__name__}: {exc})") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise MmfuseError(f"{path}:{lineno}: malformed record ({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def _text(raw: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise TypeError(f"{key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _texts(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{key!r} must be a list of strings")
+    return tuple(value)
 
 
 def _parse(root: Path, raw: dict[str, Any]) -> Record:
-    return Record(id=str(raw["id"]), image=root / raw["image"], captions=tuple(raw["captions"]),
-                  tokens=tuple(tuple(t) for t in raw["tokens"]))
+    if not isinstance(raw.get("tokens"), list):
+        raise TypeError("'tokens' must be a list of lists of strings")
+    return Record(id=_text(raw, "id"), image=root / _text(raw, "image"), captions=_texts(raw.get("captions"), "captions"),
+                  tokens=tuple(_texts(t, "tokens") for t in raw["tokens"]))
 
 
 def _parse_labelled(root: Path, raw: dict[str, Any]) -> LabelledRecord:
-    return LabelledRecord(id=str(raw["id"]), image=root / raw["image"], text=str(raw["text"]),
-                          tokens=tuple(raw["tokens"]), label=str(raw["label"]), group=str(raw.get("group", "")))
+    return LabelledRecord(id=_text(raw, "id"), image=root / _text(raw, "image"), text=_text(raw, "text"),
+                          tokens=_texts(raw.get("tokens"), "tokens"), label=_text(raw, "label"),
+                          group=_text(raw, "group", ""))
 
 
 class CaptionDataset(Dataset):

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from mmfuse.config import ModelConfig
 from mmfuse.data.dataset import ImageDataset, load_labelled_split, load_manifest, load_split
 from mmfuse.data.sources import SPLITS
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import Interrupted, MmfuseError
 from mmfuse.workspace import atomic_write_json, atomic_write_text, exclusive, read_json, writing
 
 CACHE_FORMAT_VERSION = 1
@@ -142,7 +142,26 @@ def build_cache(data_dir: Path, cfg: ModelConfig, batch_size: int = 32, workers:
     first = meta["done"]
     grid, pooled = _arrays(root, meta, "r+")
     loader = DataLoader(ImageDataset([Path(p) for p in images[first:]], cfg.image_size), batch_size=batch_size,
-                        num_workers=workers)
+                        num_workers=workers, worker_init_fn=ignore_interrupts)
+    try:
+        _encode_all(loader, encoder, root, meta, grid, pooled, len(images), on_progress, device)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"cache-features interrupted: the cache keeps the {meta['done']} of {len(images)} images "
+                          f"encoded so far; run the same command again to continue", exc) from None
+    return root, meta, meta["done"] - first
+
+
+def ignore_interrupts(worker: int) -> None:
+    """Data-loading workers leave Ctrl-C to the main process, which stops cleanly."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _encode_all(loader: DataLoader, encoder: Any, root: Path, meta: dict[str, Any], grid: np.ndarray,
+                pooled: np.ndarray, total: int, on_progress: Progress | None, device: torch.device | str) -> None:
+    """Encode the remaining images batch by batch; ``meta["done"]`` moves on only after a batch's
+    rows are on disk."""
     with torch.inference_mode():
         for batch in loader:
             tokens, vectors = encoder.backbone_features(batch.to(device))  # (B, N, C), (B, C)
@@ -154,8 +173,7 @@ def build_cache(data_dir: Path, cfg: ModelConfig, batch_size: int = 32, workers:
             meta["done"] = start + len(batch)
             atomic_write_json(root / "meta.json", meta)
             if on_progress:
-                on_progress(meta["done"], len(images))
-    return root, meta, meta["done"] - first
+                on_progress(meta["done"], total)
 
 
 def _all_images(data_dir: Path) -> list[str]:

@@ -20,7 +20,7 @@ from mmfuse.data.sources import SOURCES, SPLITS, RawSample
 from mmfuse.data.sources.files import absolute
 from mmfuse.data.tokenize import tokenize, tokenize_many
 from mmfuse.data.vocab import Vocab
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import Interrupted, MmfuseError
 from mmfuse.images import load_rgb
 from mmfuse.workspace import Workspace, atomic_write_json, check_name, exclusive, staged_directory, writing
 
@@ -59,6 +59,17 @@ def prepare_data(
         raise MmfuseError(f"--min-count must be >= 1 and --max-length >= 0, got {min_count} and {max_length}")
     src = SOURCES.create(source, **options)
     final = workspace.dataset_dir(name)
+    try:
+        return _prepare(src, source, name, final, min_count, on_progress, max_length)
+    except KeyboardInterrupt as exc:
+        state = "is as it was" if final.exists() else "was not created"
+        raise Interrupted(f"prepare-data interrupted: data set {name!r} {state} (nothing half-written is left); "
+                          f"run the same command again", exc) from None
+
+
+def _prepare(src, source: str, name: str, final: Path, min_count: int, on_progress: Progress | None,
+             max_length: int) -> PrepareResult:
+    """Build the data set aside, under its lock, and swap it into place."""
     with exclusive(final, f"data set {name!r}"), staged_directory(final, clear_leftovers=True) as staging:
         written = _Written(max_length)
         _check_images(src, written, on_progress)

@@ -70,9 +70,14 @@ class Vocab:
         return {"min_count": self.min_count, "tokens": list(self.itos)}
 
     @classmethod
-    def from_json(cls, data: Any) -> "Vocab":
+    def from_json(cls, data: Any, where: str = "vocabulary file") -> "Vocab":
         if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
-            raise MmfuseError("vocabulary file must be an object with a 'tokens' list")
+            raise MmfuseError(f"{where} must be an object with a 'tokens' list")
         if not all(isinstance(t, str) for t in data["tokens"]):
-            raise MmfuseError("vocabulary tokens must be strings")
-        return cls(tuple(data["tokens"]), int(data.get("min_count", 1)))
+            raise MmfuseError(f"{where}: vocabulary tokens must be strings")
+        if len(set(data["tokens"])) != len(data["tokens"]):
+            raise MmfuseError(f"{where}: vocabulary tokens must be distinct")
+        min_count = data.get("min_count", 1)
+        if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+            raise MmfuseError(f"{where}: 'min_count' must be a whole number >= 1, got {min_count!r}")
+        return cls(tuple(data["tokens"]), min_count)

@@ -78,7 +78,7 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
     """Rebuild a run's model from its JSON config and safetensors weights, in eval mode."""
     config = read_run_config(run_dir)
     config.validate()
-    vocab = Vocab.from_json(read_json(run_dir / "vocab.json", "run vocabulary"))
+    vocab = Vocab.from_json(read_json(run_dir / "vocab.json", "run vocabulary"), str(run_dir / "vocab.json"))
     weights = pick_weights(run_dir, which)
     labels = None
     if config.model.task == "classify":

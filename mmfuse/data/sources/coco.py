@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.data.sources import SOURCES, RawSample
-from mmfuse.data.sources.files import ListedSource, SplitRatios, existing_dir, read_json_file, source_options
+from mmfuse.data.sources.files import (ListedSource, SplitRatios, existing_dir, read_json_file, source_options,
+                                       text_value)
 from mmfuse.errors import MmfuseError
 
 
@@ -59,12 +60,12 @@ def _read(path: Path) -> _File:
         for i in data["images"]:
             if int(i["id"]) in images:
                 raise MmfuseError(f"{path}: image id {i['id']} is listed twice ({images[int(i['id'])]}, {i['file_name']})")
-            images[int(i["id"])] = str(i["file_name"])
+            images[int(i["id"])] = text_value(i["file_name"], f"{path}: image {i['id']}", "file_name")
         entry = _File(path, "train" in path.name.lower(), images)
         for n, a in enumerate(data["annotations"]):
             if int(a["image_id"]) not in images:
                 raise MmfuseError(f"{path}: annotation {n} is for image {a['image_id']}, which the file does not list")
-            entry.captions[int(a["image_id"])].append(str(a["caption"]))
+            entry.captions[int(a["image_id"])].append(text_value(a["caption"], f"{path}: annotation {n}", "caption"))
     except (KeyError, TypeError, ValueError) as exc:
         raise MmfuseError(f"{path}: not a COCO captions file (expected 'images' with id/file_name and "
                           f"'annotations' with image_id/caption; {type(exc).__name__}: {exc})") from None

@@ -99,6 +99,21 @@ class ListedSource:
         yield from self.samples_
 
 
+MAX_TEXT_CHARS = 10_000  # a caption, question or label longer than this is a mistake in the file, in any format
+
+
+def text_value(value: Any, where: str, key: str) -> str:
+    """A text field of a caption or annotation file: a string of at most :data:`MAX_TEXT_CHARS`
+    characters, the same rule for every format (never ``null`` or a number turned into "None", "5")."""
+    if not isinstance(value, str):
+        kind = "null" if value is None else type(value).__name__.replace("dict", "object").replace("list", "array")
+        raise MmfuseError(f"{where}: {key!r} must be a string, got {kind} {json.dumps(value)[:40]}")
+    if len(value) > MAX_TEXT_CHARS:
+        raise MmfuseError(f"{where}: {key!r} is {len(value):,} characters long; at most {MAX_TEXT_CHARS:,} are "
+                          f"allowed (is a column or quote missing?)")
+    return value
+
+
 def absolute(path: Path) -> Path:
     """The form in which prepare-data names image files (user home expanded, absolute)."""
     return path.expanduser().absolute()

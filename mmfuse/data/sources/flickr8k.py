@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.data.sources import SOURCES, RawSample
-from mmfuse.data.sources.files import ListedSource, SplitRatios, existing_dir, read_lines, safe_id, source_options
+from mmfuse.data.sources.files import (ListedSource, SplitRatios, existing_dir, read_lines, safe_id, source_options,
+                                       text_value)
 from mmfuse.errors import MmfuseError
 
 SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
@@ -58,7 +59,7 @@ def _read_tokens(path: Path) -> dict[str, list[str]]:
         key, tab, caption = line.partition("\t")
         if not tab or "#" not in key:
             raise MmfuseError(f"{path}:{number}: expected '<image>#<n><TAB><caption>', got {line[:60]!r}")
-        captions[key.rsplit("#", 1)[0]].append(caption)
+        captions[key.rsplit("#", 1)[0]].append(text_value(caption, f"{path}:{number}", "caption"))
     if not captions:
         raise MmfuseError(f"{path}: no captions")
     return captions

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mmfuse.data.sources import SOURCES, SPLITS, RawSample
-from mmfuse.data.sources.files import SplitRatios, absolute, existing_dir, read_lines, safe_id, source_options
+from mmfuse.data.sources.files import (SplitRatios, absolute, existing_dir, read_lines, safe_id, source_options,
+                                       text_value)
 from mmfuse.errors import MmfuseError
 
 
@@ -195,6 +196,7 @@ def _read_rows(path: Path) -> Iterator[_Row]:
 
 
 def _csv_rows(path: Path) -> Iterator[_Row]:
+    csv.field_size_limit(2**31 - 1)  # long fields reach text_value's limit, the same as in JSON Lines
     lines = read_lines(path, "caption file")
     reader = csv.DictReader(line for _, line in lines)
     try:
@@ -226,19 +228,22 @@ def _jsonl_rows(path: Path) -> Iterator[_Row]:
 
 
 def _row(where: str, item: dict[str, Any]) -> _Row:
-    if not item.get("image"):
+    """One row of either format, every value checked the same way (:func:`text_value`)."""
+    if item.get("image") in (None, ""):
         raise MmfuseError(f"{where}: no 'image'")
+    image = text_value(item["image"], where, "image")
     captions = item.get("captions", [item["caption"]] if "caption" in item else [])
     if not isinstance(captions, list):
         raise MmfuseError(f"{where}: 'captions' must be a list of strings")
-    split = str(item.get("split") or "").strip().lower()
+    captions = [text_value(c, where, "captions" if "captions" in item else "caption") for c in captions]
+    split = text_value(item.get("split", ""), where, "split").strip().lower()
     if split and split not in SPLITS:
         raise MmfuseError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-    label = str(item.get("label") or "").strip()
+    label = text_value(item.get("label", ""), where, "label").strip()
     if "label" in item and not label:
         raise MmfuseError(f"{where}: empty 'label'")
-    return _Row(where, str(item["image"]), [str(c) for c in captions], str(item.get("text") or ""), label,
-                str(item.get("group") or ""), split)
+    return _Row(where, image, captions, text_value(item.get("text", ""), where, "text"), label,
+                text_value(item.get("group", ""), where, "group"), split)
 
 
 def _splits(images: dict[str, _Image], ratios: SplitRatios) -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.data.sources import SOURCES, RawSample
-from mmfuse.data.sources.files import ListedSource, existing_dir, read_json_file, safe_id, source_options
+from mmfuse.data.sources.files import ListedSource, existing_dir, read_json_file, safe_id, source_options, text_value
 from mmfuse.errors import MmfuseError
 
 SPLIT_NAMES = {"train": "train", "restval": "train", "val": "val", "test": "test"}
@@ -47,7 +47,8 @@ def _sample(entry: Any, n: int, images: Path, path: Path) -> RawSample:
                               f"{', '.join(SPLIT_NAMES)}")
         folder = images / entry["filepath"] if entry.get("filepath") else images
         image_id = entry.get("cocoid", entry.get("imgid", Path(entry["filename"]).stem))
-        captions = [str(s["raw"]) for s in entry["sentences"]]
-        return RawSample(split=split, id=safe_id(str(image_id)), image=folder / entry["filename"], captions=captions)
+        captions = [text_value(s["raw"], f"{path}: image {n}", "raw") for s in entry["sentences"]]
+        name = text_value(entry["filename"], f"{path}: image {n}", "filename")
+        return RawSample(split=split, id=safe_id(str(image_id)), image=folder / name, captions=captions)
     except (KeyError, TypeError) as exc:
         raise MmfuseError(f"{path}: image {n} lacks {exc} (expected filename, split, sentences[].raw)") from None
