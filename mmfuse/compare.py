@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
-from mmfuse.config import RunConfig
+from mmfuse.config import RunConfig, to_dict
 from mmfuse.data.dataset import load_manifest
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import Interrupted, MmfuseError, Terminated
 from mmfuse.evaluation import Ablation, evaluate_run
 from mmfuse.models.parts import resolve_parts
 from mmfuse.training import EpochHook, train
-from mmfuse.workspace import Workspace, atomic_write_json, atomic_write_text, check_name
+from mmfuse.workspace import Workspace, atomic_write_json, atomic_write_text, check_name, read_json
 
 CAPTION_COLUMNS = ("bleu4", "cider_d", "rouge_l", "meteor")
 CLASSIFY_COLUMNS = ("accuracy", "macro_f1")
@@ -38,18 +40,77 @@ def compare(workspace: Workspace, base: RunConfig, fusions: list[str], name: str
             raise MmfuseError(f"--encoder-from {base.train.encoder_from!r} is one of the runs this comparison replaces; "
                               "copy it under another name or choose another --name")
     ablations = [Ablation(m).resolve(task) for m in _unique(ablate)]
+    done = _Finished(workspace.compare_dir(name) / "finished", ablations, with_meteor)
     rows = []
     for cfg in configs:
+        row = done.row(workspace, cfg)
+        if row is not None:
+            if notify:
+                notify(f"[{len(rows) + 1}/{len(configs)}] fusion {cfg.model.fusion}: trained and scored by the "
+                       f"interrupted comparison (run {cfg.train.run}), kept")
+            rows.append(row)
+            continue
         if notify:
             notify(f"[{len(rows) + 1}/{len(configs)}] training fusion {cfg.model.fusion} as run {cfg.train.run}")
-        rows.append(_train_and_score(workspace, cfg, task, ablations, with_meteor, on_epoch))
+        try:
+            row = _train_and_score(workspace, cfg, task, ablations, with_meteor, on_epoch)
+        except (KeyboardInterrupt, Interrupted) as exc:  # (train and evaluate report their own interruption)
+            kept = f"the {len(rows)} fusion(s) finished so far are kept" if rows else "no fusion had finished"
+            code = exc if isinstance(exc, KeyboardInterrupt) else Terminated() if exc.exit_code == 143 else None
+            raise Interrupted(f"compare interrupted at fusion {cfg.model.fusion}; {kept}: run the same command "
+                              f"again to continue", code) from None
+        done.keep(workspace, cfg, row)
+        rows.append(row)
     metric = "cider_d" if task == "caption" else "accuracy"
     rows.sort(key=lambda r: -r[metric])
     board = {"name": name, "data": base.train.data, "task": task, "ranked_by": metric,
              "encoder_from": base.train.encoder_from or None,
              "ablations": [f"{a.modality}:{a.mode}" for a in ablations], "rows": rows}
     _write(workspace, name, board)
+    done.clear()
     return board
+
+
+class _Finished:
+    """The fusions an interrupted comparison finished: per fusion, its config, the evaluation
+    settings, a fingerprint of its run's best weights and its leaderboard row (``finished/<fusion>.json``
+    in the comparison's folder). The same command run again keeps them, as long as the run is still
+    the one it trained; the folder goes once the leaderboard is written."""
+
+    def __init__(self, folder: Path, ablations: list[Ablation], with_meteor: bool):
+        self.folder = folder
+        self.scoring = {"ablations": [f"{a.modality}:{a.mode}" for a in ablations], "meteor": with_meteor}
+
+    def row(self, workspace: Workspace, cfg: RunConfig) -> dict[str, Any] | None:
+        """The kept row of ``cfg``'s fusion, or None when it must be trained (again)."""
+        path = self.folder / f"{cfg.model.fusion}.json"
+        if not path.is_file():
+            return None
+        try:
+            kept = read_json(path, "comparison record")
+        except MmfuseError:
+            return None  # damaged: train that fusion again
+        same = isinstance(kept, dict) and kept.get("config") == to_dict(cfg) and kept.get("scoring") == self.scoring
+        if not same or kept.get("weights") != _fingerprint(workspace, cfg.train.run):
+            return None
+        return kept.get("row") if isinstance(kept.get("row"), dict) else None
+
+    def keep(self, workspace: Workspace, cfg: RunConfig, row: dict[str, Any]) -> None:
+        record = {"config": to_dict(cfg), "scoring": self.scoring, "weights": _fingerprint(workspace, cfg.train.run),
+                  "row": row}
+        atomic_write_json(self.folder / f"{cfg.model.fusion}.json", record)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _fingerprint(workspace: Workspace, run: str) -> list[int] | None:
+    """Size and modification time of a run's best weights (None when there are none)."""
+    try:
+        info = (workspace.run_dir(run) / "best.safetensors").stat()
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
 
 
 def _unique(items: list[str]) -> list[str]:

@@ -40,7 +40,7 @@ from mmfuse.data.features import ignore_interrupts, open_cache
 from mmfuse.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 from mmfuse.device import resolve_device
 from mmfuse.distributed import ShardedBatches, World, start, stop, world_from_env
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import Interrupted, MmfuseError, Terminated
 from mmfuse.inference import caption_files, labelled_dataset, predict_probabilities
 from mmfuse.metrics.captions import caption_scores
 from mmfuse.metrics.classification import classification_report
@@ -143,12 +143,12 @@ def _run_loop(task: "_Task", cfg: RunConfig, device: torch.device, run_dir: Path
                             f"(its saved config; other flags are ignored)", markup=False)
     try:
         return loop.run(on_epoch)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if not (run_dir / CHECKPOINT).exists():
-            raise MmfuseError("training interrupted before its first checkpoint: there is nothing to resume",
-                              exit_code=130) from None
-        raise MmfuseError(f"training interrupted; the last resumable checkpoint is in {run_dir} "
-                          f"(mmfuse train --resume --run {cfg.train.run})", exit_code=130) from None
+            raise Interrupted("training interrupted before its first checkpoint: there is nothing to resume",
+                              exc) from None
+        raise Interrupted(f"training interrupted; the last resumable checkpoint is in {run_dir} "
+                          f"(mmfuse train --resume --run {cfg.train.run})", exc) from None
 
 
 def _scst_source(workspace: Workspace, cfg: RunConfig) -> RunConfig:
@@ -388,6 +388,7 @@ class _StopRequests:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signal: BaseException = KeyboardInterrupt()  # which one asked (the exit code tells)
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopRequests":
@@ -404,10 +405,7 @@ class _StopRequests:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-
-
-class Interrupted(MmfuseError):
-    """Training stopped on request after saving a resumable checkpoint."""
+        self.signal = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 class _Loop:
@@ -473,7 +471,7 @@ class _Loop:
                     break
                 if not p["done"] and self._stop_requested(stop):
                     raise Interrupted(f"training interrupted after epoch {record['epoch']}; continue with mmfuse "
-                                      f"train --resume --run {tc.run}", exit_code=130)
+                                      f"train --resume --run {tc.run}", stop.signal)
         if self.logs:
             self.logs.close()
         return TrainResult(self.run_dir, self.cfg, p["best_epoch"], p["best"], p["history"])
@@ -500,7 +498,7 @@ class _Loop:
                 self._save_checkpoint(self.epoch_order)
                 raise Interrupted(f"training interrupted at epoch {p['epoch']}, step {p['step']}; the resumable "
                                   f"checkpoint is in {self.run_dir}: continue with mmfuse train --resume --run "
-                                  f"{tc.run}", exit_code=130)
+                                  f"{tc.run}", stop.signal)
             if tc.save_every and p["step"] % tc.save_every == 0:
                 p["seconds"] += time.perf_counter() - start
                 start = time.perf_counter()
