@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from mmfuse.config import DecodeConfig, to_dict
-from mmfuse.errors import Interrupted
+from mmfuse.errors import Interrupted, Terminated
 from mmfuse.inference import Captioned
 from mmfuse.workspace import json_path, printable
 
@@ -50,9 +53,10 @@ def write_results(results: Iterable[Captioned], decode: DecodeConfig, fmt: str, 
                     warn(f"{item.problem} (skipped)")
                 continue
             text = _format(item, settings, fmt)
-            out.write(("\n" if summary.written == 0 else ",\n") + text if fmt == "json" else text)
-            summary.written += 1
-            out.flush()
+            with _signals_held():  # a result is out and counted, or neither: the count in the message is exact
+                out.write(("\n" if summary.written == 0 else ",\n") + text if fmt == "json" else text)
+                out.flush()
+                summary.written += 1
         _close(out, fmt, summary)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: end the output whole, then say where it stopped
         _close(out, fmt, summary)
@@ -66,6 +70,25 @@ def write_results(results: Iterable[Captioned], decode: DecodeConfig, fmt: str, 
     finally:
         status.done()
     return summary
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back until the block ends (Python runs signal handlers in the main
+    thread, so recording them there defers them exactly), so that one cannot land between writing a
+    result and counting it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if arrived:
+        raise Terminated() if arrived[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _close(out: TextIO, fmt: str, summary: Summary) -> None:

@@ -218,3 +218,88 @@ def test_prepare_data_cannot_replace_the_data_set_a_training_reads(workspace: Pa
     metrics = [[{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s")}
                 for line in (workspace / "runs" / run / "metrics.jsonl").read_text().splitlines()] for run in ("busy", "calm")]
     assert metrics[0] == metrics[1]
+
+
+# --- signals: every long command stops with one line, leaves nothing half-written, says how to go on
+
+def _start(args: list[str], workspace: Path, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mmfuse", *args], env={**os.environ, "MMFUSE_WORKSPACE": str(workspace)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def _wait_for(condition, proc: subprocess.Popen, seconds: float = 120) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if condition() or proc.poll() is not None:
+            return
+        time.sleep(0.02)
+
+
+def test_prepare_data_stopped_by_sigterm_leaves_nothing_and_says_so(workspace: Path) -> None:
+    proc = _start(["prepare-data", "shapes", "--train-images", "3000", "--val-images", "8", "--test-images", "8"],
+                  workspace)
+    datasets = workspace / "datasets"
+    _wait_for(lambda: datasets.is_dir() and any(datasets.glob(".shapes.staging-*/images/train/*.png")), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert stderr.decode().strip().splitlines()[-1] == ("mmfuse: error: prepare-data interrupted: data set 'shapes' was "
+                                                        "not created (nothing half-written is left); run the same command again")
+    assert list(datasets.iterdir()) == []  # no staging directory, no lock
+
+
+def test_caption_stopped_by_ctrl_c_ends_its_json_array_and_says_where(trained: Path, tmp_path: Path) -> None:
+    images = sorted((trained / "datasets/tiny/images/test").glob("*.png"))[:3]
+    proc = _start(["caption", "-", "--run", "r", "--format", "json", "--batch-size", "1"], trained, stdin=subprocess.PIPE)
+    proc.stdin.write("".join(f"{p}\n" for p in images).encode())
+    proc.stdin.flush()  # stdin stays open: caption waits for more paths after the first results
+    seen = b""
+    while seen.count(b'"path"') < 2:
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        assert chunk, proc.stderr.read()
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    items = json.loads(seen + stdout)  # a whole JSON array
+    assert [i["path"] for i in items] == [str(p) for p in images[:len(items)]] and len(items) >= 2
+    assert stderr.decode().strip().splitlines()[-1].startswith(
+        f"mmfuse: error: caption interrupted after {len(items)} image(s): the output (a closed JSON array) holds")
+
+
+def test_evaluate_interrupted_writes_no_report(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmfuse.evaluation
+
+    ws = tmp_path / "ws"
+    shutil.copytree(trained, ws)
+    before = _snapshot(ws)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mmfuse.evaluation, "_score_split", interrupted)
+    res = invoke("evaluate", "--run", "r", "--no-meteor", "-w", str(ws))
+    assert res.exit_code == 130
+    assert res.stderr.strip().splitlines() == ["mmfuse: error: evaluate interrupted before its report was written "
+                                               "(run 'r' is as it was); run the same command again"]
+    assert _snapshot(ws) == before  # no report, and the data set's lock is gone
+
+
+def test_compare_interrupted_keeps_the_fusions_it_finished_and_continues(workspace: Path) -> None:
+    assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
+    args = ["compare", "--data", "tiny", "--fusion", "concat,sum", "--epochs", "2", "--batch-size", "4"]
+    proc = _start(args, workspace)
+    finished = workspace / "compare" / "tiny" / "finished" / "concat.json"
+    _wait_for(finished.exists, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.decode().strip().splitlines()[-1] == ("mmfuse: error: compare interrupted at fusion sum; the 1 "
+                                                        "fusion(s) finished so far are kept: run the same command again to continue")
+    kept = json.loads(finished.read_text())["row"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.stderr
+    assert "fusion concat: trained and scored by the interrupted comparison (run tiny-concat), kept" in res.stderr
+    board = json.loads((workspace / "compare" / "tiny" / "leaderboard.json").read_text())
+    assert sorted(r["fusion"] for r in board["rows"]) == ["concat", "sum"]
+    assert next(r for r in board["rows"] if r["fusion"] == "concat") == kept
+    assert not finished.parent.exists()
