@@ -2,7 +2,8 @@
 each (optionally with one modality ablated), and rank them in a leaderboard.
 
 Each fusion becomes the run ``<name>-<fusion>`` (replaced if it exists). The leaderboard is written
-to ``compare/<name>/leaderboard.json`` and ``leaderboard.csv``.
+to ``compare/<name>/leaderboard.json`` and ``leaderboard.csv``. A comparison stopped by Ctrl-C or
+SIGTERM keeps the fusions it finished (``compare/<name>/finished/``); the same command continues.
 """
 
 from __future__ import annotations
