@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import errno
 import glob
 import os
 import stat
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from mmfuse.workspace import printable
+from mmfuse.workspace import os_problem, printable
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 _GLOB_CHARS = frozenset("*?[")
@@ -59,11 +58,6 @@ def _expand(item: str, literal: bool) -> Iterator[InputItem]:
             yield from _expand(match, literal=True)
 
 
-_STAT_PROBLEMS = {errno.ENAMETOOLONG: "a name too long for the file system", errno.ELOOP: "a symbolic link loop",
-                  errno.ENOTDIR: "a path through something that is not a directory",
-                  errno.EACCES: "permission denied"}
-
-
 def _kind(path: Path) -> tuple[int | None, str | None]:
     """The file type of ``path`` (following links; None when it cannot be known) and, when it
     cannot be used, why: any path a user can type is one input, never an error that stops the rest."""
@@ -72,8 +66,7 @@ def _kind(path: Path) -> tuple[int | None, str | None]:
     except FileNotFoundError:
         return None, f"image not found: {printable(str(path))}"
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
-        why = _STAT_PROBLEMS.get(getattr(exc, "errno", None), str(exc))
-        return None, f"cannot open image {printable(str(path))}: {why}"
+        return None, f"cannot open image {printable(str(path))}: {os_problem(exc)}"
 
 
 def _images_under(root: Path) -> Iterator[Path]:

@@ -116,6 +116,12 @@ class Workspace:
         return path
 
 
+def os_problem(exc: OSError | ValueError) -> str:
+    """A file-system error that a typed path can cause, in words ("a symbolic link loop", ...)."""
+    code = getattr(exc, "errno", None) or 0
+    return _OPEN_PROBLEMS.get(code, getattr(exc, "strerror", None) or str(exc))
+
+
 def not_a_directory(path: Path) -> str | None:
     """What ``path`` is when it exists but is not a directory ("a file", "a symbolic link loop",
     ...), else None (a directory, or nothing there)."""
@@ -124,7 +130,7 @@ def not_a_directory(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return _OPEN_PROBLEMS.get(exc.errno or 0, exc.strerror or str(exc))
+        return os_problem(exc)
     if kind == stat.S_IFDIR:
         return None
     return "a file" if kind == stat.S_IFREG else _KINDS.get(kind, "not a directory")
