@@ -29,9 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmfuse.cli import app  # noqa: E402
 from mmfuse.config import ModelConfig  # noqa: E402
-from mmfuse.data.features import cache_dataset_features  # noqa: E402
-from mmfuse.data.features import _all_images  # noqa: E402
-from mmfuse.images import image_transform, load_rgb  # noqa: E402
+from mmfuse.data.features import (
+    _all_images,  # noqa: E402
+    cache_dataset_features,  # noqa: E402
+)
+from mmfuse.data.images import image_transform, load_rgb  # noqa: E402
 from mmfuse.models.encoders import build_image_encoder  # noqa: E402
 from mmfuse.workspace import Workspace  # noqa: E402
 

@@ -20,17 +20,30 @@ CAPTION_METRICS = ("cider_d", "bleu4", "bleu3", "bleu2", "bleu1", "rouge_l")  # 
 CLASSIFY_METRICS = ("accuracy", "macro_f1")  # as in mmfuse.metrics.classification
 SELECT_METRICS = ("auto",) + CAPTION_METRICS + CLASSIFY_METRICS
 C = TypeVar("C")
+DECODING = "Decoding"  # help sections
+SCST = "Self-critical training"
+
+
+def setting(default: Any, help: str, *, flag: str | None = "", panel: str = "", choices: str = "",
+            names: str = "") -> Any:
+    """A config field with its command-line option declared beside it: ``help`` is the option's help
+    (and the field's documentation); ``flag`` the option's name(s) when not ``--field-name`` (``None``:
+    config file only); ``panel`` the help section; ``choices`` the registry whose names it takes;
+    ``names`` the workspace's ``runs`` or ``datasets`` when it names one (offered by shell completion)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "panel": panel, "choices": choices,
+                                            "names": names})
+
 
 
 @dataclass
 class ShapesConfig:
-    """Options of the built-in ``shapes`` source (``mmfuse prepare-data shapes``)."""
+    """Options of the built-in ``shapes`` and ``shapes-qa`` sources (``mmfuse prepare-data shapes``)."""
 
-    train_images: int = 12000
-    val_images: int = 250
-    test_images: int = 500
-    image_size: int = 64
-    seed: int = 0
+    train_images: int = setting(12000, "shapes: training images to generate.", panel="Built-in sets")
+    val_images: int = setting(250, "shapes: validation images to generate.", panel="Built-in sets")
+    test_images: int = setting(500, "shapes: test images to generate.", panel="Built-in sets")
+    image_size: int = setting(64, "shapes: image side in pixels.", panel="Built-in sets")
+    seed: int = setting(0, "shapes: random seed (same seed, same bytes); real data: seed of the split by ratio.")
 
     def validate(self) -> None:
         check_values(self)
@@ -45,46 +58,32 @@ class ShapesConfig:
 @dataclass
 class ModelConfig:
     """Architecture of a captioner (image encoder -> fusion -> text decoder) or a classifier
-    (image encoder + text encoder -> fusion -> label).
+    (image encoder + text encoder -> fusion -> label). Each field's help is its documentation."""
 
-    Attributes:
-        task: ``caption``, ``classify`` or ``auto`` (the data set's task).
-        encoder: image encoder name (registry ``IMAGE_ENCODERS``).
-        fusion: fusion strategy name (registry ``FUSIONS``).
-        decoder: caption decoder name (registry ``DECODERS``), or ``auto`` (the Transformer for the
-            transformer and prefix fusions, else the LSTM).
-        text_encoder: classifier text encoder (registry ``TEXT_ENCODERS``), or ``auto`` (as for decoder).
-        image_size: side of the square input images (0 = take the data set's).
-        feature_dim: width of the image features (grid and global vector).
-        embed_dim: word embedding width.
-        hidden_dim: decoder / text encoder width (and the classifier head's).
-        num_layers: stacked decoder / text encoder layers.
-        dropout: dropout on embeddings and decoder outputs.
-        grounding: classifier only: add word grounding (where each word's referent is in the image)
-            beside every fusion but ``late``; off only to measure what it adds (config file).
-        pretrained: torchvision encoders: start from torchvision's ImageNet weights (torch hub cache).
-        weights: torchvision encoders: start from this local state dict instead.
-        freeze_encoder: True (the backbone does not train), False (it fine-tunes), or None: frozen
-            when weights are loaded, else trained.
-        fine_tune_from: with ``freeze_encoder`` False, train the backbone from this top-level module on.
-    """
-
-    task: str = "auto"
-    encoder: str = "small_cnn"
-    fusion: str = "concat"
-    decoder: str = "auto"
-    text_encoder: str = "auto"
-    image_size: int = 0
-    feature_dim: int = 256
-    embed_dim: int = 128
-    hidden_dim: int = 256
-    num_layers: int = 1
-    dropout: float = 0.1
-    grounding: bool = True
-    pretrained: bool = False
-    weights: str = ""
-    freeze_encoder: bool | None = None
-    fine_tune_from: str = ""
+    task: str = setting("auto", "caption, classify, or auto (the data set's task).")
+    encoder: str = setting("small_cnn", "Image encoder.", choices="encoder")
+    fusion: str = setting("concat", "Fusion strategy.", choices="fusion")
+    decoder: str = setting("auto", "Caption decoder (auto: transformer for the transformer and prefix fusions, else "
+                                   "lstm).", choices="decoder")
+    text_encoder: str = setting("auto", "Classifier text encoder (auto: gru for the transformer and prefix fusions, "
+                                        "else lstm).", choices="text_encoder")
+    image_size: int = setting(0, "Side of the square input images (0: the data set's; torchvision encoders in "
+                                 "cache-features: 224).")
+    feature_dim: int = setting(256, "Image feature width (grid and global vector).")
+    embed_dim: int = setting(128, "Word embedding width.")
+    hidden_dim: int = setting(256, "Decoder / text encoder hidden width (and the classifier head's).")
+    num_layers: int = setting(1, "Stacked decoder / text encoder layers.", flag=None)
+    dropout: float = setting(0.1, "Dropout probability in the model.")
+    grounding: bool = setting(True, "Classifier: word grounding beside every fusion but late (off only to "
+                                    "measure what it adds).", flag=None)
+    pretrained: bool = setting(False, "torchvision encoders: start from torchvision's ImageNet weights, read from "
+                                      "the torch hub cache (never downloaded).")
+    weights: str = setting("", "torchvision encoders: start from this local state dict (.pth or .safetensors).")
+    freeze_encoder: bool | None = setting(None, "torchvision encoders: keep the backbone fixed, or train it "
+                                                "(default: frozen with --pretrained/--weights, else trained).",
+                                          flag="--freeze/--fine-tune")
+    fine_tune_from: str = setting("", "With --fine-tune: train the backbone from this top-level module on "
+                                      "(e.g. layer4).")
 
     def validate(self) -> None:
         check_values(self)
@@ -100,41 +99,29 @@ class ModelConfig:
 @dataclass
 class DecodeConfig:
     """How captions are generated (the options of Hugging Face ``generate`` that captioning uses).
+    Each field's help is its documentation; diverse beam search is Vijayakumar et al. 2018."""
 
-    Attributes:
-        beam_size: beams per image; 1 = greedy (or sampling with ``sample``).
-        max_length: most words in a caption (a caption that reaches it ends there).
-        min_length: fewest words before ``<eos>`` may be generated.
-        length_penalty: GNMT's alpha: a caption's score is its log-probability divided by
-            ``((5 + L) / 6) ** alpha`` (L: scored tokens, ``<eos>`` included); 0 = plain log-probability,
-            > 0 favours longer captions, < 0 shorter ones.
-        n_best: captions returned per image, best first (<= beam_size; with ``sample``, the draws).
-        no_repeat_ngram: never generate an n-gram of this size twice in a caption (0 = off).
-        diverse_groups: diverse beam search (Vijayakumar et al. 2018): beams split into this many
-            groups; each group is penalised for the words earlier groups chose at the same step.
-        diversity: the strength of that penalty (log-probability per repeated word).
-        sample: draw words from the model's distribution instead of searching.
-        temperature: divide the logits by this before sampling.
-        top_k: sample among the k most likely words only (0 = all).
-        top_p: sample among the most likely words whose probabilities sum to p (nucleus; 1 = all).
-        seed: seed of the sampling; an image's captions depend only on it and the image's position.
-        use_cache: Transformer decoders keep a key/value cache (off: re-run the prefix every step).
-    """
-
-    beam_size: int = 1
-    max_length: int = 32
-    min_length: int = 0
-    length_penalty: float = 0.0
-    n_best: int = 1
-    no_repeat_ngram: int = 0
-    diverse_groups: int = 1
-    diversity: float = 0.5
-    sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    use_cache: bool = True
+    beam_size: int = setting(1, "Beams per image (1 = greedy).", panel=DECODING)
+    max_length: int = setting(32, "Most words in a caption (a caption that reaches it ends there).", panel=DECODING)
+    min_length: int = setting(0, "Fewest words before the caption may end.", panel=DECODING)
+    length_penalty: float = setting(0.0, "GNMT length penalty alpha: score = log-prob / ((5 + L) / 6)^alpha, L "
+                                         "counting <eos>; > 0 favours longer captions.", panel=DECODING)
+    n_best: int = setting(1, "Captions per image, best first (<= --beam-size; with --sample, the draws).",
+                          panel=DECODING)
+    no_repeat_ngram: int = setting(0, "Never repeat an n-gram of this size within a caption (0 = off).",
+                                   panel=DECODING)
+    diverse_groups: int = setting(1, "Diverse beam search: split the beams into this many groups.", panel=DECODING)
+    diversity: float = setting(0.5, "Diverse beam search: penalty per word an earlier group chose at the same "
+                                    "step.", panel=DECODING)
+    sample: bool = setting(False, "Sample words instead of searching.", panel=DECODING)
+    temperature: float = setting(1.0, "Sampling: divide the logits by this.", panel=DECODING)
+    top_k: int = setting(0, "Sampling: only among the k most likely words (0 = all).", panel=DECODING)
+    top_p: float = setting(1.0, "Sampling: only among the most likely words whose probability reaches p.",
+                           panel=DECODING)
+    seed: int = setting(0, "Sampling seed; an image's draws depend only on it and the image's position among "
+                           "those captioned.", panel=DECODING)
+    use_cache: bool = setting(True, "Transformer decoders: key/value cache (--no-cache re-runs the sequence each "
+                                    "step).", flag="--cache/--no-cache", panel=DECODING)
 
     def validate(self) -> None:
         check_values(self)
@@ -212,79 +199,57 @@ class DecodeConfig:
 
 @dataclass
 class TrainConfig:
-    """One training run (teacher-forced cross-entropy, validation by generated captions).
+    """One training run (teacher-forced cross-entropy, or SCST; validation by generated captions).
+    Each field's help is its documentation."""
 
-    Attributes:
-        data: workspace data set name.
-        run: run name (empty = ``<data>-<fusion>-<timestamp>``).
-        epochs: passes over the training images.
-        batch_size: images per step (each brings up to ``captions_per_image`` captions).
-        captions_per_image: references used per image per step (sampled when there are more).
-        lr: AdamW peak learning rate.
-        lr_schedule: ``cosine`` (decay to 0 over the run, per step), ``step`` (times ``lr_gamma``
-            every ``lr_step_epochs`` epochs, as self-critical.pytorch) or ``constant``.
-        warmup_steps: steps of linear warmup from ~0 to ``lr`` before the schedule (0 = none); the
-            cosine then decays over the remaining steps (as Hugging Face's cosine-with-warmup).
-        lr_step_epochs, lr_gamma: the ``step`` schedule's period (epochs) and factor.
-        weight_decay: AdamW weight decay.
-        grad_clip: max gradient norm (0 = no clipping).
-        seed: seed of every random number generator involved.
-        device: ``auto``, ``cpu`` or ``cuda`` (``cuda:N``).
-        select_metric: validation metric that picks the best checkpoint: ``auto`` (CIDEr-D for captioning,
-            accuracy for classification), ``cider_d``, ``bleu1``..``bleu4``, ``rouge_l``, ``accuracy``, ``macro_f1``.
-        class_weights: classification loss weights: ``none`` or ``balanced`` (n / (C * count of the
-            class) over the training labels, as scikit-learn's "balanced").
-        encoder_from: name of a run in the workspace (captioner or classifier, with the same image
-            encoder and feature width) whose best image-encoder weights start this model's encoder,
-            which then trains with the rest (empty: random initialisation).
-        overwrite: replace an existing run of the same name.
-        workers: processes that read and decode training images (0: the training process itself).
-        precision: ``fp32``, ``bf16`` (autocast, CPU or CUDA) or ``fp16`` (autocast with a gradient
-            scaler, CUDA only).
-        accumulate: micro-batches whose gradients are summed before each optimiser step (the
-            effective batch is ``batch_size * accumulate``; the loss is averaged over all of it).
-        label_smoothing: cross-entropy label smoothing (0 = none).
-        patience: stop when the validation metric has not improved for this many epochs (0 = never).
-        save_every: also write the resumable checkpoint every this many optimiser steps (0 = only
-            after each epoch and on interruption).
-        tensorboard: also write TensorBoard event files into the run (needs ``tensorboard``).
-        compile: run the model through ``torch.compile`` (falls back, saying why, where unsupported).
-        scst: self-critical sequence training from the run ``scst_from`` (captioning).
-        scst_samples: captions sampled per image per SCST step (K).
-        scst_baseline: ``mean`` (of the other K - 1 samples' rewards, the "new SCST") or ``greedy``
-            (the greedy caption's reward, Rennie et al. 2017).
-    """
-
-    data: str = "shapes"
-    run: str = ""
-    epochs: int = 8
-    batch_size: int = 32
-    captions_per_image: int = 1
-    lr: float = 2e-3
-    lr_schedule: str = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0
-    seed: int = 0
-    device: str = "auto"
-    select_metric: str = "auto"
-    class_weights: str = "none"
-    encoder_from: str = ""
-    overwrite: bool = False
-    workers: int = 0
-    lr_step_epochs: int = 3
-    lr_gamma: float = 0.8
-    precision: str = "fp32"
-    accumulate: int = 1
-    label_smoothing: float = 0.0
-    patience: int = 0
-    save_every: int = 0
-    tensorboard: bool = False
-    compile: bool = False
-    scst: bool = False
-    scst_from: str = ""
-    scst_samples: int = 5
-    scst_baseline: str = "mean"
+    data: str = setting("shapes", "Workspace data set to train on.", names="datasets")
+    run: str = setting("", "Run name (default: <data>-<fusion>-<timestamp>).")
+    epochs: int = setting(8, "Passes over the training data.")
+    batch_size: int = setting(32, "Samples per step (captioning: images, each with up to --captions-per-image "
+                                  "captions).")
+    captions_per_image: int = setting(1, "Captioning: reference captions used per image per step (sampled when "
+                                         "there are more).")
+    lr: float = setting(2e-3, "AdamW peak learning rate.")
+    lr_schedule: str = setting("cosine", "Learning-rate schedule: cosine (decay to 0, per step), step (times "
+                                         "--lr-gamma every --lr-step-epochs epochs, as self-critical.pytorch) or "
+                                         "constant.")
+    warmup_steps: int = setting(0, "Steps of linear learning-rate warmup before the schedule (0: none); the "
+                                   "cosine then decays over the remaining steps.")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    grad_clip: float = setting(5.0, "Clip the gradient norm to this (0: no clipping).")
+    seed: int = setting(0, "Random seed (weights init, data order).")
+    device: str = setting("auto", "Device: auto (CUDA if available), cpu, cuda or cuda:N.")
+    select_metric: str = setting("auto", "Validation metric that picks the best checkpoint: auto (cider_d / "
+                                         "accuracy), cider_d, bleu1..bleu4, rouge_l, accuracy or macro_f1.")
+    class_weights: str = setting("none", "Classification: none, or balanced (weights n / (C * class count), as "
+                                         "scikit-learn's).")
+    encoder_from: str = setting("", "Run (captioner or classifier, same --encoder and --feature-dim) whose best "
+                                    "image-encoder weights start this model's encoder; it then trains with the rest.",
+                                names="runs")
+    overwrite: bool = setting(False, "Replace an existing run of the same name.", flag="--overwrite")
+    workers: int = setting(0, "Processes that read and decode training images (0: the training process).")
+    lr_step_epochs: int = setting(3, "The step schedule's period in epochs.")
+    lr_gamma: float = setting(0.8, "The step schedule's factor.")
+    precision: str = setting("fp32", "fp32, bf16 (autocast; CPU or CUDA) or fp16 (autocast + gradient scaler; "
+                                     "CUDA only).")
+    accumulate: int = setting(1, "Micro-batches per optimiser step (gradient accumulation; effective batch = "
+                                 "batch size x this).")
+    label_smoothing: float = setting(0.0, "Cross-entropy label smoothing (0: none).")
+    patience: int = setting(0, "Early stopping: stop after this many epochs without a better validation metric "
+                               "(0: never).")
+    save_every: int = setting(0, "Also save the resumable checkpoint every N optimiser steps (0: after each epoch "
+                                 "and on Ctrl-C only).")
+    tensorboard: bool = setting(False, "Also write TensorBoard event files into the run (needs the tensorboard "
+                                       "package).", flag="--tensorboard")
+    compile: bool = setting(False, "Run the model through torch.compile (falls back to eager, saying why, where "
+                                   "unsupported).", flag="--compile")
+    scst: bool = setting(False, "Self-critical sequence training: fine-tune the captioner --from RUN with a "
+                                "CIDEr-D reward.", flag="--scst", panel=SCST)
+    scst_from: str = setting("", "With --scst: the trained captioner (run name) to start from.", flag="--from",
+                             panel=SCST, names="runs")
+    scst_samples: int = setting(5, "With --scst: captions sampled per image per step.", panel=SCST)
+    scst_baseline: str = setting("mean", "With --scst: mean (of the other samples' rewards, the 'new SCST') or "
+                                         "greedy (the greedy caption's reward, Rennie et al. 2017).", panel=SCST)
 
     def validate(self) -> None:
         check_values(self)
@@ -422,6 +387,13 @@ def _names(kinds: tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The config a run was trained with (its ``config.json``), checked against today's fields."""
+    from mmfuse.workspace import RunDir, read_json
+
+    return from_dict(RunConfig, read_json(RunDir(run_dir).config, "run config"), "run config")
+
+
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read a ``--config`` JSON file into a dict of sections (validated when merged)."""
     from mmfuse.workspace import read_json
@@ -431,8 +403,3 @@ def load_config_file(path: Path) -> dict[str, Any]:
         raise MmfuseError(f"config file {path}: expected a JSON object")
     return data
 
-
-def merge(cfg: C, overrides: dict[str, Any], where: str) -> C:
-    """A copy of ``cfg`` with ``overrides`` applied (validated like :func:`from_dict`)."""
-    merged = {**to_dict(cfg), **overrides}
-    return from_dict(type(cfg), merged, where)

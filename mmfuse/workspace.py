@@ -53,6 +53,60 @@ def check_name(name: str, kind: str) -> str:
     return name
 
 
+COMPARED_RUNS = "runs.json"  # in compare/<name>/: the runs the comparison made
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Every file of a run (``runs/<name>/``), named in this one place."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:  # the RunConfig it was trained with (JSON)
+        return self.path / "config.json"
+
+    @property
+    def vocab(self) -> Path:  # its word list
+        return self.path / "vocab.json"
+
+    @property
+    def labels(self) -> Path:  # classifiers: the class order of the output units
+        return self.path / "labels.json"
+
+    @property
+    def metrics(self) -> Path:  # one JSON line per epoch
+        return self.path / "metrics.jsonl"
+
+    @property
+    def steps(self) -> Path:  # one JSON line per logged optimiser step (loss, learning rate)
+        return self.path / "steps.jsonl"
+
+    @property
+    def curves(self) -> Path:  # the training curves figure
+        return self.path / "curves.png"
+
+    @property
+    def checkpoint(self) -> Path:  # the resumable state, while the run can be resumed
+        return self.path / "checkpoint.safetensors"
+
+    def report(self, split: str, suffix: str = "") -> Path:
+        """evaluate's report of a split (``suffix``: the ablation, e.g. ``-ablate-image-shuffle``)."""
+        return self.path / f"eval-{split}{suffix}.json"
+
+    def results(self, split: str, suffix: str = "") -> Path:
+        """evaluate's captions or predictions of a split, as a results file."""
+        return self.path / f"results-{split}{suffix}.json"
+
+    def weights(self, which: str) -> Path:
+        """``best`` (the epoch with the best validation metric) or ``last``."""
+        return self.path / f"{which}.safetensors"
+
+
 @dataclass(frozen=True)
 class Workspace:
     """Paths of data sets and runs under one root directory."""
@@ -76,6 +130,10 @@ class Workspace:
     def run_dir(self, name: str) -> Path:
         return self.root / "runs" / check_name(name, "run")
 
+    def run(self, name: str) -> RunDir:
+        """The files of run ``name`` (which may not exist yet)."""
+        return RunDir(self.run_dir(name))
+
     def compare_dir(self, name: str) -> Path:
         return self.root / "compare" / check_name(name, "comparison")
 
@@ -87,10 +145,13 @@ class Workspace:
             raise MmfuseError(f"data set {name!r}: {_shown(path)} is {problem}, not a data set directory; move it "
                               f"away, or prepare the data set under another --name")
         if not (path / "manifest.json").is_file():
-            raise MmfuseError(
-                f"no data set {name!r} in workspace {self.root} "
-                f"(run `mmfuse prepare-data SOURCE --name {name}` first)"
-            )
+            from mmfuse.registry import declared_names
+
+            built_in = name in declared_names("source") and name.startswith("shapes")
+            command = f"mmfuse prepare-data {name}" if built_in else f"mmfuse prepare-data SOURCE --name {name}"
+            known = self.dataset_names()
+            there = f"; data sets here: {', '.join(known)}" if known else ""
+            raise MmfuseError(f"no data set {name!r} in workspace {self.root}{there} (run `{command}` first)")
         return path
 
     @contextmanager
@@ -101,6 +162,31 @@ class Workspace:
         with shared(self.dataset_dir(name), f"data set {name!r}"):
             yield self.existing_dataset(name)
 
+    def compared_runs(self, comparison: str) -> list[str]:
+        """The runs comparison ``comparison`` has made (or started): see ``mmfuse compare``."""
+        path = self.compare_dir(comparison) / COMPARED_RUNS
+        try:
+            made = read_json(path, "comparison's run list") if path.is_file() else []
+        except MmfuseError:
+            return []
+        return [r for r in made if isinstance(r, str)] if isinstance(made, list) else []
+
+    def run_names(self) -> list[str]:
+        """The runs of the workspace (directories with a config), sorted by name."""
+        return _names_with(self.root / "runs", "config.json")
+
+    def dataset_names(self) -> list[str]:
+        """The prepared data sets of the workspace, sorted by name."""
+        return _names_with(self.root / "datasets", "manifest.json")
+
+    def latest_run(self) -> str:
+        """The run whose training started last; a workspace without runs says how to make one."""
+        names = self.run_names()
+        if not names:
+            raise MmfuseError(f"no runs in workspace {self.root} yet: train one first, e.g. `mmfuse prepare-data "
+                              f"shapes` then `mmfuse train --data shapes --run demo` (or give --workspace)")
+        return max(names, key=lambda n: ((self.root / "runs" / n / "config.json").stat().st_mtime_ns, n))
+
     def existing_run(self, name: str) -> Path:
         """The directory of a trained run, or a clear error listing the runs there are."""
         path = self.run_dir(name)
@@ -109,11 +195,19 @@ class Workspace:
             raise MmfuseError(f"run {name!r}: {_shown(path)} is {problem}, not a run directory; move it away, or "
                               f"name another run")
         if not (path / "config.json").is_file():
-            runs_dir = self.root / "runs"
-            known = sorted(p.name for p in runs_dir.iterdir() if (p / "config.json").is_file()) if runs_dir.is_dir() else []
-            hint = f"; runs: {', '.join(known)}" if known else "; train one with `mmfuse train`"
+            known = self.run_names()
+            hint = f"; runs: {', '.join(known)}" if known else \
+                "; train one first, e.g. `mmfuse prepare-data shapes` then `mmfuse train --data shapes --run demo`"
             raise MmfuseError(f"no run {name!r} in workspace {self.root}{hint}")
         return path
+
+
+def _names_with(folder: Path, marker: str) -> list[str]:
+    """Names of the sub-directories of ``folder`` that hold ``marker`` (none when it is missing)."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if (p / marker).is_file())
+    except OSError:
+        return []
 
 
 def os_problem(exc: OSError | ValueError) -> str:
@@ -163,12 +257,41 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _temporary_beside(path: Path) -> tuple[int, str]:
-    """A new hidden temporary file in ``path``'s directory (an error names ``path``, not the temporary)."""
+def link_or_copy(source: Path, target: Path) -> None:
+    """Make ``target`` a second name of ``source`` (a hard link: no second copy on disk), replacing it
+    atomically; where the file system has no hard links, an atomic copy."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
     try:
-        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.link(source, tmp)
+    except OSError:
+        atomic_write_bytes(target, source.read_bytes())
+        return
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # read once (os.umask can only be read by setting it)
+
+
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A new hidden temporary file in ``path``'s directory, with the permissions any new file gets
+    under the umask (mkstemp's are 0600; an error names ``path``, not the temporary)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
+    os.fchmod(fd, 0o666 & ~UMASK)
+    return fd, name
 
 
 def check_writable(folder: Path) -> None:
@@ -190,12 +313,6 @@ def dumps_json(obj: Any) -> str:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, dumps_json(obj))
-
-
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line (metrics logs); the file is rewritten atomically."""
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    atomic_write_text(path, old + json.dumps(record, sort_keys=True) + "\n")
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -484,6 +601,7 @@ def staged_directory(final: Path, clear_leftovers: bool = False) -> Iterator[Pat
             for leftover in final.parent.glob(pattern):
                 shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    staging.chmod(0o777 & ~UMASK)  # it becomes the directory: the permissions of any new one (mkdtemp's are 0700)
     try:
         yield staging
         replace_directory(staging, final)

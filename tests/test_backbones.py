@@ -20,6 +20,7 @@ from tests.conftest import TINY, invoke
 SMALL = ["--epochs", "1", "--batch-size", "8", "--feature-dim", "16", "--embed-dim", "8", "--hidden-dim", "16"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_every_backbone_gives_grid_and_pooled_and_trains(name: str) -> None:
     size = 224 if name == "vit_b_16" else 64
@@ -52,6 +53,7 @@ def tiny_data(workspace: Path) -> None:
     assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
 
 
+@pytest.mark.slow
 def test_weights_load_frozen_by_default_and_fine_tune_trains(tmp_path: Path, workspace: Path, tiny_data) -> None:
     path, state = _resnet18_file(tmp_path)
     for run, extra in (("frozen", []), ("tuned", ["--fine-tune"])):

@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image, ImageStat
 
-from mmfuse.caption_output import write_results
 from mmfuse.config import DecodeConfig
-from mmfuse.heatmaps import LABEL, PANEL, attention_figure
-from mmfuse.inference import Captioned
+from mmfuse.generate.heatmaps import LABEL, PANEL, attention_figure
+from mmfuse.generate.inputs import Captioned
+from mmfuse.generate.outputs import write_results
 from tests.conftest import invoke, tiny_run
 
 
@@ -47,7 +47,8 @@ def test_a_directory_with_bad_files_captions_the_rest_and_names_them(trained: Pa
     rows = [line.split("\t") for line in res.stdout.splitlines()]
     assert [r[0] for r in rows] == [str(p) for p in good]  # input order: sorted, depth first
     assert all(r[1].strip() and float(r[2]) < 0 for r in rows)
-    *warnings, error = res.stderr.splitlines()
+    *warnings, summary, error = res.stderr.splitlines()
+    assert summary.startswith("captioned 4 of 6 images in ")  # stderr is not a terminal: a closing line
     assert len(warnings) == 2 and all(w.startswith("mmfuse: warning: ") and w.endswith("(skipped)") for w in warnings)
     assert str(photos / "empty.png") in warnings[0] and str(photos / "sub/corrupt.png") in warnings[1]
     assert error == (f"mmfuse: error: 2 of 6 inputs could not be captioned: {photos / 'empty.png'}, "
@@ -103,6 +104,7 @@ def test_contradictory_decoding_flags_fail_before_output(trained: Path, photos: 
     assert res.exit_code == 1 and "--format must be tsv, text, jsonl or json" in res.stderr
 
 
+@pytest.mark.slow
 def test_find_pipe_into_head(trained: Path, photos: Path) -> None:
     """The README's shell pipeline, for real: find | mmfuse caption - | head; head closing the pipe early is fine."""
     for i in range(40):

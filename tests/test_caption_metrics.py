@@ -80,6 +80,7 @@ def test_bleu_equals_coco_caption(corpus, coco) -> None:
         assert [g[k] for g in got_images] == pytest.approx(expected_images[k], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rouge_l", "cider_d"])
 def test_rouge_l_and_cider_d_equal_coco_caption(name: str, corpus, coco) -> None:
     from pycocoevalcap.cider.cider import Cider
@@ -123,6 +124,7 @@ def test_known_values_without_the_oracle() -> None:
     assert worse["bleu4"] < scores["bleu4"] and worse["cider_d"] < scores["cider_d"]
 
 
+@pytest.mark.slow
 def test_raw_text_end_to_end_equals_coco_caption(coco) -> None:
     """2,000 images x 5 real-looking references: our tokenizer + scorers vs PTBTokenizer (Java) + scorers,
     corpus and per image, and the tokens themselves."""

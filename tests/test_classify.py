@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmfuse.data.dataset import ImageGroupedSampler, load_labelled_split
-from mmfuse.training import balanced_class_weights
+from mmfuse.train.loop import balanced_class_weights
 from tests.conftest import TINY, invoke
 
 
@@ -57,7 +57,7 @@ def test_evaluate_reports_accuracy_per_question_kind(trained_qa: Path) -> None:
 
 
 def test_evaluate_shows_examples_and_confident_mistakes(trained_qa: Path) -> None:
-    from mmfuse.evaluation import confident_mistakes
+    from mmfuse.evaluate.reports import confident_mistakes
 
     res = invoke("evaluate", "--run", "q", "--show", "2", "--worst", "3", "-w", str(trained_qa))
     assert res.exit_code == 0, res.stderr
@@ -93,7 +93,8 @@ def test_predict_prints_tsv_or_jsonl_in_input_order(trained_qa: Path, tmp_path: 
     res = invoke("predict", *map(str, images), "--text", "is there a small red circle ?", "--run", "q", "-w", str(trained_qa))
     assert res.exit_code == 0, res.stderr
     rows = [line.split("\t") for line in res.stdout.splitlines()]
-    assert [r[0] for r in rows] == list(map(str, images)) and all(r[1] in ("yes", "no") for r in rows)
+    assert [r[0] for r in rows] == list(map(str, images))
+    assert all(r[1] == "is there a small red circle ?" and r[2] in ("yes", "no") for r in rows)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"image": str(p), "text": t}) + "\n"
                              for p, t in zip(images, ["is the circle red ?", "is there a large blue square ?", ""])))

@@ -13,8 +13,16 @@ import torch
 
 from mmfuse.config import DecodeConfig, ModelConfig
 from mmfuse.data.vocab import BOS_ID, EOS_ID, PAD_ID
-from mmfuse.decoding import beam_search, filter_logits, generate, greedy, length_penalty, repeated_ngram_mask, sample
 from mmfuse.errors import MmfuseError
+from mmfuse.generate.decoding import (
+    beam_search,
+    filter_logits,
+    generate,
+    greedy,
+    length_penalty,
+    repeated_ngram_mask,
+    sample,
+)
 from mmfuse.models.captioner import build_captioner, generation_log_probs
 from mmfuse.models.checkpoint import load_run
 
@@ -90,6 +98,7 @@ def _exhaustive_best(model, one, max_length: int, alpha: float, min_length: int 
     return best
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder,alpha,min_length,max_length", [
     ("lstm", 0.0, 0, 3), ("lstm", 1.5, 0, 3), ("lstm", -1.0, 0, 3), ("lstm", 0.6, 2, 3),
     ("transformer", 0.0, 0, 3), ("transformer", 1.5, 0, 3), ("transformer", 0.6, 2, 3),

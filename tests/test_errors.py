@@ -35,7 +35,8 @@ def test_unreadable_image_is_skipped_and_named(trained: Path, tmp_path: Path) ->
     good = next((trained / "datasets/tiny/images/test").glob("*.png"))
     res = invoke("caption", str(fake), str(good), "--run", "r", "-w", str(trained))
     assert res.exit_code == 1 and "Traceback" not in res.output
-    warning, error = res.stderr.splitlines()
+    warning, summary, error = res.stderr.splitlines()
+    assert summary.startswith("captioned 1 of 2 images in ")
     assert warning.startswith("mmfuse: warning: not a readable image file: ") and str(fake) in warning
     assert error == f"mmfuse: error: 1 of 2 inputs could not be captioned: {fake}"
     assert [line.split("\t")[0] for line in res.stdout.splitlines()] == [str(good)]  # the good one is captioned

@@ -84,6 +84,7 @@ def test_meteor_is_reported_or_explained(tmp_path: Path, monkeypatch: pytest.Mon
     assert report["meteor"] == "unavailable: Java is not installed (METEOR 1.5 is a Java program)"
 
 
+@pytest.mark.slow
 def test_meteor_through_the_jar(tmp_path: Path) -> None:
     if shutil.which("java") is None:
         pytest.skip("Java is not installed: METEOR 1.5 cannot run")
@@ -118,5 +119,5 @@ def test_malformed_references_and_flags(tmp_path: Path) -> None:
     (tmp_path / "latin1.json").write_bytes("[{\"image_id\": 1, \"caption\": \"caf\xe9\"}]".encode("latin-1"))
     _fails(invoke("evaluate", "--predictions", str(tmp_path / "latin1.json"), "--references", str(refs)), "not UTF-8")
     _fails(invoke("evaluate", "--predictions", str(res)), "--references")
-    _fails(invoke("evaluate"), "either --run")
+    _fails(invoke("evaluate"), "no runs in workspace")  # --run defaults to the most recent run: there is none
     _fails(invoke("evaluate", "--predictions", str(res), "--references", "nothing-here"), "neither a file nor a data set")

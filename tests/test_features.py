@@ -12,8 +12,8 @@ import torchvision
 
 from mmfuse.config import ModelConfig
 from mmfuse.data.features import build_cache, open_cache
+from mmfuse.data.images import image_transform, load_rgb
 from mmfuse.errors import Interrupted
-from mmfuse.images import image_transform, load_rgb
 from mmfuse.models.encoders import build_image_encoder
 from tests.conftest import TINY, invoke
 
@@ -50,6 +50,7 @@ def test_cache_holds_the_backbone_outputs_of_every_image(tiny: Path, weights: Pa
     assert torch.allclose(cached_pooled.float(), pooled[0], rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_an_interrupted_build_resumes_to_the_same_bytes(tiny: Path, weights: Path, tmp_path: Path) -> None:
     cfg = ModelConfig(encoder="resnet18", weights=str(weights), image_size=64)
 
@@ -70,6 +71,7 @@ def test_an_interrupted_build_resumes_to_the_same_bytes(tiny: Path, weights: Pat
     assert [(root / f).read_bytes() for f in ("grid.f16", "pooled.f16")] == resumed
 
 
+@pytest.mark.slow
 def test_training_with_the_frozen_encoder_reads_the_cache(tiny: Path, weights: Path, workspace: Path) -> None:
     assert invoke("cache-features", "--data", "tiny", "--encoder", "resnet18", "--weights", str(weights)).exit_code == 0
     res = invoke("train", "--data", "tiny", "--run", "cached", "--encoder", "resnet18", "--weights", str(weights), *SMALL)
@@ -82,6 +84,7 @@ def test_training_with_the_frozen_encoder_reads_the_cache(tiny: Path, weights: P
     assert res.exit_code == 0, res.stderr
 
 
+@pytest.mark.slow
 def test_cached_and_pixel_training_agree(tiny: Path, weights: Path, workspace: Path) -> None:
     """One epoch from the cache and one from pixels reach (nearly) the same loss: fp16 features only."""
     res = invoke("train", "--data", "tiny", "--run", "pixels", "--encoder", "resnet18", "--weights", str(weights), *SMALL)

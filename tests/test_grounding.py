@@ -70,6 +70,7 @@ def _relation_batch(gen: torch.Generator, batch: int) -> tuple[torch.Tensor, tor
     return grid, states, labels
 
 
+@pytest.mark.slow
 def test_grounding_learns_to_compare_where_two_named_things_are() -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

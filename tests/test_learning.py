@@ -36,6 +36,7 @@ def _test_scores(ws: Path, run: str) -> dict:
     return json.loads(invoke("evaluate", "--run", run, "--json", "--no-meteor", "-w", str(ws)).stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("learned", sorted(MIN_TEST_BLEU4), indirect=True)
 def test_short_training_learns_shapes_captions(learned: Path, request: pytest.FixtureRequest) -> None:
     fusion = request.node.callspec.params["learned"]
@@ -45,6 +46,7 @@ def test_short_training_learns_shapes_captions(learned: Path, request: pytest.Fi
     assert len({c["caption"] for c in report["images"]}) >= 30
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("learned", ["concat"], indirect=True)
 def test_scst_raises_test_cider_d_over_the_cross_entropy_checkpoint(learned: Path) -> None:
     """One epoch of self-critical training (CIDEr-D reward, mean baseline of 5 samples) after the
@@ -56,6 +58,7 @@ def test_scst_raises_test_cider_d_over_the_cross_entropy_checkpoint(learned: Pat
     assert after > before + 0.05, (before, after)
 
 
+@pytest.mark.slow
 def test_classifier_answers_shapes_qa_only_with_both_modalities(workspace: Path) -> None:
     res = invoke("prepare-data", "shapes-qa", "--train-images", "1500", "--val-images", "60", "--test-images", "200")
     assert res.exit_code == 0, res.stderr

@@ -10,7 +10,8 @@ import torch
 
 from mmfuse.config import ModelConfig
 from mmfuse.errors import MmfuseError
-from mmfuse.models.captioner import ProjectedInputState, build_captioner, generation_log_probs
+from mmfuse.models.captioner import build_captioner, generation_log_probs
+from mmfuse.models.decoding_states import ProjectedInputState
 from mmfuse.models.classifier import build_classifier
 from mmfuse.models.decoders import DECODERS
 from mmfuse.models.encoders import IMAGE_ENCODERS, ImageFeatures
@@ -304,7 +305,7 @@ def test_transformer_fusion_lets_image_tokens_see_each_other_but_words_only_the_
         first_changed = _prefix_outputs(model, feats._replace(grid=grid))[0, 0]
     assert torch.allclose(base[0, :4], changed[0, :4], atol=1e-6)  # causal over words
     assert not torch.allclose(base[0, 4:], changed[0, 4:])
-    assert model.initial_state(feats).bidirectional == 1 + feats.grid.size(1)  # global token + grid
+    assert model.initial_state(feats).decoder.bidirectional == 1 + feats.grid.size(1)  # global token + grid
     assert not torch.allclose(first, first_changed)  # the first image token sees the last one
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmfuse.train_state import CHECKPOINT
+from mmfuse.train.state import CHECKPOINT
 from tests.conftest import TINY, invoke
 
 SMALL = ["--feature-dim", "16", "--embed-dim", "8", "--hidden-dim", "16", "--batch-size", "16"]
@@ -79,8 +79,14 @@ def test_a_lock_file_left_by_a_dead_process_is_free(workspace: Path) -> None:
 
 
 def test_train_is_refused_while_another_process_trains_the_same_run(trained: Path, tmp_path: Path, lock_holder) -> None:
+    from unittest import mock
+
+    from mmfuse.train.loop import _Loop
+
     ws = tmp_path / "ws"
     shutil.copytree(trained, ws)
+    with mock.patch.object(_Loop, "_stop_requested", return_value=True):  # a resumable run: stopped after epoch 1
+        assert invoke("train", "--data", "tiny", "--run", "r", "--overwrite", *SMALL, "-w", str(ws)).exit_code == 130
     pid = lock_holder(ws / "runs" / "r")
     before = {p: p.read_bytes() for p in (ws / "runs" / "r").iterdir()}
     for args in (["--run", "r", "--resume"], ["--data", "tiny", "--run", "r", "--overwrite", *SMALL]):
@@ -91,6 +97,7 @@ def test_train_is_refused_while_another_process_trains_the_same_run(trained: Pat
     assert {p: p.read_bytes() for p in (ws / "runs" / "r").iterdir()} == before
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_run(workspace: Path) -> None:
     assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
     for run in ("a", "b"):
@@ -135,43 +142,60 @@ def test_a_checkpoint_crafted_to_run_code_is_refused_and_never_runs(trained: Pat
     assert not marker.exists()
 
 
-def _killed_after(seconds: float, args: list[str], workspace: Path) -> None:
-    """Start ``mmfuse ARGS`` and kill -9 it after ``seconds`` (or let it finish first)."""
+def _killed_when(ready, args: list[str], workspace: Path) -> None:
+    """Start ``mmfuse ARGS``, kill -9 it as soon as ``ready()`` holds, and check that the kill is what
+    ended it (a command that finished first fails the test instead of passing it)."""
     proc = subprocess.Popen([sys.executable, "-m", "mmfuse", *args], env={**os.environ, "MMFUSE_WORKSPACE": str(workspace)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
     try:
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
+        while not ready():
+            assert proc.poll() is None, f"mmfuse {args[0]} ended (code {proc.returncode}) before the point to kill it at"
+            assert time.monotonic() < deadline, "the point to kill at never came"
+            time.sleep(0.005)
+    finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert proc.returncode == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("seconds", [4.5, 7.0])  # of about 8.5 s, while images are written
-def test_prepare_data_killed_at_any_point_leaves_the_old_data_set_or_none_and_runs_again(seconds: float, workspace: Path) -> None:
+def _images_written(workspace: Path, count: int):
+    return lambda: sum(1 for _ in workspace.glob("datasets/.shapes.staging-*/images/train/*.png")) >= count
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("images", [150, 800])  # of 1000 training images: early, and late in the writing
+def test_prepare_data_killed_at_any_point_leaves_the_old_data_set_or_none_and_runs_again(images: int, workspace: Path) -> None:
     args = ["prepare-data", "shapes", "--train-images", "1000", "--val-images", "20", "--test-images", "20"]
-    _killed_after(seconds, args, workspace)
+    _killed_when(_images_written(workspace, images), args, workspace)
     datasets = workspace / "datasets"
-    if (datasets / "shapes").exists():  # finished before the kill: whole
-        assert json.loads((datasets / "shapes" / "manifest.json").read_text())["splits"]["train"]["images"] == 1000
+    assert not (datasets / "shapes").exists()  # killed while staging: no data set, not a half-made one
     res = invoke(*args)
     assert res.exit_code == 0, res.stderr
     assert sorted(p.name for p in datasets.iterdir()) == ["shapes"]  # no staging leftovers, no lock
     assert json.loads((datasets / "shapes" / "manifest.json").read_text())["splits"]["train"]["images"] == 1000
 
 
-@pytest.mark.parametrize("seconds", [5.0, 8.5])  # of about 11 s: early in epoch 1, in epoch 3
-def test_train_killed_at_any_point_resumes_or_starts_again(seconds: float, workspace: Path) -> None:
+def _checkpoint_step(path: Path) -> int:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return int(json.loads(handle.metadata()["mmfuse"])["progress"]["step"])
+    except Exception:  # not written yet, or being replaced
+        return -1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", [2, 26])  # of 36 (12 per epoch): early in epoch 1, in epoch 3
+def test_train_killed_at_any_point_resumes_to_the_end(step: int, workspace: Path) -> None:
     assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
     args = ["train", "--data", "tiny", "--run", "k", "--epochs", "3", "--save-every", "1", *SMALL[:-2], "--batch-size", "4"]
-    _killed_after(seconds, args, workspace)
     run = workspace / "runs" / "k"
-    if (run / CHECKPOINT).exists():
-        res = invoke("train", "--run", "k", "--resume")
-        done = res.exit_code == 0 or "has finished" in res.stderr
-    else:  # killed before its first save: start again
-        res = invoke(*args, "--overwrite")
-        done = res.exit_code == 0
-    assert done, res.stderr
+    _killed_when(lambda: _checkpoint_step(run / CHECKPOINT) >= step, args, workspace)
+    assert _checkpoint_step(run / CHECKPOINT) >= step
+    res = invoke("train", "--run", "k", "--resume")
+    assert res.exit_code == 0, res.stderr
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     assert not list((workspace / "runs").glob(".*.lock"))
 
@@ -188,6 +212,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_prepare_data_cannot_replace_the_data_set_a_training_reads(workspace: Path) -> None:
     assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
     args = ["train", "--data", "tiny", "--epochs", "3", *SMALL[:-2], "--batch-size", "4"]
@@ -247,6 +272,7 @@ def test_prepare_data_stopped_by_sigterm_leaves_nothing_and_says_so(workspace: P
     assert list(datasets.iterdir()) == []  # no staging directory, no lock
 
 
+@pytest.mark.slow
 def test_caption_stopped_by_ctrl_c_ends_its_json_array_and_says_where(trained: Path, tmp_path: Path) -> None:
     images = sorted((trained / "datasets/tiny/images/test").glob("*.png"))[:3]
     proc = _start(["caption", "-", "--run", "r", "--format", "json", "--batch-size", "1"], trained, stdin=subprocess.PIPE)
@@ -267,7 +293,7 @@ def test_caption_stopped_by_ctrl_c_ends_its_json_array_and_says_where(trained: P
 
 
 def test_evaluate_interrupted_writes_no_report(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mmfuse.evaluation
+    import mmfuse.evaluate.reports
 
     ws = tmp_path / "ws"
     shutil.copytree(trained, ws)
@@ -276,7 +302,7 @@ def test_evaluate_interrupted_writes_no_report(trained: Path, tmp_path: Path, mo
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mmfuse.evaluation, "_score_split", interrupted)
+    monkeypatch.setattr(mmfuse.evaluate.reports, "_score_split", interrupted)
     res = invoke("evaluate", "--run", "r", "--no-meteor", "-w", str(ws))
     assert res.exit_code == 130
     assert res.stderr.strip().splitlines() == ["mmfuse: error: evaluate interrupted before its report was written "
@@ -284,12 +310,15 @@ def test_evaluate_interrupted_writes_no_report(trained: Path, tmp_path: Path, mo
     assert _snapshot(ws) == before  # no report, and the data set's lock is gone
 
 
+@pytest.mark.slow
 def test_compare_interrupted_keeps_the_fusions_it_finished_and_continues(workspace: Path) -> None:
     assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
-    args = ["compare", "--data", "tiny", "--fusion", "concat,sum", "--epochs", "2", "--batch-size", "4"]
+    args = ["compare", "--data", "tiny", "--fusion", "concat,sum", "--epochs", "4", "--batch-size", "4", "--no-meteor"]
     proc = _start(args, workspace)
     finished = workspace / "compare" / "tiny" / "finished" / "concat.json"
-    _wait_for(finished.exists, proc)
+    sum_started = workspace / "runs" / "tiny-sum" / "checkpoint.safetensors"  # sum's epoch 1 of 4 is done
+    _wait_for(lambda: finished.exists() and sum_started.exists(), proc)
+    assert proc.poll() is None, "compare ended before it could be interrupted in its second fusion"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mmfuse.training import _scheduler, lr_factor
+from mmfuse.train.loop import _scheduler, lr_factor
 
 
 def _lrs(kind: str, total: int, warmup: int) -> list[float]:

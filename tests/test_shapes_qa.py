@@ -8,10 +8,17 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pytest
+
 import numpy as np
 
 from mmfuse.data.sources.shapes import ShapeObject, make_scene
-from mmfuse.data.sources.shapes_qa import KINDS, allowed_kinds, make_example, make_question
+from mmfuse.data.sources.shapes_qa import (
+    KINDS,
+    allowed_kinds,
+    make_example,
+    make_question,
+)
 from tests.conftest import invoke
 
 
@@ -77,6 +84,7 @@ def test_yes_questions_are_true_and_no_questions_false_for_every_kind() -> None:
     assert min(kinds.values()) > 150 and len(kinds) == 3, kinds
 
 
+@pytest.mark.slow
 def test_question_kinds_are_balanced() -> None:
     """Each kind is about a third of the questions, though only about half of the scenes allow a
     relation question (choosing among the kinds an image allows gave relations 19 %)."""
@@ -98,6 +106,7 @@ def test_existence_no_questions_are_near_misses_of_the_yes_object() -> None:
     assert sorted(changed) == [3, 4, 5] and min(changed.values()) > 10, changed  # size, colour, shape words
 
 
+@pytest.mark.slow
 def test_neither_the_question_nor_the_image_alone_gives_the_answer(tmp_path: Path) -> None:
     """A lookup of the training answers by exact question text, applied to the test split, is at
     chance; so is any image-only rule (each image has one yes and one no question)."""

@@ -14,10 +14,16 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, RandomSampler, Sampler
 
+from mmfuse.data.images import (
+    MEAN,
+    image_transform,
+    load_rgb,
+    normalize_transform,
+    resize_transform,
+)
 from mmfuse.data.prepare import FORMAT_VERSION
 from mmfuse.data.vocab import PAD_ID, Vocab
 from mmfuse.errors import MmfuseError, first_line
-from mmfuse.images import MEAN, image_transform, load_rgb, normalize_transform, resize_transform
 from mmfuse.models.encoders import CachedFeatures
 from mmfuse.workspace import read_json
 
@@ -307,3 +313,15 @@ def pad(sequences: list[list[int]]) -> torch.Tensor:
     for row, seq in enumerate(sequences):
         out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
     return out
+
+
+def labelled_dataset(records: list[LabelledRecord], vocab: Vocab, labels: list[str], image_size: int,
+                     features: Any = None) -> LabelledDataset:
+    """A :class:`LabelledDataset` of data set records (labels as indices into ``labels``); with a
+    feature cache, it gives cached backbone outputs instead of pixels."""
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = sorted({r.label for r in records} - set(index))
+    if unknown:
+        raise MmfuseError(f"label(s) {', '.join(unknown)} are not among the model's labels ({', '.join(labels)})")
+    return LabelledDataset([r.image for r in records], [vocab.encode(r.tokens) for r in records],
+                           [index[r.label] for r in records], image_size, features=features)

@@ -26,10 +26,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmfuse.config import ModelConfig
-from mmfuse.data.dataset import ImageDataset, load_labelled_split, load_manifest, load_split
+from mmfuse.data.dataset import (
+    ImageDataset,
+    load_labelled_split,
+    load_manifest,
+    load_split,
+)
 from mmfuse.data.sources import SPLITS
 from mmfuse.errors import Interrupted, MmfuseError
-from mmfuse.workspace import atomic_write_json, atomic_write_text, exclusive, read_json, writing
+from mmfuse.workspace import (
+    atomic_write_json,
+    atomic_write_text,
+    exclusive,
+    read_json,
+    writing,
+)
 
 CACHE_FORMAT_VERSION = 1
 Progress = Callable[[int, int], None]  # (images done, images in all)
@@ -113,7 +124,6 @@ def cache_dataset_features(workspace: Any, data: str, cfg: ModelConfig, batch_si
     from dataclasses import replace
 
     from mmfuse.device import resolve_device
-
     from mmfuse.models.encoders import check_weights_available
 
     check_weights_available(cfg)

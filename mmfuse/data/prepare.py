@@ -16,13 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mmfuse.data.images import load_rgb
 from mmfuse.data.sources import SOURCES, SPLITS, RawSample
 from mmfuse.data.sources.files import absolute
 from mmfuse.data.tokenize import tokenize, tokenize_many
 from mmfuse.data.vocab import Vocab
 from mmfuse.errors import Interrupted, MmfuseError
-from mmfuse.images import load_rgb
-from mmfuse.workspace import Workspace, atomic_write_json, check_name, exclusive, staged_directory, writing
+from mmfuse.workspace import (
+    Workspace,
+    atomic_write_json,
+    check_name,
+    exclusive,
+    staged_directory,
+    writing,
+)
 
 FORMAT_VERSION = 1
 TOKENIZER = "spacy.blank('en'), lower-cased"

@@ -16,7 +16,15 @@ from typing import Sequence
 
 import numpy as np
 
-from mmfuse.metrics.ngrams import MAX_N, NgramTable, Order, Tokens, build_table, lookup, sorted_unique
+from mmfuse.metrics.ngrams import (
+    MAX_N,
+    NgramTable,
+    Order,
+    Tokens,
+    build_table,
+    lookup,
+    sorted_unique,
+)
 
 SIGMA = 6.0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -199,13 +200,12 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _register(name: str) -> None:
-    def build(**options) -> TorchvisionEncoder:
+def _builder(name: str) -> Callable[..., TorchvisionEncoder]:
+    def build(**options: Any) -> TorchvisionEncoder:
         return TorchvisionEncoder(name, **options)
 
     build.__doc__ = f"torchvision {name}: the last feature map as the grid; see :class:`TorchvisionEncoder`."
-    IMAGE_ENCODERS.register(name)(build)
+    return build
 
 
-for _name in SPECS:
-    _register(_name)
+IMAGE_ENCODERS.register_each(SPECS, _builder)

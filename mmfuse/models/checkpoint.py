@@ -20,7 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from mmfuse.config import ModelConfig, RunConfig, from_dict
+from mmfuse.config import ModelConfig, RunConfig, read_run_config
 from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError, first_line
 from mmfuse.models.captioner import build_captioner
@@ -56,11 +56,6 @@ def read_metadata(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
-
-
-def read_run_config(run_dir: Path) -> RunConfig:
-    """The config a run was trained with (its ``config.json``), checked against today's fields."""
-    return from_dict(RunConfig, read_json(run_dir / "config.json", "run config"), "run config")
 
 
 @dataclass

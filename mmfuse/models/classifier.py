@@ -23,8 +23,8 @@ from torch import nn
 
 from mmfuse.config import ModelConfig
 from mmfuse.data.vocab import PAD_ID
-from mmfuse.models.encoders import ImageFeatures, build_image_encoder
 from mmfuse.errors import MmfuseError
+from mmfuse.models.encoders import ImageFeatures, build_image_encoder
 from mmfuse.models.fusion import ATTENTION, DECISION, FUSIONS, POSITION, PREFIX
 from mmfuse.models.grounding import WordGrounding
 from mmfuse.models.parts import resolve_parts

@@ -29,6 +29,9 @@ Dt text width, Q query width, C classes.
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import Protocol
+
 import torch
 from torch import nn
 
@@ -38,7 +41,55 @@ from mmfuse.models.encoders import ImageFeatures
 from mmfuse.registry import Registry
 
 FUSIONS: Registry[nn.Module] = Registry("fusion")
-POSITION, ATTENTION, PREFIX, DECISION = "position", "attention", "prefix", "decision"
+
+
+class FusionKind(Enum):
+    """Where in a model a fusion acts (see the module doc): the contract it keeps."""
+
+    POSITION = "position"
+    ATTENTION = "attention"
+    PREFIX = "prefix"
+    DECISION = "decision"
+
+
+POSITION, ATTENTION, PREFIX, DECISION = FusionKind.POSITION, FusionKind.ATTENTION, FusionKind.PREFIX, FusionKind.DECISION
+
+
+class FusesPositions(Protocol):
+    """Feature level: text states fused with the image position by position."""
+
+    kind: FusionKind
+    out_dim: int
+
+    def __call__(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor: ...
+
+
+class FusesByAttention(Protocol):
+    """Attention over the image grid, one decoding step (or one question) at a time."""
+
+    kind: FusionKind
+    out_dim: int
+
+    def step(self, image: ImageFeatures, text: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class FusesAsPrefix(Protocol):
+    """Model level: image tokens placed before the text in the sequence."""
+
+    kind: FusionKind
+    bidirectional: bool
+
+    def prefix(self, image: ImageFeatures) -> torch.Tensor: ...
+
+    def __call__(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor: ...
+
+
+class FusesDecisions(Protocol):
+    """Decision level: the image's and the text's class scores combined."""
+
+    kind: FusionKind
+
+    def __call__(self, image_logits: torch.Tensor, text_logits: torch.Tensor) -> torch.Tensor: ...
 
 
 @FUSIONS.register("concat")

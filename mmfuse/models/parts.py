@@ -12,7 +12,7 @@ from mmfuse.config import ModelConfig
 from mmfuse.errors import MmfuseError
 from mmfuse.models.decoders import DECODERS
 from mmfuse.models.encoders import IMAGE_ENCODERS
-from mmfuse.models.fusion import ATTENTION, DECISION, FUSIONS
+from mmfuse.models.fusion import ATTENTION, DECISION, FUSIONS, FusionKind
 from mmfuse.models.text_encoders import TEXT_ENCODERS
 
 TASKS = ("caption", "classify")
@@ -51,7 +51,7 @@ def resolve_parts(cfg: ModelConfig, task: str) -> ModelConfig:
     return replace(cfg, decoder=decoder, text_encoder=text_encoder)
 
 
-def _check_caption_pairing(name: str, kind: str, decoder: str) -> None:
+def _check_caption_pairing(name: str, kind: FusionKind, decoder: str) -> None:
     if kind == DECISION:
         raise MmfuseError(f"fusion {name!r} is decision-level: it combines the predictions of an image-only and a "
                           "text-only classifier, and a captioner has no such predictions; use it with --task classify")

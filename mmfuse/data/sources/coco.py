@@ -15,8 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.data.sources import SOURCES, RawSample
-from mmfuse.data.sources.files import (ListedSource, SplitRatios, existing_dir, read_json_file, source_options,
-                                       text_value)
+from mmfuse.data.sources.files import (
+    ListedSource,
+    SplitRatios,
+    existing_dir,
+    read_json_file,
+    source_options,
+    text_value,
+)
 from mmfuse.errors import MmfuseError
 
 

@@ -6,14 +6,22 @@ Flickr30k's ``results_20130124.token`` has the same line format.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mmfuse.data.sources import SOURCES, RawSample
-from mmfuse.data.sources.files import (ListedSource, SplitRatios, existing_dir, read_lines, safe_id, source_options,
-                                       text_value)
+from mmfuse.data.sources.files import (
+    ListedSource,
+    SplitRatios,
+    existing_dir,
+    read_lines,
+    safe_id,
+    source_options,
+    text_value,
+)
 from mmfuse.errors import MmfuseError
 
 SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt", "test": "Flickr_8k.testImages.txt"}
@@ -50,16 +58,25 @@ class Flickr8kSource(ListedSource):
             names[name].split = split
 
 
+_LINE = re.compile(r"(?P<key>\S+#\d+)\s+(?P<caption>.*)", re.DOTALL)  # a line without a tab
+
+
 def _read_tokens(path: Path) -> dict[str, list[str]]:
-    """Image file name -> its captions, from ``name#n<TAB>caption`` lines."""
+    """Image file name -> its captions, from ``name#n<TAB>caption`` lines; as the format's common
+    readers do, any whitespace may separate ``name#n`` from the caption (copies of the file exist
+    with a space on some lines), and a name may hold spaces where a tab separates."""
     captions: dict[str, list[str]] = defaultdict(list)
     for number, line in read_lines(path, "Flickr8k caption file"):
         if not line.strip():
             continue
         key, tab, caption = line.partition("\t")
-        if not tab or "#" not in key:
-            raise MmfuseError(f"{path}:{number}: expected '<image>#<n><TAB><caption>', got {line[:60]!r}")
-        captions[key.rsplit("#", 1)[0]].append(text_value(caption, f"{path}:{number}", "caption"))
+        if not (tab and re.fullmatch(r".+#\d+\s*", key)):
+            match = _LINE.fullmatch(line.strip())
+            if match is None:
+                raise MmfuseError(f"{path}:{number}: expected '<image>#<n>', a tab or spaces, then the caption; "
+                                  f"got {line[:60]!r}")
+            key, caption = match["key"], match["caption"]
+        captions[key.strip().rsplit("#", 1)[0]].append(text_value(caption, f"{path}:{number}", "caption"))
     if not captions:
         raise MmfuseError(f"{path}: no captions")
     return captions

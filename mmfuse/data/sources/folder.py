@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mmfuse.data.sources import SOURCES, SPLITS, RawSample
-from mmfuse.data.sources.files import (SplitRatios, absolute, existing_dir, read_lines, safe_id, source_options,
-                                       text_value)
+from mmfuse.data.sources.files import (
+    SplitRatios,
+    absolute,
+    existing_dir,
+    read_lines,
+    safe_id,
+    source_options,
+    text_value,
+)
 from mmfuse.errors import MmfuseError
 
 

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.data.sources import SOURCES, RawSample
-from mmfuse.data.sources.files import ListedSource, existing_dir, read_json_file, safe_id, source_options, text_value
+from mmfuse.data.sources.files import (
+    ListedSource,
+    existing_dir,
+    read_json_file,
+    safe_id,
+    source_options,
+    text_value,
+)
 from mmfuse.errors import MmfuseError
 
 SPLIT_NAMES = {"train": "train", "restval": "train", "val": "val", "test": "test"}

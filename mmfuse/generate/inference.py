@@ -6,27 +6,26 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from mmfuse.config import DecodeConfig
-from mmfuse.data.dataset import ImageDataset, LabelledDataset, LabelledRecord, pad
+from mmfuse.data.dataset import ImageDataset, LabelledDataset, pad
+from mmfuse.data.images import image_transform, load_rgb
 from mmfuse.data.tokenize import tokenize_many
-from mmfuse.data.vocab import BOS_ID, Vocab
-from mmfuse.decoding import generate
-from mmfuse.errors import MmfuseError, first_line
+from mmfuse.data.vocab import BOS_ID, UNK_ID, Vocab
 from mmfuse.device import resolve_device
-from mmfuse.image_inputs import InputItem, expand_inputs
-from mmfuse.images import image_transform, load_rgb
+from mmfuse.errors import MmfuseError
+from mmfuse.generate.decoding import generate
+from mmfuse.generate.inputs import Captioned, InputItem, check_images
 from mmfuse.models.captioner import Captioner
 from mmfuse.models.checkpoint import LoadedRun, load_run
 from mmfuse.models.fusion import ATTENTION
-from mmfuse.workspace import Workspace, open_regular, printable
+from mmfuse.workspace import Workspace, printable
 
 
 def caption_files(
@@ -61,54 +60,17 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def read_image_list(inputs: Iterable[str], stdin: Iterable[str]) -> list[Path]:
-    """Paths from the command line, where ``-`` stands for one path per line of ``stdin``."""
-    paths: list[Path] = []
-    for item in inputs:
-        if item == "-":
-            paths.extend(Path(line.strip()) for line in stdin if line.strip())
-        else:
-            paths.append(Path(item))
-    if not paths:
-        raise MmfuseError("no images given (pass image paths, or - to read them from stdin)")
-    return paths
-
-
-def check_images(paths: list[Path]) -> None:
-    """Fail before any output if an image is missing or not an image (header and checksums)."""
-    from PIL import Image, UnidentifiedImageError
-
-    for path in paths:
-        with open_regular(path, "image") as handle:  # a named pipe or directory is refused, never waited on
-            try:
-                with Image.open(handle) as img:
-                    img.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-                raise MmfuseError(f"not a readable image file: {printable(str(path))} ({first_line(exc)})") from None
-
-
-@dataclass
-class Captioned:
-    """The outcome for one input: its captions (words and score, best first), or why it was skipped."""
-
-    path: Path
-    captions: list[tuple[list[str], float]] = field(default_factory=list)
-    problem: str | None = None
-    attention_map: Path | None = None
-
-
 def caption_run(
     workspace: Workspace,
     run: str,
-    inputs: list[str],
-    stdin: Iterable[str],
+    items: Iterable[InputItem],
     decode_options: dict[str, Any] | None = None,
     checkpoint: str = "best",
     device: str = "auto",
     batch_size: int = 64,
     attention_dir: Path | None = None,
 ) -> tuple[DecodeConfig, Iterator[Captioned]]:
-    """Caption the images that ``inputs`` name (files, directories, patterns, ``-`` for stdin) with a
+    """Caption the images of ``items`` (see :func:`~mmfuse.generate.inputs.expand_inputs`) with a
     run's model: returns the decoding settings and a stream of results in input order. An input
     that is missing or not a readable image is reported in its result, not raised; the stream holds
     only one batch in memory at a time.
@@ -126,7 +88,6 @@ def caption_run(
                           f"{run!r} uses fusion {loaded.config.model.fusion!r}, which has none")
     if attention_dir is not None:
         _writable_directory(attention_dir)
-    items = expand_inputs(inputs, stdin)
     stream = _caption_stream(loaded, items, decode, batch_size, attention_dir)
     return decode, stream
 
@@ -215,7 +176,7 @@ def _attention_maps(model: Captioner, images: torch.Tensor, outcomes: list) -> l
 
 def _save_map(captioned: Captioned, weights: torch.Tensor, attention_dir: Path, names: set[str]) -> Path:
     """Write the heat-map figure of one image as DIR/<image stem>.png (-2, -3... on a name clash)."""
-    from mmfuse.heatmaps import attention_figure, write_figure
+    from mmfuse.generate.heatmaps import attention_figure, write_figure
 
     stem, n = captioned.path.stem, 1
     while (name := stem if n == 1 else f"{stem}-{n}") in names:
@@ -224,18 +185,6 @@ def _save_map(captioned: Captioned, weights: torch.Tensor, attention_dir: Path, 
     target = attention_dir / f"{name}.png"
     write_figure(attention_figure(captioned.path, captioned.captions[0][0], weights), target)
     return target
-
-
-def labelled_dataset(records: list[LabelledRecord], vocab: Vocab, labels: list[str], image_size: int,
-                     features: Any = None) -> LabelledDataset:
-    """A :class:`LabelledDataset` of data set records (labels as indices into ``labels``); with a
-    feature cache, it gives cached backbone outputs instead of pixels."""
-    index = {name: i for i, name in enumerate(labels)}
-    unknown = sorted({r.label for r in records} - set(index))
-    if unknown:
-        raise MmfuseError(f"label(s) {', '.join(unknown)} are not among the model's labels ({', '.join(labels)})")
-    return LabelledDataset([r.image for r in records], [vocab.encode(r.tokens) for r in records],
-                           [index[r.label] for r in records], image_size, features=features)
 
 
 @torch.inference_mode()
@@ -248,43 +197,24 @@ def predict_probabilities(model: nn.Module, dataset: LabelledDataset, batch_size
                           for b in loader])
 
 
-def read_pairs(images: list[str], text: str | None, pairs: Iterable[str] | None, where: str,
-               stdin: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """(image, text) pairs: every image with ``text`` (``-`` reads image paths from ``stdin``), or
-    JSON Lines ``{"image", "text"}`` from ``pairs``."""
-    import json
-
-    if pairs is None:
-        if text is None:
-            raise MmfuseError("give --text with the images, or --pairs FILE (JSON Lines of {\"image\", \"text\"})")
-        paths = read_image_list(images, stdin)
-        return paths, [text] * len(paths)
-    paths, texts = [], []
-    for n, line in enumerate(pairs, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            paths.append(Path(item["image"]))
-            texts.append(str(item["text"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise MmfuseError(f"{where}:{n}: expected a JSON object with \"image\" and \"text\" ({type(exc).__name__}: {exc})") from None
-    if not paths:
-        raise MmfuseError(f"{where}: no (image, text) pairs")
-    return paths, texts
-
-
 def predict_run(workspace: Workspace, run: str, paths: list[Path], texts: list[str], checkpoint: str = "best",
-                device: str = "auto", batch_size: int = 64) -> Iterator[tuple[Path, str, dict[str, float]]]:
+                device: str = "auto", batch_size: int = 64,
+                warn: Callable[[str], None] | None = None) -> Iterator[tuple[Path, str, dict[str, float]]]:
     """Classify (image, text) pairs with a classification run: yields (path, text, {label: probability}).
 
-    All images are checked before the model runs, so a bad one fails before any output.
+    All images are checked before the model runs, so a bad one fails before any output. ``warn``
+    hears of the words the model never saw (read as ``<unk>``), once per text that has some.
     """
     loaded = load_run(workspace.existing_run(run), checkpoint, resolve_device(device))
     if loaded.labels is None:
         raise MmfuseError(f"run {run!r} is a captioner; use 'mmfuse caption' (predict is for classification runs)")
     check_images(paths)
-    token_ids = [loaded.vocab.encode(t) for t in tokenize_many(texts)]
+    tokens = list(tokenize_many(texts))
+    token_ids = [loaded.vocab.encode(t) for t in tokens]
+    for text, words, ids in zip(texts, tokens, token_ids):
+        unknown = list(dict.fromkeys(w for w, i in zip(words, ids[1:]) if i == UNK_ID))  # ids[0]: <bos>
+        if unknown and warn:
+            warn(f"{', '.join(map(repr, unknown))} in {text!r}: not in the model's vocabulary (read as <unk>)")
     dataset = LabelledDataset(paths, token_ids, [-1] * len(paths), loaded.config.model.image_size)
     probs = predict_probabilities(loaded.model, dataset, batch_size)
     for path, text, row in zip(paths, texts, probs.tolist()):

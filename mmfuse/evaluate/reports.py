@@ -17,18 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.config import to_dict
-from mmfuse.data.dataset import LabelledDataset, load_labelled_split, load_split
+from mmfuse.data.dataset import (
+    LabelledDataset,
+    labelled_dataset,
+    load_labelled_split,
+    load_split,
+)
 from mmfuse.data.vocab import Vocab
 from mmfuse.device import resolve_device
 from mmfuse.errors import Interrupted, MmfuseError
-from mmfuse.inference import caption_files, labelled_dataset, predict_probabilities
+from mmfuse.evaluate.results import read_predictions, read_references
+from mmfuse.generate.inference import caption_files, predict_probabilities
 from mmfuse.metrics.captions import caption_scores, tokenize_texts
 from mmfuse.metrics.classification import classification_report
 from mmfuse.metrics.meteor import MeteorUnavailable, meteor
 from mmfuse.models.checkpoint import LoadedRun, load_run, read_metadata
-from mmfuse.results import read_predictions, read_references
 from mmfuse.workspace import Workspace, atomic_write_json, check_writable
-
 
 ABLATE_MODALITIES = ("image", "text")
 ABLATE_MODES = ("auto", "shuffle", "zero")
@@ -108,9 +112,10 @@ def evaluate_run(
                    "epoch": int(read_metadata(loaded.weights).get("epoch", 0)),
                    "ablation": None if ablation is None else {"modality": ablation.modality, "mode": ablation.mode}})
     suffix = ablation.suffix if ablation else ""
-    atomic_write_json(run_dir / f"results-{split}{suffix}.json", results)
-    atomic_write_json(run_dir / f"eval-{split}{suffix}.json", report)
-    return report
+    files = workspace.run(run)
+    atomic_write_json(files.results(split, suffix), results)
+    atomic_write_json(files.report(split, suffix), report)
+    return {**report, "written": [str(files.report(split, suffix)), str(files.results(split, suffix))]}
 
 
 def _score_split(loaded: LoadedRun, run: str, data_dir: Path, split: str, decode_options: dict[str, Any] | None,

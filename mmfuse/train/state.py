@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,36 @@ CHECKPOINT = "checkpoint.safetensors"
 FORMAT = 1
 
 
+@dataclass
+class Progress:
+    """Where a run stands: what the training loop advances and the resumable checkpoint saves (as
+    JSON, field by field)."""
+
+    epoch: int = 1  # the epoch in progress (1-based)
+    batches_done: int = 0  # batches of it already trained
+    step: int = 0  # optimiser steps since the run started
+    loss_sum: float = 0.0  # the epoch's summed loss over its target tokens (or samples)
+    loss_count: float = 0.0  # ... and their number
+    samples: int = 0  # samples the epoch has trained on
+    seconds: float = 0.0  # training time of the epoch before the last save
+    best_epoch: int = 0
+    best: float = -1.0  # the best validation score so far
+    stale: int = 0  # epochs since it improved (early stopping)
+    done: bool = False  # the run has finished: nothing is left to resume
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
+
+    def next_epoch(self) -> None:
+        """Start counting the next epoch."""
+        self.epoch += 1
+        self.batches_done, self.loss_sum, self.loss_count, self.samples, self.seconds = 0, 0.0, 0.0, 0, 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.loss_count, 1e-9)
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    scaler: Any, epoch_order: torch.Tensor, progress: dict[str, Any]) -> None:
+                    scaler: Any, epoch_order: torch.Tensor, progress: Progress) -> None:
     """Write the resumable state atomically (see the module doc). ``epoch_order``: the data-order
     generator's state at the start of the current epoch."""
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -54,13 +83,13 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng_python": _jsonable(random.getstate()),
         "rng_numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-        "progress": progress,
+        "progress": asdict(progress),
     }
     atomic_write_bytes(path, st_save(tensors, metadata={"mmfuse": json.dumps(meta)}))
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    scaler: Any) -> tuple[dict[str, Any], torch.Tensor]:
+                    scaler: Any) -> tuple[Progress, torch.Tensor]:
     """Restore what :func:`save_checkpoint` wrote into these objects and the global generators;
     returns the progress and the data-order generator's state at the start of that epoch."""
     try:
@@ -115,7 +144,7 @@ _MISSING = object()
 
 
 def _restore(meta: dict[str, Any], tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-             scheduler: Any, scaler: Any) -> tuple[dict[str, Any], torch.Tensor]:
+             scheduler: Any, scaler: Any) -> tuple[Progress, torch.Tensor]:
     """Put the optimiser, schedule, scaler and random generators back as they were saved."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -133,7 +162,7 @@ def _restore(meta: dict[str, Any], tensors: dict[str, torch.Tensor], optimizer: 
     random.setstate(_tuples(meta["rng_python"]))
     kind, keys, *rest = meta["rng_numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-    return meta["progress"], tensors["rng.epoch_order"]
+    return Progress(**{k: meta["progress"][k] for k in _PROGRESS_TYPES}), tensors["rng.epoch_order"]
 
 
 def _jsonable(value: Any) -> Any:

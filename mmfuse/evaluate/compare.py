@@ -1,7 +1,9 @@
 """``mmfuse compare``: train several fusions under the same data, encoder, seed and budget, evaluate
 each (optionally with one modality ablated), and rank them in a leaderboard.
 
-Each fusion becomes the run ``<name>-<fusion>`` (replaced if it exists). The leaderboard is written
+Each fusion becomes the run ``<name>-<fusion>``, listed before it trains in ``compare/<name>/runs.json``
+(the runs the comparison made); a run of that name that it did not make is never replaced without
+``overwrite``. The leaderboard is written
 to ``compare/<name>/leaderboard.json`` and ``leaderboard.csv``. A comparison stopped by Ctrl-C or
 SIGTERM keeps the fusions it finished (``compare/<name>/finished/``); the same command continues.
 """
@@ -19,10 +21,17 @@ from typing import Any, Callable
 from mmfuse.config import RunConfig, to_dict
 from mmfuse.data.dataset import load_manifest
 from mmfuse.errors import Interrupted, MmfuseError, Terminated
-from mmfuse.evaluation import Ablation, evaluate_run
+from mmfuse.evaluate.reports import Ablation, evaluate_run
 from mmfuse.models.parts import resolve_parts
-from mmfuse.training import EpochHook, train
-from mmfuse.workspace import Workspace, atomic_write_json, atomic_write_text, check_name, read_json
+from mmfuse.train.loop import EpochHook, train
+from mmfuse.workspace import (
+    COMPARED_RUNS,
+    Workspace,
+    atomic_write_json,
+    atomic_write_text,
+    check_name,
+    read_json,
+)
 
 CAPTION_COLUMNS = ("bleu4", "cider_d", "rouge_l", "meteor")
 CLASSIFY_COLUMNS = ("accuracy", "macro_f1")
@@ -30,7 +39,8 @@ Notify = Callable[[str], None]
 
 
 def compare(workspace: Workspace, base: RunConfig, fusions: list[str], name: str, ablate: list[str],
-            with_meteor: bool = False, notify: Notify | None = None, on_epoch: EpochHook | None = None) -> dict[str, Any]:
+            with_meteor: bool = True, notify: Notify | None = None, on_epoch: EpochHook | None = None,
+            overwrite: bool = False) -> dict[str, Any]:
     """Train and evaluate ``base`` with each of ``fusions``; return (and write) the leaderboard."""
     check_name(name, "comparison")
     task = str(load_manifest(workspace.existing_dataset(base.train.data)).get("task", "caption"))
@@ -41,6 +51,7 @@ def compare(workspace: Workspace, base: RunConfig, fusions: list[str], name: str
             raise MmfuseError(f"--encoder-from {base.train.encoder_from!r} is one of the runs this comparison replaces; "
                               "copy it under another name or choose another --name")
     ablations = [Ablation(m).resolve(task) for m in _unique(ablate)]
+    _claim(workspace, configs, name, overwrite)
     done = _Finished(workspace.compare_dir(name) / "finished", ablations, with_meteor)
     rows = []
     for cfg in configs:
@@ -54,7 +65,7 @@ def compare(workspace: Workspace, base: RunConfig, fusions: list[str], name: str
         if notify:
             notify(f"[{len(rows) + 1}/{len(configs)}] training fusion {cfg.model.fusion} as run {cfg.train.run}")
         try:
-            row = _train_and_score(workspace, cfg, task, ablations, with_meteor, on_epoch)
+            row = _train_and_score(workspace, cfg, task, ablations, with_meteor, on_epoch, name)
         except (KeyboardInterrupt, Interrupted) as exc:  # (train and evaluate report their own interruption)
             kept = f"the {len(rows)} fusion(s) finished so far are kept" if rows else "no fusion had finished"
             code = exc if isinstance(exc, KeyboardInterrupt) else Terminated() if exc.exit_code == 143 else None
@@ -105,10 +116,24 @@ class _Finished:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _claim(workspace: Workspace, configs: list[RunConfig], name: str, overwrite: bool) -> None:
+    """Refuse, before anything trains, to replace a run this comparison did not make (unless
+    ``overwrite``); then record every run it is about to make as its own."""
+    made = workspace.compared_runs(name)
+    for cfg in configs:
+        run = cfg.train.run
+        if workspace.run_dir(run).exists() and run not in made and not overwrite:
+            raise MmfuseError(f"run {run!r} exists and was not made by comparison {name!r}: compare would replace "
+                              f"it; choose another --name, or pass --overwrite to replace it")
+    folder = workspace.compare_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / COMPARED_RUNS, _unique(made + [c.train.run for c in configs]))
+
+
 def _fingerprint(workspace: Workspace, run: str) -> list[int] | None:
     """Size and modification time of a run's best weights (None when there are none)."""
     try:
-        info = (workspace.run_dir(run) / "best.safetensors").stat()
+        info = workspace.run(run).weights("best").stat()
     except OSError:
         return None
     return [info.st_size, info.st_mtime_ns]
@@ -133,7 +158,7 @@ def _configs(base: RunConfig, fusions: list[str], name: str, task: str) -> list[
 
 
 def _train_and_score(workspace: Workspace, cfg: RunConfig, task: str, ablations: list[Ablation],
-                     with_meteor: bool, on_epoch: EpochHook | None) -> dict[str, Any]:
+                     with_meteor: bool, on_epoch: EpochHook | None, name: str) -> dict[str, Any]:
     start = time.perf_counter()
     result = train(workspace, cfg, on_epoch)
     seconds = time.perf_counter() - start
@@ -160,7 +185,7 @@ def _train_and_score(workspace: Workspace, cfg: RunConfig, task: str, ablations:
 def _parameters(workspace: Workspace, run: str) -> int:
     from mmfuse.models.checkpoint import read_metadata
 
-    return int(read_metadata(workspace.run_dir(run) / "best.safetensors").get("parameters", 0))
+    return int(read_metadata(workspace.run(run).weights("best")).get("parameters", 0))
 
 
 def _scores(report: dict[str, Any], task: str) -> dict[str, float]:

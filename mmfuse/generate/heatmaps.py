@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from mmfuse.data.images import load_rgb
 from mmfuse.errors import MmfuseError
-from mmfuse.images import load_rgb
 from mmfuse.workspace import atomic_write_bytes
 
 PANEL = 160  # side of each square panel, pixels

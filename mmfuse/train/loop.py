@@ -8,9 +8,9 @@ F1. ``best.safetensors`` keeps the epoch with the best ``select_metric`` (CIDEr-
 default), ``last.safetensors`` the latest; ``metrics.jsonl`` and ``curves.png`` the history.
 
 One optimiser step sums the losses of its micro-batches (``--accumulate``) and of every DDP rank
-(:mod:`mmfuse.distributed`) and divides by their global count, so it is the update of one batch of
+(:mod:`mmfuse.train.distributed`) and divides by their global count, so it is the update of one batch of
 that size. Mixed precision runs the forward pass under autocast (fp16 with a gradient scaler).
-The resumable checkpoint (:mod:`mmfuse.train_state`) is written after every epoch, every
+The resumable checkpoint (:mod:`mmfuse.train.state`) is written after every epoch, every
 ``--save-every`` steps, and on SIGINT/SIGTERM, after the step in progress.
 """
 
@@ -34,28 +34,53 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mmfuse.config import DecodeConfig, RunConfig, to_dict
-from mmfuse.data.dataset import CaptionDataset, load_labelled_split, load_manifest, load_split, load_vocab, pad
+from mmfuse.config import DecodeConfig, RunConfig, read_run_config, to_dict
+from mmfuse.data.dataset import (
+    CaptionDataset,
+    labelled_dataset,
+    load_labelled_split,
+    load_manifest,
+    load_split,
+    load_vocab,
+    pad,
+)
 from mmfuse.data.features import ignore_interrupts, open_cache
 from mmfuse.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 from mmfuse.device import resolve_device
-from mmfuse.distributed import ShardedBatches, World, start, stop, world_from_env
 from mmfuse.errors import Interrupted, MmfuseError, Terminated
-from mmfuse.inference import caption_files, labelled_dataset, predict_probabilities
+from mmfuse.generate.decoding import greedy, sample
+from mmfuse.generate.inference import caption_files, predict_probabilities
 from mmfuse.metrics.captions import caption_scores
+from mmfuse.metrics.cider_reward import CiderDReward
 from mmfuse.metrics.classification import classification_report
 from mmfuse.metrics.ptb import coco_tokenize
-from mmfuse.decoding import greedy, sample
-from mmfuse.metrics.cider_reward import CiderDReward
-from mmfuse.models.captioner import build_captioner, count_parameters, generation_log_probs
-from mmfuse.models.checkpoint import load_encoder_from_run, pick_weights, read_run_config, read_weights, save_weights
+from mmfuse.models.captioner import (
+    build_captioner,
+    count_parameters,
+    generation_log_probs,
+)
+from mmfuse.models.checkpoint import (
+    load_encoder_from_run,
+    pick_weights,
+    read_weights,
+    save_weights,
+)
 from mmfuse.models.classifier import build_classifier
 from mmfuse.models.encoders import check_weights_available
 from mmfuse.models.parts import resolve_parts
-from mmfuse.run_logs import RunLogs, check_tensorboard
-from mmfuse.train_state import CHECKPOINT, load_checkpoint, save_checkpoint
+from mmfuse.train.distributed import ShardedBatches, World, start, stop, world_from_env
+from mmfuse.train.logs import RunLogs, check_tensorboard
+from mmfuse.train.state import CHECKPOINT, Progress, load_checkpoint, save_checkpoint
 from mmfuse.ui import console, progress
-from mmfuse.workspace import Workspace, atomic_write_json, atomic_write_text, exclusive, read_json
+from mmfuse.workspace import (
+    RunDir,
+    Workspace,
+    atomic_write_json,
+    atomic_write_text,
+    exclusive,
+    link_or_copy,
+    read_json,
+)
 
 EpochHook = Callable[[dict[str, Any]], None]
 
@@ -80,7 +105,7 @@ def train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None = Non
     ``resume``: continue run ``cfg.train.run`` from its resumable checkpoint, with its own config.
 
     Under ``torchrun`` every process calls this; they train one model with DDP (see
-    :mod:`mmfuse.distributed`) and rank 0 writes the run.
+    :mod:`mmfuse.train.distributed`) and rank 0 writes the run.
     """
     world = world_from_env()
     if resume:
@@ -105,15 +130,17 @@ def _train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None, res
     seed_everything(cfg.train.seed)
     features = _feature_cache(data_dir, cfg, world)
     if cfg.train.scst:
-        task: _Task = _ScstTask(cfg, data_dir, vocab, device, features)
+        objective: Objective = ScstObjective(cfg, data_dir, vocab, device, features)
         if not resume:
-            _load_source_weights(task.model, workspace.existing_run(cfg.train.scst_from))
+            _load_source_weights(objective.model, workspace.existing_run(cfg.train.scst_from))
     elif cfg.model.task == "caption":
-        task = _CaptionTask(cfg, data_dir, vocab, device, features)
+        objective = CaptionObjective(cfg, data_dir, vocab, device, features)
     else:
-        task = _ClassifyTask(cfg, data_dir, vocab, list(manifest["labels"]), device, features)
+        objective = ClassifyObjective(cfg, data_dir, vocab, list(manifest["labels"]), device, features)
     if cfg.train.encoder_from and not resume:  # checked before the run directory is made: a bad source writes nothing
-        load_encoder_from_run(task.model.encoder, workspace.existing_run(cfg.train.encoder_from), cfg.model)
+        load_encoder_from_run(objective.model.encoder, workspace.existing_run(cfg.train.encoder_from), cfg.model)
+    if world.main and not resume:
+        _say_if_random_backbone(cfg)
     world.barrier()  # every rank has checked the run name before rank 0 makes the directory
     run_dir = workspace.run_dir(cfg.train.run)
     with exclusive(run_dir, f"run {cfg.train.run!r}") if world.main else contextlib.nullcontext():
@@ -122,24 +149,36 @@ def _train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None, res
             if run_dir.exists() and not cfg.train.overwrite:  # made since it was checked
                 raise MmfuseError(f"run {cfg.train.run!r} already exists in {workspace.root / 'runs'}; pass "
                                   "--overwrite or choose another --run")
-            _create_run_dir(workspace, cfg, vocab.to_json(), getattr(task, "labels", None))
+            _create_run_dir(workspace, cfg, vocab.to_json(), objective.labels)
         world.barrier()
         try:
-            return _run_loop(task, cfg, device, run_dir, world, on_epoch, resume)
+            return _run_loop(objective, cfg, device, run_dir, world, on_epoch, resume)
         except BaseException:
             if created and not (run_dir / CHECKPOINT).exists():  # nothing to resume: no half-made run is left
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
 
-def _run_loop(task: "_Task", cfg: RunConfig, device: torch.device, run_dir: Path, world: World,
+def _say_if_random_backbone(cfg: RunConfig) -> None:
+    """One warning when a torchvision backbone (built for ImageNet-scale training) starts from random
+    weights: on a small data set it learns next to nothing, which otherwise shows only as a CIDEr-D of 0."""
+    from mmfuse.models.backbones import SPECS
+
+    m = cfg.model
+    if m.encoder in SPECS and not (m.pretrained or m.weights or cfg.train.encoder_from or cfg.train.scst):
+        console().print(f"mmfuse: warning: {m.encoder} starts from random weights (no --pretrained or --weights): on a small "
+                        f"data set it learns little; add --pretrained (ImageNet weights from the torch hub cache) or "
+                        f"--weights FILE", markup=False)
+
+
+def _run_loop(objective: Objective, cfg: RunConfig, device: torch.device, run_dir: Path, world: World,
               on_epoch: EpochHook | None, resume: bool) -> TrainResult:
-    loop = _Loop(task, cfg, device, run_dir, world)
+    loop = _Loop(objective, cfg, device, run_dir, world)
     if resume:
         loop.resume()
         p = loop.progress
         if world.main:
-            console().print(f"resuming run {cfg.train.run} at epoch {p['epoch']}, step {p['step']} "
+            console().print(f"resuming run {cfg.train.run} at epoch {p.epoch}, step {p.step} "
                             f"(its saved config; other flags are ignored)", markup=False)
     try:
         return loop.run(on_epoch)
@@ -174,10 +213,20 @@ def _saved_config(workspace: Workspace, run: str) -> RunConfig:
         raise MmfuseError("--resume continues a run: name it with --run")
     run_dir = workspace.existing_run(run)
     if not (run_dir / CHECKPOINT).exists():
-        raise MmfuseError(f"run {run!r} has no resumable checkpoint ({run_dir / CHECKPOINT}): it was written by an "
-                          f"older mmfuse, or stopped before its first save; its weights (if any) still caption and "
-                          f"evaluate, and `mmfuse train --run {run} --overwrite ...` trains it again from the start")
+        config = read_run_config(run_dir)
+        epochs = sum(1 for line in _lines(RunDir(run_dir).metrics) if line.strip())
+        raise MmfuseError(f"run {run!r} has no resumable checkpoint: it has finished ({epochs} of "
+                          f"{config.train.epochs} epochs; a finished run keeps none) or was written by an older "
+                          f"mmfuse, so there is nothing to resume; its weights caption and evaluate, and "
+                          f"`mmfuse train --run {run} --overwrite ...` trains it again from the start")
     return read_run_config(run_dir)
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
 
 
 def _feature_cache(data_dir: Path, cfg: RunConfig, world: World):
@@ -218,11 +267,16 @@ def _resolve(workspace: Workspace, cfg: RunConfig, resume: bool = False) -> tupl
     return cfg, manifest
 
 
-class _Task(Protocol):
-    """What the loop needs from a task: a model, training data, a loss and validation scores."""
+class Objective(Protocol):
+    """What the loop needs from what it optimises (captioning, SCST or classification): a model,
+    training data, a loss and validation scores."""
 
     model: nn.Module
-    train_set: Any
+    train_set: Any  # a data set with sampler(order), collate and features (the cache, or None)
+    labels: list[str] | None  # classifiers: the class order of the output units
+    eval_mode_training: bool  # the model trains in eval mode (no dropout, frozen batch statistics)
+
+    def start_epoch(self, epoch: int) -> None: ...
 
     def loss(self, net: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
@@ -231,8 +285,11 @@ class _Task(Protocol):
     def validate(self) -> dict[str, float]: ...
 
 
-class _CaptionTask:
+class CaptionObjective:
     """Teacher-forced cross-entropy; validation scores GENERATED captions (greedy)."""
+
+    labels = None
+    eval_mode_training = False
 
     def __init__(self, cfg: RunConfig, data_dir: Path, vocab: Vocab, device: torch.device, features=None):
         self.cfg, self.vocab, self.device = cfg, vocab, device
@@ -242,6 +299,10 @@ class _CaptionTask:
         self.val_records = load_split(data_dir, "val")
         self.val_refs = [[coco_tokenize(c) for c in r.captions] for r in self.val_records]  # tokenized once
         self.val_decode = DecodeConfig(beam_size=1, max_length=cfg.decode.max_length)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Each epoch draws its own subset of an image's references."""
+        self.train_set.set_epoch(epoch)
 
     def loss(self, net: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed (not averaged) cross-entropy over the batch's target tokens."""
@@ -263,7 +324,7 @@ class _CaptionTask:
         return caption_scores(hyps, self.val_refs)["corpus"]
 
 
-class _ScstTask(_CaptionTask):
+class ScstObjective(CaptionObjective):
     """Self-critical sequence training (Rennie et al. 2017): per image, sample K captions from the
     model, reward each with its CIDEr-D against the image's training references, and raise the
     log-probability of the samples that beat the baseline: ``loss = -sum (r - b) log p(sample)``.
@@ -311,8 +372,10 @@ class _ScstTask(_CaptionTask):
         return float(batch["images"].size(0) * self.samples)
 
 
-class _ClassifyTask:
+class ClassifyObjective:
     """Cross-entropy over the labels (optionally class-weighted); validation accuracy and macro F1."""
+
+    eval_mode_training = False
 
     def __init__(self, cfg: RunConfig, data_dir: Path, vocab: Vocab, labels: list[str], device: torch.device,
                  features=None):
@@ -324,6 +387,9 @@ class _ClassifyTask:
         self.cpu_weights = balanced_class_weights(self.train_set.labels, len(labels)) \
             if cfg.train.class_weights == "balanced" else None  # (C,): loss_weight reads them every step
         self.weights = self.cpu_weights.to(device) if self.cpu_weights is not None else None
+
+    def start_epoch(self, epoch: int) -> None:
+        """Nothing changes between epochs but the order (the loop's)."""
 
     def loss(self, net: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed (class-weighted) cross-entropy over the batch's samples."""
@@ -409,17 +475,18 @@ class _StopRequests:
 
 
 class _Loop:
-    """State of one training run (task, optimiser, schedule, data order, progress) and its loop."""
+    """State of one training run (objective, optimiser, schedule, data order, progress) and its loop."""
 
-    def __init__(self, task: _Task, cfg: RunConfig, device: torch.device, run_dir: Path, world: World):
-        self.task, self.model, self.cfg, self.device, self.run_dir = task, task.model, cfg, device, run_dir
+    def __init__(self, objective: Objective, cfg: RunConfig, device: torch.device, run_dir: Path, world: World):
+        self.objective, self.model, self.cfg, self.device, self.run_dir = objective, objective.model, cfg, device, run_dir
         self.world = world
+        data = objective.train_set
         tc = cfg.train
         self.order = torch.Generator().manual_seed(tc.seed)  # the data order (and data-loading worker seeds)
-        self.batches = ShardedBatches(task.train_set.sampler(self.order), tc.batch_size, world)
-        self.loader = DataLoader(task.train_set, batch_sampler=self.batches, collate_fn=task.train_set.collate,
+        self.batches = ShardedBatches(data.sampler(self.order), tc.batch_size, world)
+        self.loader = DataLoader(data, batch_sampler=self.batches, collate_fn=data.collate,
                                  generator=self.order,  # its per-epoch worker-seed draw comes first, as it always did
-                                 num_workers=0 if task.train_set.features is not None else tc.workers,  # cache: no decoding to spread
+                                 num_workers=0 if data.features is not None else tc.workers,  # cache: no decoding to spread
                                  worker_init_fn=ignore_interrupts)
         self.steps_per_epoch = -(-self.batches.batches() // tc.accumulate)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -430,36 +497,36 @@ class _Loop:
         self.net = _parallel(self.model, world, device)
         self.net = _CompiledOrEager(self.net) if tc.compile else self.net
         self.epoch_order = self.order.get_state()
-        self.progress: dict[str, Any] = {"epoch": 1, "batches_done": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0.0,
-                                         "samples": 0, "seconds": 0.0, "best_epoch": 0, "best": -1.0, "stale": 0,
-                                         "done": False, "history": []}
-        self.logs = RunLogs(run_dir, tc.tensorboard) if world.main else None
+        self.progress = Progress()
+        self.logs = RunLogs(run_dir, tc.tensorboard, self.steps_per_epoch) if world.main else None
 
     def resume(self) -> None:
-        """Continue from the run's resumable checkpoint (see :mod:`mmfuse.train_state`)."""
+        """Continue from the run's resumable checkpoint (see :mod:`mmfuse.train.state`)."""
         self.progress, self.epoch_order = load_checkpoint(self.run_dir / CHECKPOINT, self.model, self.optimizer,
                                                           self.scheduler, self.scaler)
-        if self.progress.get("done"):
-            raise MmfuseError(f"run {self.cfg.train.run!r} has finished (epoch {self.progress['epoch'] - 1} of "
+        if self.progress.done:
+            raise MmfuseError(f"run {self.cfg.train.run!r} has finished (epoch {self.progress.epoch - 1} of "
                               f"{self.cfg.train.epochs}); there is nothing to resume")
         self.order.set_state(self.epoch_order)
+        if self.logs:
+            self.logs.resume(self.progress.step)
 
     def run(self, on_epoch: EpochHook | None) -> TrainResult:
         p, tc = self.progress, self.cfg.train
         metric = tc.select_metric
         with progress(disable=not self.world.main) as bar, _StopRequests() as stop:
-            task = bar.add_task("train", total=tc.epochs * self.steps_per_epoch, completed=p["step"], info="")
-            while p["epoch"] <= tc.epochs:
-                record = self._epoch(bar, task, stop)
-                record["best"] = record[f"val_{metric}"] > p["best"]
+            bar_task = bar.add_task("train", total=tc.epochs * self.steps_per_epoch, completed=p.step, info="")
+            while p.epoch <= tc.epochs:
+                record = self._epoch(bar, bar_task, stop)
+                record["best"] = record[f"val_{metric}"] > p.best
                 if record["best"]:
-                    p["best_epoch"], p["best"], p["stale"] = p["epoch"], record[f"val_{metric}"], 0
+                    p.best_epoch, p.best, p.stale = p.epoch, record[f"val_{metric}"], 0
                 else:
-                    p["stale"] += 1
-                p["history"].append(record)
-                p.update(epoch=p["epoch"] + 1, batches_done=0, loss_sum=0.0, loss_count=0.0, samples=0, seconds=0.0)
-                early = bool(tc.patience) and p["stale"] >= tc.patience
-                p["done"] = early or p["epoch"] > tc.epochs
+                    p.stale += 1
+                p.history.append(record)
+                p.next_epoch()
+                early = bool(tc.patience) and p.stale >= tc.patience
+                p.done = early or p.epoch > tc.epochs
                 self.epoch_order = self.order.get_state()
                 self._save_epoch(record)
                 if on_epoch and self.world.main:
@@ -467,54 +534,53 @@ class _Loop:
                 if early:
                     if self.world.main:
                         console().print(f"early stop: val {metric} has not improved for {tc.patience} epochs "
-                                        f"(best {p['best']:.4f} at epoch {p['best_epoch']})", markup=False)
+                                        f"(best {p.best:.4f} at epoch {p.best_epoch})", markup=False)
                     break
-                if not p["done"] and self._stop_requested(stop):
+                if not p.done and self._stop_requested(stop):
                     raise Interrupted(f"training interrupted after epoch {record['epoch']}; continue with mmfuse "
                                       f"train --resume --run {tc.run}", stop.signal)
         if self.logs:
             self.logs.close()
-        return TrainResult(self.run_dir, self.cfg, p["best_epoch"], p["best"], p["history"])
+        return TrainResult(self.run_dir, self.cfg, p.best_epoch, p.best, p.history)
 
-    def _epoch(self, bar, task, stop: _StopRequests) -> dict[str, Any]:
+    def _epoch(self, bar, bar_task, stop: _StopRequests) -> dict[str, Any]:
         p, tc = self.progress, self.cfg.train
-        self.model.train(not getattr(self.task, "eval_mode_training", False))
-        if hasattr(self.task.train_set, "set_epoch"):
-            self.task.train_set.set_epoch(p["epoch"])
+        self.model.train(not self.objective.eval_mode_training)
+        self.objective.start_epoch(p.epoch)
         self.order.set_state(self.epoch_order)  # this epoch's order, drawn again when resuming mid-epoch
-        self.batches.start = p["batches_done"]
+        self.batches.start = p.batches_done
         start, group = time.perf_counter(), []
         for batch in self.loader:
             group.append(batch)
-            p["batches_done"] += 1
-            if len(group) < tc.accumulate and p["batches_done"] < self.batches.batches():
+            p.batches_done += 1
+            if len(group) < tc.accumulate and p.batches_done < self.batches.batches():
                 continue
             self._step(group)
             group = []
-            p["step"] += 1
-            bar.update(task, completed=p["step"], info=f"epoch {p['epoch']} loss {p['loss_sum'] / max(p['loss_count'], 1e-9):.3f}")
+            p.step += 1
+            bar.update(bar_task, completed=p.step, info=f"epoch {p.epoch} loss {p.mean_loss:.3f}")
             if self._stop_requested(stop):
-                p["seconds"] += time.perf_counter() - start
+                p.seconds += time.perf_counter() - start
                 self._save_checkpoint(self.epoch_order)
-                raise Interrupted(f"training interrupted at epoch {p['epoch']}, step {p['step']}; the resumable "
+                raise Interrupted(f"training interrupted at epoch {p.epoch}, step {p.step}; the resumable "
                                   f"checkpoint is in {self.run_dir}: continue with mmfuse train --resume --run "
                                   f"{tc.run}", stop.signal)
-            if tc.save_every and p["step"] % tc.save_every == 0:
-                p["seconds"] += time.perf_counter() - start
+            if tc.save_every and p.step % tc.save_every == 0:
+                p.seconds += time.perf_counter() - start
                 start = time.perf_counter()
                 self._save_checkpoint(self.epoch_order)
-        seconds = p["seconds"] + time.perf_counter() - start
-        scores = self.task.validate() if self.world.main else {}
+        seconds = p.seconds + time.perf_counter() - start
+        scores = self.objective.validate() if self.world.main else {}
         scores = self.world.share(scores)
-        return {"epoch": p["epoch"], "train_loss": p["loss_sum"] / max(p["loss_count"], 1e-9), "seconds": round(seconds, 3),
-                "images_per_s": round(p["samples"] / max(seconds, 1e-9), 1),
+        return {"epoch": p.epoch, "train_loss": p.mean_loss, "seconds": round(seconds, 3),
+                "images_per_s": round(p.samples / max(seconds, 1e-9), 1),
                 "lr": self.optimizer.param_groups[0]["lr"], **{f"val_{k}": v for k, v in scores.items()}}
 
     def _step(self, group: list[dict[str, torch.Tensor]]) -> None:
         """One optimiser step over the micro-batches of ``group`` (this rank's shares). The loss is
         the sum over every rank's micro-batches divided by their global count, so accumulation and
         data parallelism give the update of one big batch."""
-        weights = [self.task.loss_weight(b) for b in group]
+        weights = [self.objective.loss_weight(b) for b in group]
         samples = sum(b["images"].size(0) for b in group)
         total, samples = self.world.sum([sum(weights), float(samples)], self.device)
         self.optimizer.zero_grad(set_to_none=True)
@@ -523,7 +589,7 @@ class _Loop:
             sync = i == len(group) - 1 or not self.world.distributed
             with (contextlib.nullcontext() if sync else self.net.no_sync()):
                 with self.autocast:
-                    loss = self.task.loss(self.net, batch)
+                    loss = self.objective.loss(self.net, batch)
                 loss_sum += float(loss.detach())
                 self.scaler.scale(loss * (self.world.size / total)).backward()
         (loss_sum,) = self.world.sum([loss_sum], self.device)  # every rank sees the same: all stop together
@@ -535,9 +601,9 @@ class _Loop:
         self.scaler.update()
         self.scheduler.step()
         p = self.progress
-        p["loss_sum"], p["loss_count"], p["samples"] = p["loss_sum"] + loss_sum, p["loss_count"] + total, p["samples"] + int(samples)
+        p.loss_sum, p.loss_count, p.samples = p.loss_sum + loss_sum, p.loss_count + total, p.samples + int(samples)
         if self.logs:
-            self.logs.step(p["step"] + 1, loss_sum / max(total, 1e-9), self.optimizer.param_groups[0]["lr"])
+            self.logs.step(p.step + 1, loss_sum / max(total, 1e-9), self.optimizer.param_groups[0]["lr"])
 
     def _check_finite(self, loss_sum: float | None, what: str) -> None:
         """Stop with one line at the first non-finite loss (before it changes the weights), or when
@@ -549,8 +615,8 @@ class _Loop:
         p, lr = self.progress, self.optimizer.param_groups[0]["lr"]
         value = f" ({loss_sum})" if loss_sum is not None else ""
         kept = "the run keeps its last checkpoint" if (self.run_dir / CHECKPOINT).exists() else "nothing was saved"
-        raise MmfuseError(f"training stopped: {what} became non-finite{value} at epoch {p['epoch']}, step "
-                          f"{p['step'] + 1}, learning rate {lr:.3g}; {kept}. Lower --lr (or keep --grad-clip on) "
+        raise MmfuseError(f"training stopped: {what} became non-finite{value} at epoch {p.epoch}, step "
+                          f"{p.step + 1}, learning rate {lr:.3g}; {kept}. Lower --lr (or keep --grad-clip on) "
                           f"and train again")
 
     def _stop_requested(self, stop: _StopRequests) -> bool:
@@ -566,21 +632,29 @@ class _Loop:
         self.world.barrier()
 
     def _save_epoch(self, record: dict[str, Any]) -> None:
+        """last (and best) weights, the history, and the resumable state: a finished run keeps none
+        (there is nothing to resume), and best is a second name of last when it is the same epoch,
+        so a run holds its weights once or twice, never three times."""
         self._check_finite(None, "the weights")
+        files = RunDir(self.run_dir)
         if self.world.main:
             metric = self.cfg.train.select_metric
             meta = {"epoch": str(record["epoch"]), f"val_{metric}": str(record[f"val_{metric}"]),
                     "parameters": str(count_parameters(self.model))}
-            if isinstance(self.task, _ClassifyTask):  # the class order the output units mean, checked on load
-                meta["labels"] = json.dumps(self.task.labels)
-            save_weights(self.run_dir / "last.safetensors", self.model, meta)
+            if self.objective.labels is not None:  # the class order the output units mean, checked on load
+                meta["labels"] = json.dumps(self.objective.labels)
+            save_weights(files.weights("last"), self.model, meta)
             if record["best"]:
-                save_weights(self.run_dir / "best.safetensors", self.model, meta)
-        self._save_checkpoint(self.epoch_order)
+                link_or_copy(files.weights("last"), files.weights("best"))
+        if not self.progress.done:
+            self._save_checkpoint(self.epoch_order)
         if self.world.main:  # after the checkpoint, written whole from its history: the two always agree
-            history = self.progress["history"]
-            atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+            history = self.progress.history
+            atomic_write_text(files.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+            if self.progress.done:
+                files.checkpoint.unlink(missing_ok=True)
             self.logs.epoch(record, history, metric)
+        self.world.barrier()
 
 
 def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

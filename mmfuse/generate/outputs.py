@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from mmfuse.config import DecodeConfig, to_dict
 from mmfuse.errors import Interrupted, Terminated
-from mmfuse.inference import Captioned
+from mmfuse.generate.inputs import Captioned
 from mmfuse.workspace import json_path, printable
 
 
@@ -51,6 +51,8 @@ def write_results(results: Iterable[Captioned], decode: DecodeConfig, fmt: str, 
                 summary.problems.append(item.problem)
                 if summary.total > 1:
                     warn(f"{item.problem} (skipped)")
+                if fmt == "text":  # an empty line keeps line i the i-th input's
+                    out.write("\n")
                 continue
             text = _format(item, settings, fmt)
             with _signals_held():  # a result is out and counted, or neither: the count in the message is exact
@@ -63,12 +65,13 @@ def write_results(results: Iterable[Captioned], decode: DecodeConfig, fmt: str, 
         closed = " (a closed JSON array)" if fmt == "json" else ""
         raise Interrupted(f"caption interrupted after {summary.written} image(s): the output{closed} holds their "
                           f"results, each whole; run it again on the inputs that follow", exc) from None
-    except BrokenPipeError:  # the reader went away: stop, and keep Python from complaining at exit
+    except BrokenPipeError:  # the reader went away: stop quietly, and keep Python from complaining at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        status.on = False
         summary.paths.clear()
         summary.problems.clear()
     finally:
-        status.done()
+        status.done(summary.written)
     return summary
 
 
@@ -102,8 +105,8 @@ def _close(out: TextIO, fmt: str, summary: Summary) -> None:
 def _format(item: Captioned, settings: dict[str, Any], fmt: str) -> str:
     captions = [" ".join(words) for words, _ in item.captions]
     scores = [round(score, 6) for _, score in item.captions]
-    if fmt == "text":
-        return "".join(f"{c}\n" for c in captions)
+    if fmt == "text":  # one line per input: its captions, best first, tab-separated
+        return "\t".join(captions) + "\n"
     if fmt == "tsv":
         path = printable(str(item.path))  # a tab or newline in a name cannot break the row
         return "".join(f"{path}\t{c}\t{s:.4f}\n" for c, s in zip(captions, scores))
@@ -115,23 +118,29 @@ def _format(item: Captioned, settings: dict[str, Any], fmt: str) -> str:
 
 
 class _Status:
-    """A 'captioned N images' line on stderr, redrawn at most twice a second, only when stderr is a
-    terminal and stdout is not (so it never mixes with the results)."""
+    """'captioned N images' on stderr. On a terminal (when stdout is not one too, so that it never
+    mixes with the results) one line redrawn at most twice a second; on a log file or pipe a plain
+    line every 30 seconds and a closing one."""
 
     def __init__(self) -> None:
-        self.on = sys.stderr.isatty() and not sys.stdout.isatty()
+        self.plain = not sys.stderr.isatty()
+        self.on = self.plain or not sys.stdout.isatty()
+        self.every = 30.0 if self.plain else 0.5
         self.start = self.shown = time.monotonic()
         self.count = 0
 
     def tick(self, count: int) -> None:
         self.count = count
         now = time.monotonic()
-        if self.on and now - self.shown > 0.5:
+        if self.on and now - self.shown > self.every:
             self.shown = now
-            sys.stderr.write(f"\rcaptioned {count} images ({count / (now - self.start):.1f}/s)")
+            rate = f"captioned {count} images ({count / (now - self.start):.1f}/s)"
+            sys.stderr.write(f"{rate}\n" if self.plain else f"\r{rate}")
             sys.stderr.flush()
 
-    def done(self) -> None:
-        if self.on and self.shown > self.start:
-            sys.stderr.write(f"\rcaptioned {self.count} images in {time.monotonic() - self.start:.1f} s\n")
+    def done(self, written: int) -> None:
+        """The closing line: how many were captioned (none when nothing was: the error says it all)."""
+        if self.on and written and (self.plain or self.shown > self.start):
+            sys.stderr.write(f"{'' if self.plain else chr(13)}captioned {written} of {self.count} images in "
+                             f"{time.monotonic() - self.start:.1f} s\n")
 

@@ -6,14 +6,25 @@ from __future__ import annotations
 import glob
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from mmfuse.workspace import os_problem, printable
+from mmfuse.errors import MmfuseError, first_line
+from mmfuse.workspace import open_regular, os_problem, printable
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 _GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class Captioned:
+    """The outcome for one input: its captions (words and score, best first), or why it was skipped."""
+
+    path: Path
+    captions: list[tuple[list[str], float]] = field(default_factory=list)
+    problem: str | None = None
+    attention_map: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -76,3 +87,55 @@ def _images_under(root: Path) -> Iterator[Path]:
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 yield Path(current) / name
+
+
+def read_image_list(inputs: Iterable[str], stdin: Iterable[str]) -> list[Path]:
+    """Paths from the command line, where ``-`` stands for one path per line of ``stdin``."""
+    paths: list[Path] = []
+    for item in inputs:
+        if item == "-":
+            paths.extend(Path(line.strip()) for line in stdin if line.strip())
+        else:
+            paths.append(Path(item))
+    if not paths:
+        raise MmfuseError("no images given (pass image paths, or - to read them from stdin)")
+    return paths
+
+
+def check_images(paths: list[Path]) -> None:
+    """Fail before any output if an image is missing or not an image (header and checksums)."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        with open_regular(path, "image") as handle:  # a named pipe or directory is refused, never waited on
+            try:
+                with Image.open(handle) as img:
+                    img.verify()
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                raise MmfuseError(f"not a readable image file: {printable(str(path))} ({first_line(exc)})") from None
+
+
+def read_pairs(images: list[str], text: str | None, pairs: Iterable[str] | None, where: str,
+               stdin: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """(image, text) pairs: every image with ``text`` (``-`` reads image paths from ``stdin``), or
+    JSON Lines ``{"image", "text"}`` from ``pairs``."""
+    import json
+
+    if pairs is None:
+        if text is None:
+            raise MmfuseError("give --text with the images, or --pairs FILE (JSON Lines of {\"image\", \"text\"})")
+        paths = read_image_list(images, stdin)
+        return paths, [text] * len(paths)
+    paths, texts = [], []
+    for n, line in enumerate(pairs, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            paths.append(Path(item["image"]))
+            texts.append(str(item["text"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise MmfuseError(f"{where}:{n}: expected a JSON object with \"image\" and \"text\" ({type(exc).__name__}: {exc})") from None
+    if not paths:
+        raise MmfuseError(f"{where}: no (image, text) pairs")
+    return paths, texts

@@ -1,0 +1,1 @@
+"""Generation: decoding (greedy, beam, sampling), inference over runs, image inputs, caption outputs, heat-maps."""

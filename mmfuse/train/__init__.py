@@ -1,0 +1,1 @@
+"""Training: setup, the loop, resumable state, distributed ranks and run logs."""
