@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WS := workspace
 MMFUSE := $(BIN)/mmfuse
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test test-fast install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: install
 
 test: install-dev
 	$(BIN)/python -m pytest -q
+
+# While working: everything but the tests marked slow (about a minute on 2 cores).
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) $(WS) .pytest_cache

@@ -88,6 +88,7 @@ def test_ctrl_c_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(worksp
     assert invoke("train", "--run", "whole", *args).exit_code == 0
     env = {**os.environ, "MMFUSE_WORKSPACE": str(workspace)}
     proc = subprocess.Popen(_cli("train", "--run", "cut", "--save-every", "1", *args), env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a foreground job
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint, deadline = workspace / "runs" / "cut" / CHECKPOINT, time.monotonic() + 120
     while time.monotonic() < deadline:  # interrupt after step 3 of 12 (epoch 1 has 12 batches of 4)

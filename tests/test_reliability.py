@@ -248,8 +248,11 @@ def test_prepare_data_cannot_replace_the_data_set_a_training_reads(workspace: Pa
 # --- signals: every long command stops with one line, leaves nothing half-written, says how to go on
 
 def _start(args: list[str], workspace: Path, **kwargs) -> subprocess.Popen:
+    """``mmfuse ARGS`` in a process that hears Ctrl-C as a terminal's foreground job does (a test
+    run started in the background by a shell inherits SIGINT ignored, and so would the command)."""
     return subprocess.Popen([sys.executable, "-m", "mmfuse", *args], env={**os.environ, "MMFUSE_WORKSPACE": str(workspace)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
 
 
 def _wait_for(condition, proc: subprocess.Popen, seconds: float = 120) -> None:

@@ -50,6 +50,7 @@ Workspace_ = Annotated[Optional[Path], typer.Option(
 Device_ = Annotated[str, typer.Option(help=TrainConfig.__dataclass_fields__["device"].metadata["help"])]
 Checkpoint_ = Annotated[str, typer.Option(help="Weights to use: best or last.")]
 BatchSize_ = Annotated[int, typer.Option(help="Images per batch.")]
+Meteor_ = Annotated[bool, typer.Option(help="Compute METEOR (needs Java and pycocoevalcap; slower).")]
 ConfigFile_ = Annotated[Optional[Path], typer.Option(
     help="JSON file with 'model', 'train', 'decode' sections; flags override it.", show_default=False)]
 
