@@ -71,7 +71,8 @@ def main() -> None:
         torch_alone = median([sys.executable, "-c", "import torch"], env, opts.repeat)
         first = median([*mmfuse, "caption", str(image), "--run", "r"], env, opts.repeat, until_first_line=True)
         whole = median([*mmfuse, "caption", str(image), "--run", "r"], env, opts.repeat)
-        print(f"  {'python -c \"import torch\"':<32} {torch_alone:.3f} s")
+        label = 'python -c "import torch"'
+        print(f"  {label:<32} {torch_alone:.3f} s")
         print(f"  {'caption IMAGE: first line':<32} {first:.3f} s")
         print(f"  {'caption IMAGE: whole command':<32} {whole:.3f} s")
 
