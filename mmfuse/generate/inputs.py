@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from mmfuse.errors import MmfuseError, first_line
-from mmfuse.workspace import open_regular, os_problem, printable
+from mmfuse.data.images import verify_image
+from mmfuse.errors import MmfuseError
+from mmfuse.workspace import os_problem, printable
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
 _GLOB_CHARS = frozenset("*?[")
@@ -103,16 +104,10 @@ def read_image_list(inputs: Iterable[str], stdin: Iterable[str]) -> list[Path]:
 
 
 def check_images(paths: list[Path]) -> None:
-    """Fail before any output if an image is missing or not an image (header and checksums)."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Fail before any output if an image is missing or not an image (see
+    :func:`~mmfuse.data.images.verify_image`)."""
     for path in paths:
-        with open_regular(path, "image") as handle:  # a named pipe or directory is refused, never waited on
-            try:
-                with Image.open(handle) as img:
-                    img.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-                raise MmfuseError(f"not a readable image file: {printable(str(path))} ({first_line(exc)})") from None
+        verify_image(path)
 
 
 def read_pairs(images: list[str], text: str | None, pairs: Iterable[str] | None, where: str,
