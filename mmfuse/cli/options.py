@@ -44,6 +44,7 @@ class HelpCommand(TyperCommand):
                 param.help = f"{param.help} Choices: {', '.join(names)}."  # type: ignore[attr-defined]
         super().format_help(ctx, formatter)
 
+
 Workspace_ = Annotated[Optional[Path], typer.Option(
     "--workspace", "-w", help="Workspace directory (default: $MMFUSE_WORKSPACE, else ./workspace).",
     show_default=False)]

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from mmfuse.data.images import verify_image
 from mmfuse.errors import MmfuseError
 from mmfuse.workspace import os_problem, printable
 
@@ -106,6 +105,8 @@ def read_image_list(inputs: Iterable[str], stdin: Iterable[str]) -> list[Path]:
 def check_images(paths: list[Path]) -> None:
     """Fail before any output if an image is missing or not an image (see
     :func:`~mmfuse.data.images.verify_image`)."""
+    from mmfuse.data.images import verify_image  # Pillow: not for --help
+
     for path in paths:
         verify_image(path)
 
