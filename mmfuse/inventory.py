@@ -4,7 +4,6 @@ answers at once."""
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,22 +35,21 @@ def list_runs(workspace: Workspace) -> list[dict[str, Any]]:
 def show_run(workspace: Workspace, name: str) -> dict[str, Any]:
     """Everything about one run: its row, config, per-epoch history, evaluation reports and files."""
     run = RunDir(workspace.existing_run(name))
-    history = _history(run)
     reports = {}
     for path in sorted(run.path.glob("eval-*.json")):
         report = _json_or_none(path)
         if isinstance(report, dict):
             reports[path.stem.removeprefix("eval-")] = report.get("metrics")
     files = {p.name: p.stat().st_size for p in sorted(run.path.iterdir()) if p.is_file() and not p.name.startswith(".")}
-    return {**_run_row(run), "made_by": _comparisons(workspace).get(name), "config": _json_or_none(run.config), "history": history, "evaluations": reports,
-            "files": files, "path": str(run.path)}
+    return {**_run_row(run), "made_by": _comparisons(workspace).get(name), "config": _json_or_none(run.config),
+            "history": run.history(), "evaluations": reports, "files": files, "path": str(run.path)}
 
 
 def _run_row(run: RunDir) -> dict[str, Any]:
     config = _json_or_none(run.config)
     model = config.get("model", {}) if isinstance(config, dict) else {}
     train = config.get("train", {}) if isinstance(config, dict) else {}
-    history = _history(run)
+    history = run.history()
     best = next((r for r in reversed(history) if r.get("best")), None)
     metric = _selection_metric(train.get("select_metric"), model.get("task"))
     return {"name": run.name, "task": model.get("task"), "data": train.get("data"), "fusion": model.get("fusion"),
@@ -73,22 +71,6 @@ def _selection_metric(select: Any, task: Any) -> str:
     if isinstance(select, str) and select != "auto":
         return select
     return "accuracy" if task == "classify" else "cider_d"
-
-
-def _history(run: RunDir) -> list[dict[str, Any]]:
-    try:
-        lines = run.metrics.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def disk_bytes(folder: Path) -> int:

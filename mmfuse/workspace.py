@@ -106,6 +106,23 @@ class RunDir:
         """``best`` (the epoch with the best validation metric) or ``last``."""
         return self.path / f"{which}.safetensors"
 
+    def history(self) -> list[dict[str, Any]]:
+        """The per-epoch records of :attr:`metrics` (none when it is missing; a damaged line is
+        left out)."""
+        try:
+            lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return []
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
 
 @dataclass(frozen=True)
 class Workspace:
@@ -185,7 +202,7 @@ class Workspace:
         if not names:
             raise MmfuseError(f"no runs in workspace {self.root} yet: train one first, e.g. `mmfuse prepare-data "
                               f"shapes` then `mmfuse train --data shapes --run demo` (or give --workspace)")
-        return max(names, key=lambda n: ((self.root / "runs" / n / "config.json").stat().st_mtime_ns, n))
+        return max(names, key=lambda n: (self.run(n).config.stat().st_mtime_ns, n))
 
     def existing_run(self, name: str) -> Path:
         """The directory of a trained run, or a clear error listing the runs there are."""

@@ -164,6 +164,9 @@ def cell(column: str, value: Any) -> str:
     return str(value)
 
 
+SMALL_SPLIT = 20  # images below which a val or test split's scores say little
+
+
 def warn(message: str) -> None:
     """One ``mmfuse: warning:`` line on stderr."""
     sys.stderr.write(f"mmfuse: warning: {message}\n")
@@ -199,9 +202,6 @@ def print_prepared(result: Any) -> None:
     for split, c in m["splits"].items():
         if split != "train" and c["images"] < SMALL_SPLIT:
             warn(f"split {split} has only {c['images']} image(s): a score on fewer than {SMALL_SPLIT} says little")
-
-
-SMALL_SPLIT = 20  # images below which a val or test split's scores say little
 
 
 def print_cached(result: Any) -> None:

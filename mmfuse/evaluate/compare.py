@@ -65,7 +65,7 @@ def compare(workspace: Workspace, base: RunConfig, fusions: list[str], name: str
         if notify:
             notify(f"[{len(rows) + 1}/{len(configs)}] training fusion {cfg.model.fusion} as run {cfg.train.run}")
         try:
-            row = _train_and_score(workspace, cfg, task, ablations, with_meteor, on_epoch, name)
+            row = _train_and_score(workspace, cfg, task, ablations, with_meteor, on_epoch)
         except (KeyboardInterrupt, Interrupted) as exc:  # (train and evaluate report their own interruption)
             kept = f"the {len(rows)} fusion(s) finished so far are kept" if rows else "no fusion had finished"
             code = exc if isinstance(exc, KeyboardInterrupt) else Terminated() if exc.exit_code == 143 else None
@@ -158,7 +158,7 @@ def _configs(base: RunConfig, fusions: list[str], name: str, task: str) -> list[
 
 
 def _train_and_score(workspace: Workspace, cfg: RunConfig, task: str, ablations: list[Ablation],
-                     with_meteor: bool, on_epoch: EpochHook | None, name: str) -> dict[str, Any]:
+                     with_meteor: bool, on_epoch: EpochHook | None) -> dict[str, Any]:
     start = time.perf_counter()
     result = train(workspace, cfg, on_epoch)
     seconds = time.perf_counter() - start

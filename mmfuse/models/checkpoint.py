@@ -25,7 +25,7 @@ from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError, first_line
 from mmfuse.models.captioner import build_captioner
 from mmfuse.models.classifier import build_classifier
-from mmfuse.workspace import atomic_write_bytes, open_regular, read_json
+from mmfuse.workspace import RunDir, atomic_write_bytes, open_regular, read_json
 
 WEIGHT_FILES = ("best", "last")
 # Tensor names older mmfuse wrote -> today's (prefixes). 9ad19ab: the LSTM and GRU decoders share one
@@ -73,7 +73,8 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
     """Rebuild a run's model from its JSON config and safetensors weights, in eval mode."""
     config = read_run_config(run_dir)
     config.validate()
-    vocab = Vocab.from_json(read_json(run_dir / "vocab.json", "run vocabulary"), str(run_dir / "vocab.json"))
+    files = RunDir(run_dir)
+    vocab = Vocab.from_json(read_json(files.vocab, "run vocabulary"), str(files.vocab))
     weights = pick_weights(run_dir, which)
     labels = None
     if config.model.task == "classify":
@@ -133,7 +134,7 @@ def migrate_names(state: dict[str, torch.Tensor], expected: dict[str, torch.Tens
 
 
 def _read_labels(run_dir: Path) -> list[str]:
-    labels = read_json(run_dir / "labels.json", "run labels")
+    labels = read_json(RunDir(run_dir).labels, "run labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise MmfuseError(f"{run_dir / 'labels.json'}: expected a non-empty JSON list of class names")
     return labels
@@ -142,7 +143,7 @@ def _read_labels(run_dir: Path) -> list[str]:
 def pick_weights(run_dir: Path, which: str) -> Path:
     if which not in WEIGHT_FILES:
         raise MmfuseError(f"checkpoint must be one of {', '.join(WEIGHT_FILES)}, got {which!r}")
-    path = run_dir / f"{which}.safetensors"
+    path = RunDir(run_dir).weights(which)
     if not path.is_file():
         raise MmfuseError(f"run {run_dir.name!r} has no {which} weights yet ({path} is missing; did training finish an epoch?)")
     return path

@@ -70,7 +70,7 @@ from mmfuse.models.encoders import check_weights_available
 from mmfuse.models.parts import resolve_parts
 from mmfuse.train.distributed import ShardedBatches, World, start, stop, world_from_env
 from mmfuse.train.logs import RunLogs, check_tensorboard
-from mmfuse.train.state import CHECKPOINT, Progress, load_checkpoint, save_checkpoint
+from mmfuse.train.state import Progress, load_checkpoint, save_checkpoint
 from mmfuse.ui import console, progress
 from mmfuse.workspace import (
     RunDir,
@@ -154,7 +154,7 @@ def _train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None, res
         try:
             return _run_loop(objective, cfg, device, run_dir, world, on_epoch, resume)
         except BaseException:
-            if created and not (run_dir / CHECKPOINT).exists():  # nothing to resume: no half-made run is left
+            if created and not RunDir(run_dir).checkpoint.exists():  # nothing to resume: no half-made run is left
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
@@ -183,7 +183,7 @@ def _run_loop(objective: Objective, cfg: RunConfig, device: torch.device, run_di
     try:
         return loop.run(on_epoch)
     except KeyboardInterrupt as exc:
-        if not (run_dir / CHECKPOINT).exists():
+        if not RunDir(run_dir).checkpoint.exists():
             raise Interrupted("training interrupted before its first checkpoint: there is nothing to resume",
                               exc) from None
         raise Interrupted(f"training interrupted; the last resumable checkpoint is in {run_dir} "
@@ -197,7 +197,7 @@ def _scst_source(workspace: Workspace, cfg: RunConfig) -> RunConfig:
     if source.model.task != "caption":
         raise MmfuseError(f"--scst fine-tunes a captioner; run {cfg.train.scst_from!r} is a {source.model.task} model")
     data_vocab = read_json(workspace.existing_dataset(cfg.train.data) / "vocab.json", "data set vocabulary")
-    if read_json(source_dir / "vocab.json", "run vocabulary") != data_vocab:
+    if read_json(RunDir(source_dir).vocab, "run vocabulary") != data_vocab:
         raise MmfuseError(f"run {cfg.train.scst_from!r} was trained with another vocabulary than data set "
                           f"{cfg.train.data!r}: --scst needs the data set it was trained on (--data {source.train.data})")
     return replace(cfg, model=source.model)
@@ -212,21 +212,14 @@ def _saved_config(workspace: Workspace, run: str) -> RunConfig:
     if not run:
         raise MmfuseError("--resume continues a run: name it with --run")
     run_dir = workspace.existing_run(run)
-    if not (run_dir / CHECKPOINT).exists():
+    if not RunDir(run_dir).checkpoint.exists():
         config = read_run_config(run_dir)
-        epochs = sum(1 for line in _lines(RunDir(run_dir).metrics) if line.strip())
+        epochs = len(RunDir(run_dir).history())
         raise MmfuseError(f"run {run!r} has no resumable checkpoint: it has finished ({epochs} of "
                           f"{config.train.epochs} epochs; a finished run keeps none) or was written by an older "
                           f"mmfuse, so there is nothing to resume; its weights caption and evaluate, and "
                           f"`mmfuse train --run {run} --overwrite ...` trains it again from the start")
     return read_run_config(run_dir)
-
-
-def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return []
 
 
 def _feature_cache(data_dir: Path, cfg: RunConfig, world: World):
@@ -415,15 +408,15 @@ def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
 
 
 def _create_run_dir(workspace: Workspace, cfg: RunConfig, vocab_json: dict[str, Any], labels: list[str] | None) -> Path:
-    run_dir = workspace.run_dir(cfg.train.run)
-    if run_dir.exists():  # _resolve refused this unless --overwrite
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    atomic_write_json(run_dir / "vocab.json", vocab_json)
+    files = workspace.run(cfg.train.run)
+    if files.path.exists():  # _resolve refused this unless --overwrite
+        shutil.rmtree(files.path)
+    files.path.mkdir(parents=True)
+    atomic_write_json(files.vocab, vocab_json)
     if labels is not None:
-        atomic_write_json(run_dir / "labels.json", labels)
-    atomic_write_json(run_dir / "config.json", to_dict(cfg))
-    return run_dir
+        atomic_write_json(files.labels, labels)
+    atomic_write_json(files.config, to_dict(cfg))
+    return files.path
 
 
 def lr_factor(step: int, kind: str, total_steps: int, warmup_steps: int = 0, steps_per_epoch: int = 1,
@@ -502,7 +495,7 @@ class _Loop:
 
     def resume(self) -> None:
         """Continue from the run's resumable checkpoint (see :mod:`mmfuse.train.state`)."""
-        self.progress, self.epoch_order = load_checkpoint(self.run_dir / CHECKPOINT, self.model, self.optimizer,
+        self.progress, self.epoch_order = load_checkpoint(RunDir(self.run_dir).checkpoint, self.model, self.optimizer,
                                                           self.scheduler, self.scaler)
         if self.progress.done:
             raise MmfuseError(f"run {self.cfg.train.run!r} has finished (epoch {self.progress.epoch - 1} of "
@@ -614,7 +607,7 @@ class _Loop:
             return
         p, lr = self.progress, self.optimizer.param_groups[0]["lr"]
         value = f" ({loss_sum})" if loss_sum is not None else ""
-        kept = "the run keeps its last checkpoint" if (self.run_dir / CHECKPOINT).exists() else "nothing was saved"
+        kept = "the run keeps its last checkpoint" if (RunDir(self.run_dir).checkpoint).exists() else "nothing was saved"
         raise MmfuseError(f"training stopped: {what} became non-finite{value} at epoch {p.epoch}, step "
                           f"{p.step + 1}, learning rate {lr:.3g}; {kept}. Lower --lr (or keep --grad-clip on) "
                           f"and train again")
@@ -627,7 +620,7 @@ class _Loop:
     def _save_checkpoint(self, epoch_order: torch.Tensor) -> None:
         self._check_finite(None, "the weights")
         if self.world.main:
-            save_checkpoint(self.run_dir / CHECKPOINT, self.model, self.optimizer, self.scheduler, self.scaler,
+            save_checkpoint(RunDir(self.run_dir).checkpoint, self.model, self.optimizer, self.scheduler, self.scaler,
                             epoch_order, self.progress)
         self.world.barrier()
 

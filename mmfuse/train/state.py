@@ -27,9 +27,9 @@ from safetensors.torch import save as st_save
 
 from mmfuse.errors import MmfuseError, first_line
 from mmfuse.models.checkpoint import load_checked, read_metadata
-from mmfuse.workspace import atomic_write_bytes
+from mmfuse.workspace import RunDir, atomic_write_bytes
 
-CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT = RunDir(Path()).checkpoint.name  # the file name, for callers that build paths
 FORMAT = 1
 
 
