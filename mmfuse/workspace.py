@@ -107,21 +107,8 @@ class RunDir:
         return self.path / f"{which}.safetensors"
 
     def history(self) -> list[dict[str, Any]]:
-        """The per-epoch records of :attr:`metrics` (none when it is missing; a damaged line is
-        left out)."""
-        try:
-            lines = self.metrics.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError):
-            return []
-        records = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+        """The per-epoch records of :attr:`metrics`."""
+        return read_jsonl(self.metrics)
 
 
 @dataclass(frozen=True)
@@ -330,6 +317,24 @@ def dumps_json(obj: Any) -> str:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, dumps_json(obj))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a log file, one per line (none when it is missing or unreadable; a
+    damaged line is left out): for logs mmfuse writes itself, never for user input."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.errors import MmfuseError
-from mmfuse.workspace import RunDir, atomic_write_bytes, atomic_write_text
+from mmfuse.workspace import RunDir, atomic_write_bytes, atomic_write_text, read_jsonl
 
 TENSORBOARD_DIR = "tensorboard"
 UNBOUNDED = ("val_cider_d",)  # validation metrics not in [0, 1]: drawn on axes of their own
@@ -69,14 +69,9 @@ class RunLogs:
 
 def read_steps(path: Path) -> list[tuple[int, float]]:
     """The (step, loss) pairs of a ``steps.jsonl`` (none when it is missing or unreadable)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return []
     pairs = []
-    for line in lines:
+    for record in read_jsonl(path):
         try:
-            record = json.loads(line)
             pairs.append((int(record["step"]), float(record["loss"])))
         except (ValueError, KeyError, TypeError):
             continue
