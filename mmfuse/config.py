@@ -22,6 +22,7 @@ SELECT_METRICS = ("auto",) + CAPTION_METRICS + CLASSIFY_METRICS
 C = TypeVar("C")
 DECODING = "Decoding"  # help sections
 SCST = "Self-critical training"
+LLM = "Language models and connectors"
 
 
 def setting(default: Any, help: str, *, flag: str | None = "", panel: str = "", choices: str = "",
@@ -84,6 +85,30 @@ class ModelConfig:
                                           flag="--freeze/--fine-tune")
     fine_tune_from: str = setting("", "With --fine-tune: train the backbone from this top-level module on "
                                       "(e.g. layer4).")
+    prompt: str = setting("", "hf: decoders: text the language model reads after the image, before the caption "
+                              "(e.g. 'A photo of'); the loss covers the caption only.", panel=LLM)
+    lora: int = setting(0, "hf: decoders: train LoRA adapters of this rank on the language model's attention and "
+                           "MLP projections (0: none; the model stays frozen).", panel=LLM)
+    lora_alpha: float = setting(16.0, "hf: decoders: LoRA alpha (the adapters' scale is alpha / rank).", panel=LLM)
+    lora_targets: str = setting("all-linear", "hf: decoders: the modules LoRA adapts: all-linear (attention and "
+                                              "MLP projections) or comma-separated module names.", panel=LLM)
+    finetune_lm: bool = setting(False, "hf: decoders: train the whole language model (default: frozen).",
+                                flag="--finetune-lm", panel=LLM)
+    frozen_dtype: str = setting("fp32", "hf: decoders: hold a frozen language model's weights in fp32 or bf16 "
+                                        "(half the memory).", panel=LLM)
+    gradient_checkpointing: bool = setting(False, "hf: decoders: recompute the language model's activations in "
+                                                  "the backward pass (less memory, slower steps).",
+                                           flag="--gradient-checkpointing", panel=LLM)
+    image_tokens: int = setting(32, "resampler, qformer, xattn: learned queries (image tokens the language model "
+                                    "reads).", panel=LLM)
+    connector_layers: int = setting(2, "resampler, qformer, xattn: layers of the connector.", panel=LLM)
+    shuffle: int = setting(2, "pixel-shuffle: fold s x s grid cells into one token.", panel=LLM)
+    xattn_every: int = setting(1, "xattn: a gated cross-attention block before every k-th language-model block.",
+                               panel=LLM)
+    decoder_revision: str = setting("", "hf: decoders: the revision of the language model the run was trained on "
+                                        "(recorded by train).", flag=None)
+    decoder_config_sha256: str = setting("", "hf: decoders: sha256 of that model's config.json (recorded by train).",
+                                         flag=None)
 
     def validate(self) -> None:
         check_values(self)
@@ -94,6 +119,14 @@ class ModelConfig:
             raise MmfuseError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.task not in ("auto", "caption", "classify"):
             raise MmfuseError(f"task must be caption, classify or auto, got {self.task!r}")
+        _positive(self, "image_tokens", "connector_layers", "shuffle", "xattn_every")
+        if self.lora < 0 or not self.lora_alpha > 0:
+            raise MmfuseError(f"--lora must be >= 0 and --lora-alpha > 0, got {self.lora} and {self.lora_alpha}")
+        if self.lora and self.finetune_lm:
+            raise MmfuseError("--lora trains adapters on a frozen language model; --finetune-lm trains all of it: "
+                              "choose one")
+        if self.frozen_dtype not in ("fp32", "bf16"):
+            raise MmfuseError(f"--frozen-dtype must be fp32 or bf16, got {self.frozen_dtype!r}")
 
 
 @dataclass
@@ -247,6 +280,14 @@ class TrainConfig:
                                 "CIDEr-D reward.", flag="--scst", panel=SCST)
     scst_from: str = setting("", "With --scst: the trained captioner (run name) to start from.", flag="--from",
                              panel=SCST, names="runs")
+    lr_connector: float = setting(0.0, "Learning rate of the fusion / connector (0: --lr), as nanoVLM's per-part "
+                                       "rates.", panel=LLM)
+    lr_encoder: float = setting(0.0, "Learning rate of the image encoder (0: --lr).", panel=LLM)
+    lr_decoder: float = setting(0.0, "Learning rate of the decoder, LoRA adapters or language model (0: --lr).",
+                                panel=LLM)
+    download: bool = setting(False, "Let train fetch an hf: model missing from the local Hugging Face cache (the "
+                                    "only network access mmfuse makes; default: offline).", flag="--download",
+                             panel=LLM)
     scst_samples: int = setting(5, "With --scst: captions sampled per image per step.", panel=SCST)
     scst_baseline: str = setting("mean", "With --scst: mean (of the other samples' rewards, the 'new SCST') or "
                                          "greedy (the greedy caption's reward, Rennie et al. 2017).", panel=SCST)
@@ -256,7 +297,8 @@ class TrainConfig:
         _positive(self, "epochs", "batch_size", "captions_per_image", "accumulate", "lr_step_epochs")
         if self.lr <= 0:
             raise MmfuseError(f"lr must be > 0, got {self.lr}")
-        for name in ("weight_decay", "grad_clip", "warmup_steps", "workers", "patience", "save_every"):
+        for name in ("weight_decay", "grad_clip", "warmup_steps", "workers", "patience", "save_every", "lr_connector",
+                     "lr_encoder", "lr_decoder"):
             if getattr(self, name) < 0:
                 raise MmfuseError(f"{name} (--{name.replace('_', '-')}) must be >= 0, got {getattr(self, name)}")
         if self.lr_schedule not in ("cosine", "step", "constant"):
@@ -326,7 +368,8 @@ SIZE_LIMITS = {"feature_dim": 65536, "embed_dim": 65536, "hidden_dim": 65536, "n
                "no_repeat_ngram": 4096, "min_length": 4096, "top_k": 1_000_000, "scst_samples": 1024,
                "warmup_steps": 10**12, "lr_step_epochs": 1_000_000, "patience": 1_000_000, "save_every": 10**12,
                "workers": 1024, "image_size": 8192, "train_images": 100_000_000, "val_images": 100_000_000,
-               "test_images": 100_000_000}
+               "test_images": 100_000_000, "image_tokens": 4096,
+               "connector_layers": 256, "shuffle": 64, "xattn_every": 256, "lora": 65536}
 
 
 def check_values(cfg: Any) -> None:

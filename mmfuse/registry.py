@@ -70,7 +70,7 @@ class Registry(Generic[T]):
 # package). The CLI's help reads the names from these files without importing them (they import
 # torch, which takes seconds); tests/test_cli.py checks the two agree.
 CATALOG: dict[str, tuple[str, tuple[str, ...]]] = {
-    "fusion": ("FUSIONS", ("models/fusion.py",)),
+    "fusion": ("FUSIONS", ("models/fusion.py", "models/connectors.py")),
     "encoder": ("IMAGE_ENCODERS", ("models/encoders.py", "models/backbones.py")),
     "decoder": ("DECODERS", ("models/decoders.py",)),
     "text_encoder": ("TEXT_ENCODERS", ("models/text_encoders.py",)),

@@ -151,17 +151,20 @@ class CaptionDataset(Dataset):
 
     Args:
         records: the split's records.
-        vocab: maps tokens to ids.
+        encoded: each record's references as ids (a vocabulary's for its tokens, or a language
+            model's tokenizer's for its raw captions: :func:`caption_ids`).
         image_size: side the images are resized to.
         captions_per_image: K, references per image per batch (sampled when there are more).
         seed: seed of the reference sampling (combined with :meth:`set_epoch`).
+        pad_value: the id that pads the references of a batch.
     """
 
-    def __init__(self, records: list[Record], vocab: Vocab, image_size: int, captions_per_image: int = 5, seed: int = 0,
-                 features: Any = None):
+    def __init__(self, records: list[Record], encoded: list[list[list[int]]], image_size: int,
+                 captions_per_image: int = 5, seed: int = 0, features: Any = None, pad_value: int = PAD_ID):
         self.records = records
         self.features = features  # a FeatureCache: give cached backbone outputs instead of pixels
-        self.encoded = [[vocab.encode(t) for t in r.tokens] for r in records]
+        self.encoded = encoded
+        self.pad_value = pad_value
         self.resize = resize_transform(image_size)
         self.normalize = normalize_transform()
         fits = len(records) * 3 * image_size**2 <= CACHE_LIMIT_BYTES and features is None
@@ -202,7 +205,7 @@ class CaptionDataset(Dataset):
             chosen = refs if len(refs) <= self.k else random.Random(f"{self.seed}/{self.epoch}/{i}").sample(refs, self.k)
             captions.extend(chosen)
             index.extend([row] * len(chosen))
-        return {"images": _stack(images), "tokens": pad(captions), "image_index": torch.tensor(index),
+        return {"images": _stack(images), "tokens": pad(captions, self.pad_value), "image_index": torch.tensor(index),
                 "records": torch.tensor([i for _, _, i in batch])}
 
 
@@ -306,10 +309,10 @@ def _stack(images: list[Any]) -> Any:
     return CachedFeatures.stack(images) if isinstance(images[0], CachedFeatures) else torch.stack(images)
 
 
-def pad(sequences: list[list[int]]) -> torch.Tensor:
-    """Right-pad id lists with ``<pad>`` -> (M, T)."""
+def pad(sequences: list[list[int]], value: int = PAD_ID) -> torch.Tensor:
+    """Right-pad id lists with ``value`` (``<pad>``) -> (M, T)."""
     longest = max(len(s) for s in sequences)
-    out = torch.full((len(sequences), longest), PAD_ID, dtype=torch.long)
+    out = torch.full((len(sequences), longest), value, dtype=torch.long)
     for row, seq in enumerate(sequences):
         out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
     return out

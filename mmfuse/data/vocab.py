@@ -11,6 +11,7 @@ from mmfuse.errors import MmfuseError
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+IGNORE = -100  # a target the loss skips (padding; image and prompt positions of a language model)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from mmfuse.config import DecodeConfig
-from mmfuse.data.vocab import BOS_ID, EOS_ID
+from mmfuse.data.vocab import EOS_ID
 from mmfuse.models.captioner import Captioner
 from mmfuse.models.encoders import ImageFeatures
 
@@ -60,11 +60,12 @@ def generate(model: Captioner, images: torch.Tensor, cfg: DecodeConfig, first_in
 # --- constraints (logits processors) -----------------------------------------------------------
 
 
-def constrain(log_probs: torch.Tensor, history: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
-    """Forbid what ``cfg`` forbids at this step: log_probs (R, V), history (R, t) of words so far."""
+def constrain(log_probs: torch.Tensor, history: torch.Tensor, cfg: DecodeConfig, end: int = EOS_ID) -> torch.Tensor:
+    """Forbid what ``cfg`` forbids at this step: log_probs (R, V), history (R, t) of words so far;
+    ``end`` is the model's end-of-caption id."""
     words = history.size(1)
     if words < cfg.min_length:
-        log_probs[:, EOS_ID] = NEG_INF
+        log_probs[:, end] = NEG_INF
     if cfg.no_repeat_ngram and words >= cfg.no_repeat_ngram:
         log_probs = log_probs.masked_fill(repeated_ngram_mask(history, cfg.no_repeat_ngram, log_probs.size(-1)), NEG_INF)
     return log_probs
@@ -140,23 +141,23 @@ def _one_token_per_row(model: Captioner, features: ImageFeatures, cfg: DecodeCon
                        copies: int = 1) -> list[Generated]:
     """Decode ``copies`` rows per image one chosen token per step until ``<eos>`` or
     ``cfg.max_length`` words; finished rows leave the batch. Returns rows image by image."""
-    device = features.pooled.device
+    device, (start, end) = features.pooled.device, model.special
     features, state = _rows(model, features, copies, cfg)
     rows = torch.arange(features.pooled.size(0), device=device)  # (A,) original row of each active row
     history = torch.zeros(rows.numel(), 0, dtype=torch.long, device=device)  # (A, t)
     scores = torch.zeros(rows.numel(), device=device)  # (A,)
-    last = torch.full_like(rows, BOS_ID)
+    last = torch.full_like(rows, start)
     results: dict[int, Generated] = {}
     for step in range(cfg.max_length):
         log_probs, state = model.step(features, last, state)
-        log_probs = constrain(log_probs, history, cfg)  # (A, V)
+        log_probs = constrain(log_probs, history, cfg, end)  # (A, V)
         last = choose(log_probs, rows)  # (A,)
         scores = scores + log_probs.gather(1, last.unsqueeze(1)).squeeze(1)
-        ended = (last == EOS_ID) | (step == cfg.max_length - 1)
+        ended = (last == end) | (step == cfg.max_length - 1)
         history = torch.cat([history, last.unsqueeze(1)], 1)
         for r in ended.nonzero().squeeze(1).tolist():
             tokens = history[r].tolist()
-            tokens = tokens[:-1] if tokens[-1] == EOS_ID else tokens
+            tokens = tokens[:-1] if tokens[-1] == end else tokens
             results[int(rows[r])] = Generated(tokens, float(scores[r]) / length_penalty(len(history[r]), cfg.length_penalty))
         if bool(ended.all()):
             break
@@ -216,13 +217,13 @@ def beam_search(model: Captioner, features: ImageFeatures, cfg: DecodeConfig) ->
     first[:, :: k // g] = 0.0  # one live beam per group at the start
     beams = _Beams(list(range(batch)), torch.zeros(batch * k, 0, dtype=torch.long, device=device), first, first.clone())
     finished = [[_Finished() for _ in range(g)] for _ in range(batch)]
-    last = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
+    last = torch.full((batch,), model.special.start, dtype=torch.long, device=device)
     for step in range(cfg.max_length):
         log_probs, state = model.step(features, last, state)
         if step == 0:  # every beam of an image starts from its one row
             log_probs = log_probs.repeat_interleave(k, 0)
-        log_probs = constrain(log_probs, beams.history, cfg).view(len(beams.images), k, -1)  # (A, K, V)
-        parents, last, beams = _advance(beams, log_probs, finished, step, cfg)
+        log_probs = constrain(log_probs, beams.history, cfg, model.special.end).view(len(beams.images), k, -1)  # (A, K, V)
+        parents, last, beams = _advance(beams, log_probs, finished, step, cfg, model.special.end)
         keep = _unsettled(beams, finished, step, cfg)
         if keep.numel() == 0:
             break
@@ -242,7 +243,7 @@ def beam_search(model: Captioner, features: ImageFeatures, cfg: DecodeConfig) ->
 
 
 def _advance(beams: _Beams, log_probs: torch.Tensor, finished: list[list[_Finished]], step: int,
-             cfg: DecodeConfig) -> tuple[torch.Tensor, torch.Tensor, _Beams]:
+             cfg: DecodeConfig, end: int) -> tuple[torch.Tensor, torch.Tensor, _Beams]:
     """One step for every group: returns the parent row of each new beam (A*K,), its last word (A*K,),
     and the new beams (``<eos>`` continuations and beams at ``max_length`` go to ``finished``)."""
     a, k, vocab = log_probs.shape
@@ -258,7 +259,7 @@ def _advance(beams: _Beams, log_probs: torch.Tensor, finished: list[list[_Finish
         top = total.topk(min(2 * kg, total.size(-1)), dim=-1)  # (A, C) candidates, best first
         true = (beams.score[:, part].unsqueeze(-1) + log_probs[:, part]).view(a, -1).gather(1, top.indices)
         parent, word = top.indices // vocab + group * kg, top.indices % vocab  # (A, C)
-        live, ends = _classify(top.values, word, kg)
+        live, ends = _classify(top.values, word, kg, end)
         order = torch.where(live, 0, 1).argsort(dim=1, stable=True)[:, :kg]  # (A, Kg) the first Kg live ones
         kept = live.gather(1, order)
         parents[:, part], words[:, part] = parent.gather(1, order), word.gather(1, order)
@@ -266,7 +267,7 @@ def _advance(beams: _Beams, log_probs: torch.Tensor, finished: list[list[_Finish
         score[:, part] = torch.where(kept, true.gather(1, order), NEG_INF)
         if step == cfg.max_length - 1:  # the live beams end here too, at max_length words
             ends = ends.scatter(1, order, kept)
-        _finish(beams, ends, parent, word, top.values, true, group, step, cfg, finished)
+        _finish(beams, ends, parent, word, top.values, true, group, step, cfg, finished, end)
         if cfg.diverse_groups > 1:
             chosen.scatter_add_(1, words[:, part], kept.float())
     rows = (parents + torch.arange(a, device=device).unsqueeze(1) * k).view(-1)  # (A*K,)
@@ -274,17 +275,18 @@ def _advance(beams: _Beams, log_probs: torch.Tensor, finished: list[list[_Finish
     return rows, words.view(-1), _Beams(beams.images, history, rank, score)
 
 
-def _classify(values: torch.Tensor, word: torch.Tensor, kg: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _classify(values: torch.Tensor, word: torch.Tensor, kg: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidates (A, C), best first -> (live: may continue, ends: an ``<eos>`` ranked within the top
     Kg, which finishes a caption; an ``<eos>`` ranked lower is dropped, as in Hugging Face ``generate``)."""
     valid = values > NEG_INF
-    is_eos = word == EOS_ID
+    is_eos = word == end
     ranked_high = torch.arange(values.size(1), device=values.device) < kg  # (C,)
     return valid & ~is_eos, valid & is_eos & ranked_high
 
 
 def _finish(beams: _Beams, ends: torch.Tensor, parent: torch.Tensor, word: torch.Tensor, ranks: torch.Tensor,
-            scores: torch.Tensor, group: int, step: int, cfg: DecodeConfig, finished: list[list[_Finished]]) -> None:
+            scores: torch.Tensor, group: int, step: int, cfg: DecodeConfig, finished: list[list[_Finished]],
+            end: int) -> None:
     """Add the candidates marked in ``ends`` (A, C) to their image's finished captions of ``group``."""
     picked = ends.nonzero().tolist()
     if not picked:
@@ -293,7 +295,7 @@ def _finish(beams: _Beams, ends: torch.Tensor, parent: torch.Tensor, word: torch
     parent, word, ranks, scores = parent.tolist(), word.tolist(), ranks.tolist(), scores.tolist()
     for a, c in picked:
         tokens = beams.history[a * k + parent[a][c]].tolist()
-        if word[a][c] != EOS_ID:
+        if word[a][c] != end:
             tokens.append(word[a][c])
         finished[beams.images[a]][group].add(ranks[a][c] / norm, scores[a][c] / norm, tokens)
 

@@ -16,17 +16,26 @@ V vocabulary, D widths.
 
 from __future__ import annotations
 
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from mmfuse.config import ModelConfig
-from mmfuse.data.vocab import BOS_ID, PAD_ID
+from mmfuse.data.vocab import BOS_ID, EOS_ID, IGNORE, PAD_ID
+from mmfuse.models.connectors import connector_options
 from mmfuse.models.decoders import DECODERS
 from mmfuse.models.encoders import ImageFeatures, build_image_encoder
 from mmfuse.models.decoding_states import AttentionState, DecodingState, FusedInputState, ProjectedInputState
 from mmfuse.models.fusion import ATTENTION, FUSIONS, PREFIX
 from mmfuse.models.parts import resolve_parts
+
+
+class SpecialIds(NamedTuple):
+    """The token decoding starts from (fed to the first step) and the one that ends a caption."""
+
+    start: int
+    end: int
 
 
 class Captioner(nn.Module):
@@ -44,6 +53,7 @@ class Captioner(nn.Module):
         self.fusion = fusion
         self.decoder = decoder
         self.text_ablation = False
+        self.special = SpecialIds(BOS_ID, EOS_ID)
 
     def encode(self, images: torch.Tensor) -> ImageFeatures:
         """images (B, 3, S, S) -> ImageFeatures(grid (B, N, D), pooled (B, D))."""
@@ -68,6 +78,12 @@ class Captioner(nn.Module):
             return logits[:, prefix.size(1):]
         logits, _ = self.decode(features, tokens, self.initial_state(features))
         return logits
+
+    @staticmethod
+    def teacher_forcing(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's ``<bos> w1 .. wn <eos>`` ids (M, T) -> (what :meth:`forward` reads (M, T-1), the
+        targets of its logits (M, T-1), padding as IGNORE)."""
+        return tokens[:, :-1], tokens[:, 1:].masked_fill(tokens[:, 1:] == PAD_ID, IGNORE)
 
     def initial_state(self, features: ImageFeatures, cache: bool = False) -> DecodingState:
         """The decoder state before the first word: the image prefix read (prefix fusions), a state
@@ -149,6 +165,7 @@ def build_captioner(cfg: ModelConfig, vocab_size: int) -> Captioner:
     cfg = resolve_parts(cfg, "caption")
     encoder = build_image_encoder(cfg)
     extra = {"query_dim": cfg.hidden_dim} if FUSIONS.get(cfg.fusion).kind == ATTENTION else {}
+    extra.update(connector_options(cfg.fusion, cfg))
     fusion = FUSIONS.create(cfg.fusion, image_dim=encoder.out_dim, text_dim=cfg.embed_dim, dropout=cfg.dropout, **extra)
     decoder = DECODERS.create(
         cfg.decoder,

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from safetensors import SafetensorError
@@ -23,7 +23,7 @@ from torch import nn
 from mmfuse.config import ModelConfig, RunConfig, read_run_config
 from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError, first_line
-from mmfuse.models.captioner import build_captioner
+from mmfuse.models.caption_models import build_caption_model
 from mmfuse.models.classifier import build_classifier
 from mmfuse.workspace import RunDir, atomic_write_bytes, open_regular, read_json
 
@@ -33,9 +33,22 @@ WEIGHT_FILES = ("best", "last")
 RENAMED = {"decoder.lstm.": "decoder.rnn.", "decoder.gru.": "decoder.rnn."}
 
 
+@runtime_checkable
+class SavesParts(Protocol):
+    """A model whose checkpoints hold only some of its tensors (what trained); the rest is rebuilt
+    from elsewhere (a pretrained language model's own weights)."""
+
+    def saved_state(self) -> dict[str, torch.Tensor]: ...
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint of ``model`` holds: :meth:`SavesParts.saved_state`, else all."""
+    return model.saved_state() if isinstance(model, SavesParts) else model.state_dict()
+
+
 def save_weights(path: Path, model: nn.Module, metadata: dict[str, str]) -> None:
     """Write the model's tensors (moved to CPU) atomically, with string ``metadata``."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_tensors(model).items()}
     atomic_write_bytes(path, st_save(tensors, metadata=metadata))
 
 
@@ -63,7 +76,7 @@ class LoadedRun:
     """A trained run ready for inference (``labels`` is None for a captioner)."""
 
     config: RunConfig
-    vocab: Vocab
+    vocab: Any  # the text codec: the vocabulary, or a language model's tokenizer (LMText)
     model: nn.Module
     weights: Path
     labels: list[str] | None = None
@@ -81,7 +94,7 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
         labels = _read_labels(run_dir)
         model: nn.Module = build_classifier(config.model, len(vocab), len(labels))
     else:
-        model = build_captioner(config.model, len(vocab))
+        model, vocab = build_caption_model(config.model, vocab, run_dir.name)  # vocab: the model's text codec
     state = migrate_names(read_weights(weights), model.state_dict())
     load_checked(model, state, f"weights {weights}", "the run's config")
     if labels is not None:
@@ -92,10 +105,10 @@ def load_run(run_dir: Path, which: str = "best", device: str | torch.device = "c
 def load_checked(model: nn.Module, state: dict[str, torch.Tensor], what: str, against: str) -> None:
     """Load ``state`` into ``model`` only if it has exactly the model's tensors, shapes and dtypes
     (torch would silently cast another dtype); else one line naming the first differences."""
-    problem = _mismatch(model.state_dict(), state)
+    problem = _mismatch(model_tensors(model), state)
     if not problem:
         try:
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(state, strict=not isinstance(model, SavesParts))
             return
         except RuntimeError as exc:
             problem = first_line(exc)

@@ -20,6 +20,8 @@ test and one ablation command serve them all:
   placed before the text in the sequence a Transformer (or recurrent) model reads, and
   ``forward(ImageFeatures, text, mask) -> text (B, T, Dt)`` for the text tokens; ``bidirectional``
   says whether the image tokens attend to each other both ways.
+- ``cross`` (``xattn``, Flamingo; see :mod:`mmfuse.models.connectors`): ``media(ImageFeatures) -> (B, K, Di)``
+  read by gated cross-attention blocks inside a Hugging Face language model.
 - ``decision`` (late, classification only): ``forward(image_logits (B, C), text_logits (B, C)) ->
   log-probabilities (B, C)``.
 
@@ -30,7 +32,7 @@ Dt text width, Q query width, C classes.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -50,9 +52,11 @@ class FusionKind(Enum):
     ATTENTION = "attention"
     PREFIX = "prefix"
     DECISION = "decision"
+    CROSS = "cross"
 
 
 POSITION, ATTENTION, PREFIX, DECISION = FusionKind.POSITION, FusionKind.ATTENTION, FusionKind.PREFIX, FusionKind.DECISION
+CROSS = FusionKind.CROSS
 
 
 class FusesPositions(Protocol):
@@ -82,6 +86,18 @@ class FusesAsPrefix(Protocol):
     def prefix(self, image: ImageFeatures) -> torch.Tensor: ...
 
     def __call__(self, image: ImageFeatures, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor: ...
+
+
+class FusesByCrossAttention(Protocol):
+    """Cross-attention from inside a language model to media tokens of the image (Flamingo)."""
+
+    kind: FusionKind
+
+    def media(self, image: ImageFeatures) -> torch.Tensor: ...
+
+    def install(self, layers: nn.ModuleList) -> None: ...
+
+    def attending(self, media: torch.Tensor) -> Any: ...
 
 
 class FusesDecisions(Protocol):

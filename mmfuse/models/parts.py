@@ -12,7 +12,9 @@ from mmfuse.config import ModelConfig
 from mmfuse.errors import MmfuseError
 from mmfuse.models.decoders import DECODERS
 from mmfuse.models.encoders import IMAGE_ENCODERS
-from mmfuse.models.fusion import ATTENTION, DECISION, FUSIONS, FusionKind
+from mmfuse.models.connectors import FUSIONS
+from mmfuse.models.fusion import ATTENTION, CROSS, DECISION, PREFIX, FusionKind
+from mmfuse.models.hub import hf_id, is_hf
 from mmfuse.models.text_encoders import TEXT_ENCODERS
 
 TASKS = ("caption", "classify")
@@ -43,12 +45,49 @@ def resolve_parts(cfg: ModelConfig, task: str) -> ModelConfig:
     fusion = FUSIONS.get(cfg.fusion)
     decoder = _auto_decoder(cfg.fusion) if cfg.decoder == "auto" else cfg.decoder
     text_encoder = _auto_text_encoder(cfg.fusion) if cfg.text_encoder == "auto" else cfg.text_encoder
-    if task == "caption":
+    if task == "caption" and is_hf(decoder):
+        hf_id(decoder)
+        _check_language_model_pairing(cfg.fusion, fusion)
+    elif task == "caption":
         DECODERS.get(decoder)
         _check_caption_pairing(cfg.fusion, fusion.kind, decoder)
     else:
         TEXT_ENCODERS.get(text_encoder)
+        if is_hf(cfg.decoder):
+            raise MmfuseError("--decoder hf: generates captions; a classifier (--task classify) has no decoder")
+    if not (task == "caption" and is_hf(decoder)):
+        _refuse_language_model_options(cfg)
     return replace(cfg, decoder=decoder, text_encoder=text_encoder)
+
+
+PREFIX_CONNECTORS = "mlp, pixel-shuffle, resampler, qformer, prefix"
+
+
+def _check_language_model_pairing(name: str, fusion) -> None:
+    """An ``hf:`` decoder reads image tokens before the words (a causal prefix) or, with ``xattn``,
+    through gated cross-attention: nothing else can reach a pretrained language model."""
+    if fusion.kind == PREFIX and not fusion.bidirectional or fusion.kind == CROSS:
+        return
+    if fusion.kind == PREFIX:
+        raise MmfuseError(f"fusion {name!r} lets the image tokens attend to each other both ways, which a pretrained "
+                          f"causal language model cannot; with --decoder hf: use {PREFIX_CONNECTORS} or xattn")
+    raise MmfuseError(f"fusion {name!r} fuses the image into every word position of a decoder trained with it; a "
+                      f"pretrained language model reads the image as tokens: with --decoder hf: use "
+                      f"{PREFIX_CONNECTORS} or xattn")
+
+
+def _refuse_language_model_options(cfg: ModelConfig) -> None:
+    """Options that only mean something for a pretrained (``hf:``) language model, refused elsewhere."""
+    if FUSIONS.get(cfg.fusion).kind == CROSS:
+        raise MmfuseError("fusion 'xattn' inserts gated cross-attention blocks into a pretrained language model: it "
+                          "needs --decoder hf:<model or directory> (with a from-scratch decoder use resampler or "
+                          "prefix, whose image tokens the decoder reads first)")
+    given = [flag for flag, on in (("--lora", cfg.lora), ("--finetune-lm", cfg.finetune_lm), ("--prompt", cfg.prompt),
+                                   ("--frozen-dtype bf16", cfg.frozen_dtype != "fp32"),
+                                   ("--gradient-checkpointing", cfg.gradient_checkpointing)) if on]
+    if given:
+        raise MmfuseError(f"{given[0]} applies to a pretrained language model decoder (--decoder hf:<model>); this "
+                          f"model's decoder is {cfg.decoder!r}")
 
 
 def _check_caption_pairing(name: str, kind: FusionKind, decoder: str) -> None:

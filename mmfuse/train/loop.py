@@ -45,7 +45,7 @@ from mmfuse.data.dataset import (
     pad,
 )
 from mmfuse.data.features import ignore_interrupts, open_cache
-from mmfuse.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
+from mmfuse.data.vocab import BOS_ID, EOS_ID, IGNORE, PAD_ID, Vocab
 from mmfuse.device import resolve_device
 from mmfuse.errors import Interrupted, MmfuseError, Terminated
 from mmfuse.generate.decoding import greedy, sample
@@ -61,12 +61,15 @@ from mmfuse.models.captioner import (
 )
 from mmfuse.models.checkpoint import (
     load_encoder_from_run,
+    model_tensors,
     pick_weights,
     read_weights,
     save_weights,
 )
 from mmfuse.models.classifier import build_classifier
 from mmfuse.models.encoders import check_weights_available
+from mmfuse.models.caption_models import build_caption_model, reference_ids
+from mmfuse.models.hub import hf_id, is_hf, locate
 from mmfuse.models.parts import resolve_parts
 from mmfuse.train.distributed import ShardedBatches, World, start, stop, world_from_env
 from mmfuse.train.logs import RunLogs, check_tensorboard
@@ -246,6 +249,11 @@ def _resolve(workspace: Workspace, cfg: RunConfig, resume: bool = False) -> tupl
         raise MmfuseError(f"data set {cfg.train.data!r} is for task {task!r}, not {cfg.model.task!r}"
                           f" (use --task {task} or another --data)")
     model = resolve_parts(replace(cfg.model, task=task), task)
+    if is_hf(model.decoder) and not resume:  # which version of the language model this run is trained on
+        if cfg.train.scst:
+            raise MmfuseError("--scst fine-tunes mmfuse's own decoders; a run with an hf: decoder cannot use it yet")
+        base = locate(hf_id(model.decoder), cfg.train.download)
+        model = replace(model, decoder_revision=base.revision, decoder_config_sha256=base.config_sha256)
     if not model.image_size:
         model = replace(model, image_size=int(manifest.get("image_size") or 224))
     run = cfg.train.run or f"{cfg.train.data}-{cfg.model.fusion}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -285,10 +293,13 @@ class CaptionObjective:
     eval_mode_training = False
 
     def __init__(self, cfg: RunConfig, data_dir: Path, vocab: Vocab, device: torch.device, features=None):
-        self.cfg, self.vocab, self.device = cfg, vocab, device
-        self.model = build_captioner(cfg.model, len(vocab)).to(device)
-        self.train_set = CaptionDataset(load_split(data_dir, "train"), vocab, cfg.model.image_size,
-                                        cfg.train.captions_per_image, cfg.train.seed, features)
+        self.cfg, self.device = cfg, device
+        model, self.vocab = build_caption_model(cfg.model, vocab, cfg.train.run)  # vocab: the model's text codec
+        self.model = model.to(device)
+        records = load_split(data_dir, "train")
+        encoded, pad_value = reference_ids(records, self.vocab)
+        self.train_set = CaptionDataset(records, encoded, cfg.model.image_size, cfg.train.captions_per_image,
+                                        cfg.train.seed, features, pad_value)
         self.val_records = load_split(data_dir, "val")
         self.val_refs = [[coco_tokenize(c) for c in r.captions] for r in self.val_records]  # tokenized once
         self.val_decode = DecodeConfig(beam_size=1, max_length=cfg.decode.max_length)
@@ -299,16 +310,15 @@ class CaptionObjective:
 
     def loss(self, net: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed (not averaged) cross-entropy over the batch's target tokens."""
-        tokens = batch["tokens"].to(self.device)
-        logits = net(batch["images"].to(self.device, non_blocking=True), tokens[:, :-1],
-                     batch["image_index"].to(self.device))  # (M, T-1, V)
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), tokens[:, 1:].reshape(-1),
-                               ignore_index=PAD_ID, reduction="sum", label_smoothing=self.cfg.train.label_smoothing)
+        inputs, targets = self.model.teacher_forcing(batch["tokens"].to(self.device))
+        logits = net(batch["images"].to(self.device, non_blocking=True), inputs,
+                     batch["image_index"].to(self.device))  # (M, T, V)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                               ignore_index=IGNORE, reduction="sum", label_smoothing=self.cfg.train.label_smoothing)
 
-    @staticmethod
-    def loss_weight(batch: dict[str, torch.Tensor]) -> float:
+    def loss_weight(self, batch: dict[str, torch.Tensor]) -> float:
         """What :meth:`loss` sums over: the target tokens."""
-        return float((batch["tokens"][:, 1:] != PAD_ID).sum())
+        return float((self.model.teacher_forcing(batch["tokens"])[1] != IGNORE).sum())
 
     def validate(self) -> dict[str, float]:
         """Corpus caption metrics of greedy captions of the validation images (never teacher-forced)."""
@@ -482,7 +492,7 @@ class _Loop:
                                  num_workers=0 if data.features is not None else tc.workers,  # cache: no decoding to spread
                                  worker_init_fn=ignore_interrupts)
         self.steps_per_epoch = -(-self.batches.batches() // tc.accumulate)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = _scheduler(self.optimizer, tc.lr_schedule, tc.epochs * self.steps_per_epoch, tc.warmup_steps,
                                     self.steps_per_epoch, tc.lr_step_epochs, tc.lr_gamma)
         self.autocast = precision_context(tc.precision, device)
@@ -602,7 +612,7 @@ class _Loop:
         """Stop with one line at the first non-finite loss (before it changes the weights), or when
         the weights are no longer finite (before they are saved): nothing non-finite is ever written."""
         bad = not math.isfinite(loss_sum) if loss_sum is not None else \
-            not all(bool(torch.isfinite(t).all()) for t in self.model.state_dict().values() if t.is_floating_point())
+            not all(bool(torch.isfinite(t).all()) for t in model_tensors(self.model).values() if t.is_floating_point())
         if not bad:
             return
         p, lr = self.progress, self.optimizer.param_groups[0]["lr"]
@@ -648,6 +658,24 @@ class _Loop:
                 files.checkpoint.unlink(missing_ok=True)
             self.logs.epoch(record, history, metric)
         self.world.barrier()
+
+
+PART_RATES = (("encoder.", "lr_encoder"), ("fusion.", "lr_connector"))  # parameter prefix -> its rate's field
+
+
+def param_groups(model: nn.Module, tc: Any) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: one (every parameter, at --lr) unless a part has its own
+    rate (--lr-encoder, --lr-connector, --lr-decoder: nanoVLM's per-part rates); then one group per
+    part, of the parameters that train (the decoder's group: everything that is not the encoder or
+    the fusion / connector: embeddings, decoder, LoRA adapters, language model)."""
+    if not (tc.lr_encoder or tc.lr_connector or tc.lr_decoder):
+        return [{"params": list(model.parameters()), "lr": tc.lr}]
+    groups: dict[str, dict[str, Any]] = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            field = next((f for prefix, f in PART_RATES if name.startswith(prefix)), "lr_decoder")
+            groups.setdefault(field, {"params": [], "lr": getattr(tc, field) or tc.lr})["params"].append(parameter)
+    return list(groups.values())
 
 
 def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -26,7 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from mmfuse.errors import MmfuseError, first_line
-from mmfuse.models.checkpoint import load_checked, read_metadata
+from mmfuse.models.checkpoint import load_checked, model_tensors, read_metadata
 from mmfuse.workspace import RunDir, atomic_write_bytes
 
 CHECKPOINT = RunDir(Path()).checkpoint.name  # the file name, for callers that build paths
@@ -65,7 +65,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                     scaler: Any, epoch_order: torch.Tensor, progress: Progress) -> None:
     """Write the resumable state atomically (see the module doc). ``epoch_order``: the data-order
     generator's state at the start of the current epoch."""
-    tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in model_tensors(model).items()}
     optim = optimizer.state_dict()
     for index, values in optim["state"].items():
         for name, value in values.items():
