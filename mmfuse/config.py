@@ -85,6 +85,8 @@ class ModelConfig:
                                           flag="--freeze/--fine-tune")
     fine_tune_from: str = setting("", "With --fine-tune: train the backbone from this top-level module on "
                                       "(e.g. layer4).")
+    vision_layer: int = setting(-2, "hf: encoders: the hidden state whose patch tokens are the grid (-1: last, -2: "
+                                    "the penultimate, as LLaVA).", panel=LLM)
     prompt: str = setting("", "hf: decoders: text the language model reads after the image, before the caption "
                               "(e.g. 'A photo of'); the loss covers the caption only.", panel=LLM)
     lora: int = setting(0, "hf: decoders: train LoRA adapters of this rank on the language model's attention and "

@@ -55,3 +55,22 @@ def save_in_hub_cache(cache: Path, repo_id: str, architecture: str = "llama", co
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     return repo / "snapshots" / commit
+
+
+def save_tiny_vision_tower(folder: Path, kind: str = "clip") -> Path:
+    """A random 2-layer ViT tower (CLIP or SigLIP vision config, 32 px images, 8 px patches) and its
+    image processor's statistics, as ``save_pretrained`` writes them."""
+    import transformers
+
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                 patch_size=8)
+    if kind == "clip":
+        model, processor = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**sizes)), \
+            transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32)
+    else:
+        model, processor = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**sizes)), \
+            transformers.SiglipImageProcessor(size={"height": 32, "width": 32})
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

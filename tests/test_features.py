@@ -100,8 +100,8 @@ def test_cached_and_pixel_training_agree(tiny: Path, weights: Path, workspace: P
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--encoder", "small_cnn"], "only a frozen torchvision encoder with loaded weights can be cached"),
-    (["--encoder", "resnet18"], "only a frozen torchvision encoder with loaded weights can be cached"),
+    (["--encoder", "small_cnn"], "only a frozen pretrained encoder can be cached"),
+    (["--encoder", "resnet18"], "only a frozen pretrained encoder can be cached"),
     (["--encoder", "resnet18", "--weights", "nope.pth"], "--weights: no such file: nope.pth"),
 ])
 def test_what_cannot_be_cached_is_refused(args: list[str], message: str, tiny: Path) -> None:

@@ -43,7 +43,11 @@ SHARED_TRAINING = (  # what train and compare both take (compare: the same for e
         "data", "epochs", "batch_size", "captions_per_image", "class_weights", "lr", "lr_schedule", "lr_step_epochs",
         "lr_gamma", "warmup_steps", "weight_decay", "grad_clip", "seed", "device", "encoder_from", "workers",
         "precision", "accumulate", "label_smoothing", "patience", "compile")),
-    "decode.max_length")
+    "decode.max_length",
+    *(f"model.{name}" for name in (  # pretrained language models and connectors
+        "prompt", "lora", "lora_alpha", "lora_targets", "finetune_lm", "frozen_dtype", "gradient_checkpointing",
+        "image_tokens", "connector_layers", "shuffle", "xattn_every")),
+    "train.lr_connector", "train.lr_encoder", "train.lr_decoder", "train.download")
 _DECODE = tuple(f"decode.{name}" for name in DECODE_FIELDS)
 Data_ = Annotated[Optional[str], typer.Option("--data", help="Workspace data set.", show_default=False,
                                               autocompletion=complete_datasets)]
@@ -154,6 +158,45 @@ def train_cmd(
     result = train(ws, cfg, render.print_epoch, resume=resume)
     if world_from_env().main:
         render.print_trained(result)
+
+
+@app.command(cls=HelpCommand, name="train-lm", short_help="Train a small language model on a data set's captions.")
+def train_lm_cmd(
+    data: Annotated[str, typer.Option("--data", help="Captioning data set whose training captions it learns.",
+                                      autocompletion=complete_datasets)] = "shapes",
+    out: Annotated[Optional[Path], typer.Option(help="Directory to write the model to (default: "
+                                                     "<workspace>/language-models/<data>-<architecture>).",
+                                                show_default=False)] = None,
+    architecture: Annotated[str, typer.Option(help="llama, gpt2 or qwen2.")] = "llama",
+    width: Annotated[int, typer.Option(help="Model width.")] = 128,
+    layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
+    heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
+    epochs: Annotated[int, typer.Option(help="Passes over the captions.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Blocks of packed captions (128 tokens) per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate (cosine decay).")] = 3e-3,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing directory.")] = False,
+    workspace: Workspace_ = None,
+) -> None:
+    """Train a small causal language model (Llama, GPT-2 or Qwen2 architecture, word-level tokenizer)
+    on a captioning data set's training captions alone and save it as a Hugging Face model directory:
+    a language model that knows the captions' language but has never seen an image, to freeze and
+    join to images with a connector (train --decoder hf:DIR).
+
+    Examples:
+
+    \b
+      mmfuse train-lm --data shapes
+      mmfuse train --data shapes --decoder hf:workspace/language-models/shapes-llama --fusion mlp
+    """
+    ws = Workspace.open(workspace)
+    ws.existing_dataset(data)
+    target = out if out is not None else ws.root / "language-models" / f"{data}-{architecture}"
+    from mmfuse.train.language_model import LMTrainSettings, train_language_model
+
+    settings = LMTrainSettings(architecture, width, layers, heads, epochs, batch_size, lr, seed)
+    result = train_language_model(ws, data, target, settings, overwrite, render.print_lm_epoch)
+    render.print_trained_lm(result)
 
 
 @app.command(cls=HelpCommand, name="evaluate", short_help="Score a run (or a results file).")

@@ -223,6 +223,21 @@ def print_trained(result: Any) -> None:
                     f"{result.best_epoch}, val {result.config.train.select_metric} {result.best_score:.4f}")
 
 
+def print_lm_epoch(epoch: int, loss: float, perplexity: float) -> None:
+    from mmfuse.ui import console
+
+    console().print(f"epoch {epoch}: loss {loss:.3f}  val perplexity {perplexity:.3f}", markup=False)
+
+
+def print_trained_lm(result: Any) -> None:
+    """train-lm's closing lines: where the model is and how to use it."""
+    from mmfuse.ui import console
+
+    console().print(f"language model ({result.parameters:,} parameters, {result.vocab_size} tokens, val perplexity "
+                    f"{result.val_perplexity:.3f}, {result.seconds:.0f} s) written to {result.path}\n"
+                    f"use it: mmfuse train --decoder hf:{result.path} --fusion mlp", markup=False)
+
+
 def size(n: int) -> str:
     """Bytes for humans (1024-based)."""
     for unit in ("B", "KiB", "MiB", "GiB"):

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -50,7 +51,14 @@ def cache_key(cfg: ModelConfig) -> str | None:
     """The cache directory name for a model's image encoder, or None when its features cannot be
     cached: the small CNN, or a backbone that trains (its features change as it learns)."""
     from mmfuse.models.backbones import SPECS
+    from mmfuse.models.hub import hf_id, is_hf, locate
 
+    if is_hf(cfg.encoder) and cfg.freeze_encoder is not False:  # a pretrained tower, frozen
+        base = locate(hf_id(cfg.encoder))
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base.id).strip("_")
+        return f"hf-{name}-{base.config_sha256[:12]}-layer{cfg.vision_layer}-{cfg.image_size}"
+    if cfg.encoder.startswith("timm:") and (cfg.pretrained or cfg.weights) and cfg.freeze_encoder is not False:
+        return f"timm-{cfg.encoder[5:]}-{_weights_id(cfg)}-{cfg.image_size}"
     if cfg.encoder not in SPECS:
         return None
     frozen = cfg.freeze_encoder if cfg.freeze_encoder is not None else bool(cfg.pretrained or cfg.weights)
@@ -63,8 +71,9 @@ def required_key(cfg: ModelConfig) -> str:
     """:func:`cache_key`, or a clear error saying which encoders can be cached."""
     key = cache_key(cfg)
     if key is None:
-        raise MmfuseError("only a frozen torchvision encoder with loaded weights can be cached: give --encoder "
-                          "resnet50 (or another backbone) with --pretrained or --weights PATH, without --fine-tune")
+        raise MmfuseError("only a frozen pretrained encoder can be cached: give --encoder resnet50 (or another "
+                          "torchvision backbone, or timm:NAME) with --pretrained or --weights PATH, or --encoder "
+                          "hf:MODEL, without --fine-tune")
     return key
 
 

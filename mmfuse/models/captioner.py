@@ -29,6 +29,7 @@ from mmfuse.models.encoders import ImageFeatures, build_image_encoder
 from mmfuse.models.decoding_states import AttentionState, DecodingState, FusedInputState, ProjectedInputState
 from mmfuse.models.fusion import ATTENTION, FUSIONS, PREFIX
 from mmfuse.models.parts import resolve_parts
+from mmfuse.models.vision_towers import RebuiltFromBase
 
 
 class SpecialIds(NamedTuple):
@@ -148,8 +149,20 @@ class Captioner(nn.Module):
         words = self.embed_drop(self.embed(tokens))  # (M, T, E)
         return torch.zeros_like(words) if self.text_ablation else words
 
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds: every tensor but a frozen pretrained tower's (rebuilt from its base)."""
+        rebuilt = rebuilt_names(self.encoder)
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(rebuilt)}
+
     def _bidirectional(self, prefix: torch.Tensor) -> int:
         return prefix.size(1) if self.fusion.bidirectional else 0
+
+
+def rebuilt_names(encoder: nn.Module) -> tuple[str, ...]:
+    """Tensor-name prefixes (in a captioner) of what ``encoder`` rebuilds from its base model."""
+    if not isinstance(encoder, RebuiltFromBase):
+        return ()
+    return tuple(f"encoder.{prefix}" for prefix in encoder.rebuilt_prefixes())
 
 
 def generation_log_probs(logits: torch.Tensor) -> torch.Tensor:

@@ -124,7 +124,12 @@ class SmallCNN(nn.Module):
 
 
 def build_image_encoder(cfg) -> nn.Module:
-    """The image encoder a :class:`~mmfuse.config.ModelConfig` names, with its weight options."""
+    """The image encoder a :class:`~mmfuse.config.ModelConfig` names, with its weight options: a
+    registered one, or a pretrained tower (``hf:``, ``timm:``; :mod:`mmfuse.models.vision_towers`)."""
+    from mmfuse.models.vision_towers import build_tower, is_tower
+
+    if is_tower(cfg.encoder):
+        return build_tower(cfg)
     return IMAGE_ENCODERS.create(cfg.encoder, feature_dim=cfg.feature_dim, image_size=cfg.image_size,
                                  pretrained=cfg.pretrained, weights=cfg.weights, freeze=cfg.freeze_encoder,
                                  fine_tune_from=cfg.fine_tune_from)
@@ -135,6 +140,10 @@ def check_weights_available(cfg) -> None:
     not on this machine (``--pretrained`` without the cached file, ``--weights`` without the file)."""
     from pathlib import Path
 
+    from mmfuse.models.hub import hf_id, is_hf, locate
+
+    if is_hf(cfg.encoder):
+        locate(hf_id(cfg.encoder))
     if cfg.pretrained and cfg.encoder in _backbones.SPECS:
         _backbones.cached_weights_file(cfg.encoder)
     if cfg.weights and not Path(cfg.weights).is_file():

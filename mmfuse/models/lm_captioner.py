@@ -25,7 +25,7 @@ from torch import nn
 
 from mmfuse.config import ModelConfig
 from mmfuse.data.vocab import IGNORE
-from mmfuse.models.captioner import SpecialIds
+from mmfuse.models.captioner import SpecialIds, rebuilt_names
 from mmfuse.models.connectors import connector_options
 from mmfuse.models.encoders import ImageFeatures, build_image_encoder
 from mmfuse.models.fusion import CROSS, FUSIONS
@@ -159,11 +159,12 @@ class LMCaptioner(nn.Module):
         """The tensors that trained (encoder, connector, and per :class:`LMTraining` nothing, the LoRA
         adapters or the whole LM); the rest is rebuilt from the base model. Tied tensors appear once
         per name, each its own copy (safetensors stores no shared memory)."""
-        keep = self.lm.saved_prefixes()
+        keep, rebuilt = self.lm.saved_prefixes(), rebuilt_names(self.encoder)
         seen: set[int] = set()
         out = {}
         for name, tensor in self.state_dict().items():
-            if name.startswith("lm.") and keep is not None and not any(k in name for k in keep):
+            if name.startswith("lm.") and keep is not None and not any(k in name for k in keep) \
+                    or name.startswith(rebuilt):
                 continue
             tensor = tensor.detach()
             if tensor.data_ptr() in seen:

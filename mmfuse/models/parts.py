@@ -15,6 +15,7 @@ from mmfuse.models.encoders import IMAGE_ENCODERS
 from mmfuse.models.connectors import FUSIONS
 from mmfuse.models.fusion import ATTENTION, CROSS, DECISION, PREFIX, FusionKind
 from mmfuse.models.hub import hf_id, is_hf
+from mmfuse.models.vision_towers import is_tower
 from mmfuse.models.text_encoders import TEXT_ENCODERS
 
 TASKS = ("caption", "classify")
@@ -41,7 +42,8 @@ def resolve_parts(cfg: ModelConfig, task: str) -> ModelConfig:
     """``cfg`` with ``auto`` parts chosen; raises a clear error for unknown names or bad pairings."""
     if task not in TASKS:
         raise MmfuseError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
-    IMAGE_ENCODERS.get(cfg.encoder)
+    if not is_tower(cfg.encoder):
+        IMAGE_ENCODERS.get(cfg.encoder)
     fusion = FUSIONS.get(cfg.fusion)
     decoder = _auto_decoder(cfg.fusion) if cfg.decoder == "auto" else cfg.decoder
     text_encoder = _auto_text_encoder(cfg.fusion) if cfg.text_encoder == "auto" else cfg.text_encoder

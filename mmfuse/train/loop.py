@@ -71,6 +71,7 @@ from mmfuse.models.encoders import check_weights_available
 from mmfuse.models.caption_models import build_caption_model, reference_ids
 from mmfuse.models.hub import hf_id, is_hf, locate
 from mmfuse.models.parts import resolve_parts
+from mmfuse.models.vision_towers import is_tower, tower_image_size
 from mmfuse.train.distributed import ShardedBatches, World, start, stop, world_from_env
 from mmfuse.train.logs import RunLogs, check_tensorboard
 from mmfuse.train.state import Progress, load_checkpoint, save_checkpoint
@@ -185,12 +186,31 @@ def _run_loop(objective: Objective, cfg: RunConfig, device: torch.device, run_di
                             f"(its saved config; other flags are ignored)", markup=False)
     try:
         return loop.run(on_epoch)
+    except torch.OutOfMemoryError:
+        raise MmfuseError(out_of_memory(cfg)) from None
     except KeyboardInterrupt as exc:
         if not RunDir(run_dir).checkpoint.exists():
             raise Interrupted("training interrupted before its first checkpoint: there is nothing to resume",
                               exc) from None
         raise Interrupted(f"training interrupted; the last resumable checkpoint is in {run_dir} "
                           f"(mmfuse train --resume --run {cfg.train.run})", exc) from None
+
+
+def out_of_memory(cfg: RunConfig) -> str:
+    """What to say when the device runs out of memory: the options that lower it, for this model."""
+    lower = [f"a smaller --batch-size (now {cfg.train.batch_size}; --accumulate keeps the effective batch)"]
+    if cfg.train.precision == "fp32":
+        lower.append("--precision bf16")
+    if is_hf(cfg.model.decoder):
+        if not cfg.model.gradient_checkpointing:
+            lower.append("--gradient-checkpointing")
+        if not (cfg.model.lora or cfg.model.finetune_lm) and cfg.model.frozen_dtype == "fp32":
+            lower.append("--frozen-dtype bf16")
+        if cfg.model.finetune_lm:
+            lower.append("--lora R instead of --finetune-lm")
+        if cfg.model.fusion in ("mlp", "pixel-shuffle"):
+            lower.append("fewer image tokens (--fusion resampler or qformer with --image-tokens, or --shuffle 4)")
+    return f"out of memory on {cfg.train.device} while training; lower it with " + ", ".join(lower)
 
 
 def _scst_source(workspace: Workspace, cfg: RunConfig) -> RunConfig:
@@ -255,7 +275,8 @@ def _resolve(workspace: Workspace, cfg: RunConfig, resume: bool = False) -> tupl
         base = locate(hf_id(model.decoder), cfg.train.download)
         model = replace(model, decoder_revision=base.revision, decoder_config_sha256=base.config_sha256)
     if not model.image_size:
-        model = replace(model, image_size=int(manifest.get("image_size") or 224))
+        size = tower_image_size(model.encoder) if is_tower(model.encoder) else int(manifest.get("image_size") or 224)
+        model = replace(model, image_size=size)
     run = cfg.train.run or f"{cfg.train.data}-{cfg.model.fusion}-{time.strftime('%Y%m%d-%H%M%S')}"
     train_cfg = replace(cfg.train, run=run, select_metric=cfg.train.metric_for(task))
     if task == "caption" and cfg.train.class_weights != "none":
