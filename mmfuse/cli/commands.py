@@ -411,8 +411,10 @@ def _check_decoding(ws: Workspace, run: str, given: Given) -> None:
     from mmfuse.workspace import read_json
 
     files = ws.run(run)
-    decode = read_run_config(ws.existing_run(run)).decode.override(**given.get("decode", {}))
-    decode.check_reachable(len(Vocab.from_json(read_json(files.vocab, "run vocabulary"), str(files.vocab))))
+    config = read_run_config(ws.existing_run(run))
+    decode = config.decode.override(**given.get("decode", {}))
+    if not config.model.decoder.startswith("hf:"):  # a language model's tokenizer is checked once loaded
+        decode.check_reachable(len(Vocab.from_json(read_json(files.vocab, "run vocabulary"), str(files.vocab))))
 
 
 def _first_checked(items: Iterator[InputItem], peek: bool) -> Iterator[InputItem]:

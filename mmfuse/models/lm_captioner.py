@@ -90,17 +90,18 @@ class LMCaptioner(nn.Module):
         """images (B, 3, S, S) -> ImageFeatures(grid (B, N, Di), pooled (B, Di))."""
         return self.encoder(images)
 
-    def context(self, features: ImageFeatures) -> torch.Tensor:
-        """What the LM reads before the caption, (M, C, D): start, image tokens, prompt. For
-        ``xattn`` it also hands the connector its media rows."""
+    def context(self, features: ImageFeatures) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the LM reads before the caption -> (embeddings (M, C, D): start, image tokens, prompt;
+        ``xattn``'s media (M, K, Di) or None). ``xattn`` adds no image tokens: its media are handed to
+        its blocks here."""
         rows = features.pooled.size(0)
-        start = self.lm.embed(self.start_ids).expand(rows, -1, -1)  # (M, 1, D)
-        prompt = self.lm.embed(self.prompt_ids).expand(rows, -1, -1)  # (M, P, D)
+        start = self.lm.embed(self.start_ids).expand(rows, -1, -1).float()  # (M, 1, D)
+        prompt = self.lm.embed(self.prompt_ids).expand(rows, -1, -1).float()  # (M, P, D)
         if self.fusion.kind == CROSS:
-            self.fusion.attending(self.fusion.media(features))
-            return torch.cat([start, prompt], 1).float()
-        image = self.fusion.prefix(features)  # (M, I, D)
-        return torch.cat([start.float(), image.float(), prompt.float()], 1)
+            media = self.fusion.media(features)
+            self.fusion.attending(media)
+            return torch.cat([start, prompt], 1), media
+        return torch.cat([start, self.fusion.prefix(features).float(), prompt], 1), None  # image tokens (M, I, D)
 
     def words(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (M, T) (padding: IGNORE) -> the LM's input embeddings (M, T, D)."""
@@ -111,7 +112,7 @@ class LMCaptioner(nn.Module):
         """Teacher-forced logits: tokens (M, T) the caption ids with ``<eos>`` (padded with IGNORE),
         image_index (M,) -> logits (M, T, V), row t predicting tokens[:, t]. Padding sits at the
         right of a causal model, so no real position ever attends to it (no mask needed)."""
-        context = self.context(self.encode(images).select(image_index))  # (M, C, D)
+        context, _ = self.context(self.encode(images).select(image_index))  # (M, C, D)
         logits, _ = self.lm(torch.cat([context, self.words(tokens[:, :-1])], 1))  # (M, C + T - 1, V)
         return logits[:, context.size(1) - 1:]
 
@@ -124,8 +125,7 @@ class LMCaptioner(nn.Module):
 
     def decoding_state(self, features: ImageFeatures, cache: bool = True) -> LMState:
         """The context read once per image -> the cache and the first caption token's log-probs."""
-        context = self.context(features)
-        media = self.fusion._media if self.fusion.kind == CROSS else None
+        context, media = self.context(features)
         logits, past = self.lm(context, use_cache=True)
         return LMState(past, torch.log_softmax(logits[:, -1], -1), media)
 
