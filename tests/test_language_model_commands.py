@@ -58,3 +58,23 @@ def test_bad_language_model_options_are_one_line(workspace: Path, tmp_path: Path
     assert res.exit_code == 1
     assert res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
     assert not (workspace / "runs" / "x").exists()
+
+
+def test_out_of_memory_names_the_options_that_lower_memory(workspace: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from mmfuse.train import loop
+    from tests.lm_models import save_tiny_lm
+
+    def exhausted(self, on_epoch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop._Loop, "run", exhausted)
+    lm = save_tiny_lm(tmp_path / "lm")
+    assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
+    res = invoke("train", "--data", "tiny", "--run", "m", *SMALL, "--decoder", f"hf:{lm}", "--fusion", "mlp")
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1, res.stderr
+    for option in ("--batch-size", "--precision bf16", "--gradient-checkpointing", "--frozen-dtype bf16", "--image-tokens"):
+        assert option in res.stderr
+    assert not (workspace / "runs" / "m").exists()

@@ -59,3 +59,20 @@ def test_a_timm_model_loads_weights_from_a_local_file_and_is_then_frozen(tmp_pat
     assert features.grid.shape == (2, 4, 8) and features.pooled.shape == (2, 8)  # 64 px / 32 = 2 x 2 grid
     with pytest.raises(MmfuseError, match="timm has no model"):
         build_image_encoder(ModelConfig(encoder="timm:no_such_net"))
+
+
+@pytest.mark.slow
+def test_cache_features_stores_an_hf_towers_outputs_and_training_reads_them(workspace: Path, tmp_path: Path) -> None:
+    from tests.conftest import TINY, invoke
+
+    tower = save_tiny_vision_tower(tmp_path / "clip")
+    assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
+    res = invoke("cache-features", "--data", "tiny", "--encoder", f"hf:{tower}")
+    assert res.exit_code == 0, res.stderr
+    caches = list((workspace / "datasets" / "tiny" / "features").iterdir())
+    assert len(caches) == 1 and caches[0].name.startswith("hf-") and caches[0].name.endswith("-layer-2-32")
+    res = invoke("train", "--data", "tiny", "--run", "t", "--encoder", f"hf:{tower}", "--fusion", "mlp",
+                 "--decoder", "transformer", "--epochs", "1", "--batch-size", "16", "--feature-dim", "16",
+                 "--embed-dim", "8", "--hidden-dim", "16")
+    assert res.exit_code == 0, res.stderr
+    assert "reads image features from the cache" in res.stderr

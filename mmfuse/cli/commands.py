@@ -96,7 +96,7 @@ def prepare_data_cmd(
 
 
 @app.command(cls=HelpCommand, name="cache-features", short_help="Store a frozen encoder's image features.")
-@config_options("model.encoder", "model.pretrained", "model.weights", "model.image_size")
+@config_options("model.encoder", "model.pretrained", "model.weights", "model.image_size", "model.vision_layer")
 def cache_features_cmd(
     given: Given,
     data: Data_ = None,

@@ -138,7 +138,10 @@ def cache_dataset_features(workspace: Any, data: str, cfg: ModelConfig, batch_si
     check_weights_available(cfg)
     with workspace.reading_dataset(data) as data_dir:  # prepare-data cannot replace the data set meanwhile
         if not cfg.image_size:
-            cfg = replace(cfg, image_size=int(load_manifest(data_dir).get("image_size") or 224))
+            from mmfuse.models.vision_towers import is_tower, tower_image_size
+
+            size = tower_image_size(cfg.encoder) if is_tower(cfg.encoder) else load_manifest(data_dir).get("image_size")
+            cfg = replace(cfg, image_size=int(size or 224))
         key = required_key(cfg)
         with exclusive(data_dir / "features" / key, f"feature cache {key} of data set {data!r}"):
             root, meta, new = build_cache(data_dir, cfg, batch_size, workers, on_progress, resolve_device(device))
