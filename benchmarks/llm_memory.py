@@ -47,7 +47,7 @@ def child(args: argparse.Namespace) -> None:
     from mmfuse.models.lm_captioner import build_lm_captioner
     from mmfuse.models.parts import resolve_parts
 
-    flags = args.flags
+    flags = args.flags.split()
     cfg = ModelConfig(decoder=f"hf:{args.model}", fusion="mlp", image_size=64, dropout=0.0,
                       lora=int(flags[flags.index("--lora") + 1]) if "--lora" in flags else 0,
                       finetune_lm="--finetune-lm" in flags, gradient_checkpointing="--gradient-checkpointing" in flags,
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--flags", nargs="*", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--flags", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -106,7 +106,7 @@ def main() -> None:
         results = {}
         for name, flags in VARIANTS.items():
             cmd = [sys.executable, __file__, "--child", "--model", str(folder), "--batch", str(args.batch),
-                   "--tokens", str(args.tokens), "--device", args.device, "--flags", *flags]
+                   "--tokens", str(args.tokens), "--device", args.device, f"--flags={' '.join(flags)}"]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             results[name] = json.loads(out)
     total = results["frozen fp32"]["total"]

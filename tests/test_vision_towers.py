@@ -53,8 +53,8 @@ def test_a_timm_model_loads_weights_from_a_local_file_and_is_then_frozen(tmp_pat
     save_file(source.state_dict(), tmp_path / "w.safetensors")
     encoder = build_image_encoder(ModelConfig(encoder="timm:resnet10t", weights=str(tmp_path / "w.safetensors"),
                                               feature_dim=8, image_size=64))
-    assert torch.equal(encoder.model.conv1[0].weight, source.conv1[0].weight)
-    assert not any(p.requires_grad for p in encoder.model.parameters())
+    assert torch.equal(encoder.tower.conv1[0].weight, source.conv1[0].weight)
+    assert not any(p.requires_grad for p in encoder.tower.parameters())
     features = encoder(torch.randn(2, 3, 64, 64))
     assert features.grid.shape == (2, 4, 8) and features.pooled.shape == (2, 8)  # 64 px / 32 = 2 x 2 grid
     with pytest.raises(MmfuseError, match="timm has no model"):

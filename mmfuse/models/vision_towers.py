@@ -79,7 +79,35 @@ def hf_tower_info(base: BaseModel) -> TowerInfo:
     return TowerInfo(size, list(mean), list(std))
 
 
-class HFVisionEncoder(nn.Module):
+class _Tower(nn.Module):
+    """What both kinds of tower share: the projection of the grid and the global vector, the cached
+    features, and a frozen tower kept in eval mode. Subclasses set ``tower``, ``proj``, ``frozen``
+    and give :meth:`backbone_features`."""
+
+    tower: nn.Module
+    proj: nn.Linear
+    frozen: bool
+
+    def backbone_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor | CachedFeatures) -> ImageFeatures:
+        """images (B, 3, S, S), ImageNet-normalised, or the tower's cached outputs -> grid (B, N, D), pooled (B, D)."""
+        if isinstance(images, CachedFeatures):
+            tokens, pooled = images.tokens.float(), images.pooled.float()
+        else:
+            tokens, pooled = self.backbone_features(images)
+        return ImageFeatures(self.proj(tokens), self.proj(pooled))
+
+    def train(self, mode: bool = True) -> "_Tower":
+        """A frozen tower stays in eval mode (dropout off, normalisation statistics as loaded)."""
+        super().train(mode)
+        if self.frozen:
+            self.tower.eval()
+        return self
+
+
+class HFVisionEncoder(_Tower):
     """A transformers vision tower (CLIP, SigLIP, DINOv2, ViT; the vision half of a CLIP/SigLIP model).
 
     Args:
@@ -124,26 +152,12 @@ class HFVisionEncoder(nn.Module):
         pooled = out.last_hidden_state[:, 0] if pooled is None else pooled  # (B, C)
         return hidden[:, hidden.size(1) - self.patches:], pooled
 
-    def forward(self, images: torch.Tensor | CachedFeatures) -> ImageFeatures:
-        if isinstance(images, CachedFeatures):
-            tokens, pooled = images.tokens.float(), images.pooled.float()
-        else:
-            tokens, pooled = self.backbone_features(images)
-        return ImageFeatures(self.proj(tokens), self.proj(pooled))
-
-    def train(self, mode: bool = True) -> "HFVisionEncoder":
-        """A frozen tower stays in eval mode (dropout off)."""
-        super().train(mode)
-        if self.frozen:
-            self.tower.eval()
-        return self
-
     def rebuilt_prefixes(self) -> tuple[str, ...]:
         """Tensors a checkpoint need not hold: a frozen tower's (rebuilt from the base model)."""
         return ("tower.",) if self.frozen else ()
 
 
-class TimmEncoder(nn.Module):
+class TimmEncoder(_Tower):
     """A timm model: ``forward_features`` tokens (CNN maps flattened; ViT patch tokens without the
     prefix tokens) and ``forward_head(pre_logits=True)`` as the global vector.
 
@@ -169,7 +183,7 @@ class TimmEncoder(nn.Module):
                                       pretrained_cfg_overlay={"file": str(file)} if file else None)
         except RuntimeError as exc:
             raise MmfuseError(f"timm:{name}: the weights do not fit ({str(exc).splitlines()[0]})") from None
-        self.model = model
+        self.tower = model
         cfg = timm.data.resolve_data_config({}, model=model)
         size = int(cfg["input_size"][-1])
         if image_size and image_size != size and getattr(model, "dynamic_img_size", True) is False:
@@ -180,26 +194,13 @@ class TimmEncoder(nn.Module):
         self.proj = nn.Linear(self.width, feature_dim)
         self.out_dim = feature_dim
         self.frozen = freeze if freeze is not None else bool(pretrained or weights)
-        self.model.requires_grad_(not self.frozen)
+        self.tower.requires_grad_(not self.frozen)
 
     def backbone_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(self.renormalize(images))
-        pooled = self.model.forward_head(features, pre_logits=True)  # (B, C)
+        features = self.tower.forward_features(self.renormalize(images))  # (B, C, h, w) or (B, extra + N, C)
+        pooled = self.tower.forward_head(features, pre_logits=True)  # (B, C)
         tokens = features.flatten(2).transpose(1, 2) if features.dim() == 4 else features[:, self.prefix_tokens:]
         return tokens, pooled
-
-    def forward(self, images: torch.Tensor | CachedFeatures) -> ImageFeatures:
-        if isinstance(images, CachedFeatures):
-            tokens, pooled = images.tokens.float(), images.pooled.float()
-        else:
-            tokens, pooled = self.backbone_features(images)
-        return ImageFeatures(self.proj(tokens), self.proj(pooled))
-
-    def train(self, mode: bool = True) -> "TimmEncoder":
-        super().train(mode)
-        if self.frozen:
-            self.model.eval()
-        return self
 
     def rebuilt_prefixes(self) -> tuple[str, ...]:
         """Only a frozen tower loaded from pretrained weights is rebuilt; a random one is saved."""
