@@ -78,3 +78,18 @@ def test_out_of_memory_names_the_options_that_lower_memory(workspace: Path, tmp_
     for option in ("--batch-size", "--precision bf16", "--gradient-checkpointing", "--frozen-dtype bf16", "--image-tokens"):
         assert option in res.stderr
     assert not (workspace / "runs" / "m").exists()
+
+
+@pytest.mark.slow
+def test_compare_ranks_connectors_on_a_language_model_with_the_image_ablated(workspace: Path, tmp_path: Path) -> None:
+    from tests.lm_models import save_tiny_lm
+
+    lm = save_tiny_lm(tmp_path / "lm", "gpt2")
+    assert invoke("prepare-data", "shapes", "--name", "tiny", *TINY).exit_code == 0
+    res = invoke("compare", "--data", "tiny", "--fusion", "pixel-shuffle,xattn", "--decoder", f"hf:{lm}",
+                 "--ablate", "image", "--no-meteor", "--image-tokens", "4", "--lora", "2", "--json", *SMALL)
+    assert res.exit_code == 0, res.stderr
+    rows = {r["fusion"]: r for r in json.loads(res.stdout)["rows"]}
+    assert set(rows) == {"pixel-shuffle", "xattn"}
+    for row in rows.values():
+        assert row["sequence_model"] == f"hf:{lm}" and "cider_d_without_image" in row

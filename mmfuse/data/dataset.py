@@ -152,7 +152,7 @@ class CaptionDataset(Dataset):
     Args:
         records: the split's records.
         encoded: each record's references as ids (a vocabulary's for its tokens, or a language
-            model's tokenizer's for its raw captions: :func:`caption_ids`).
+            model's tokenizer's for its raw captions: :func:`mmfuse.models.caption_models.reference_ids`).
         image_size: side the images are resized to.
         captions_per_image: K, references per image per batch (sampled when there are more).
         seed: seed of the reference sampling (combined with :meth:`set_epoch`).

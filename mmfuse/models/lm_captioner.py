@@ -24,12 +24,11 @@ import torch
 from torch import nn
 
 from mmfuse.config import ModelConfig
-from mmfuse.data.vocab import IGNORE
 from mmfuse.models.captioner import SpecialIds, rebuilt_names
 from mmfuse.models.connectors import connector_options
 from mmfuse.models.encoders import ImageFeatures, build_image_encoder
 from mmfuse.models.fusion import CROSS, FUSIONS
-from mmfuse.models.hub import BaseModel, hf_id, locate
+from mmfuse.models.hub import BaseModel
 from mmfuse.models.language_model import (
     LanguageModel,
     LMSettings,
@@ -178,11 +177,6 @@ def lm_settings(cfg: ModelConfig) -> LMSettings:
     training = LMTraining.FULL if cfg.finetune_lm else LMTraining.LORA if cfg.lora else LMTraining.FROZEN
     return LMSettings(training, cfg.lora, cfg.lora_alpha, cfg.lora_targets, cfg.frozen_dtype,
                       cfg.gradient_checkpointing)
-
-
-def locate_decoder(cfg: ModelConfig, download: bool = False) -> BaseModel:
-    """Where the ``hf:`` decoder of ``cfg`` is (offline unless ``download``)."""
-    return locate(hf_id(cfg.decoder), download)
 
 
 def build_lm_captioner(cfg: ModelConfig, base: BaseModel) -> LMCaptioner:

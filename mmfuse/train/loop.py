@@ -55,7 +55,6 @@ from mmfuse.metrics.cider_reward import CiderDReward
 from mmfuse.metrics.classification import classification_report
 from mmfuse.metrics.ptb import coco_tokenize
 from mmfuse.models.captioner import (
-    build_captioner,
     count_parameters,
     generation_log_probs,
 )
