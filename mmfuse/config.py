@@ -62,10 +62,12 @@ class ModelConfig:
     (image encoder + text encoder -> fusion -> label). Each field's help is its documentation."""
 
     task: str = setting("auto", "caption, classify, or auto (the data set's task).")
-    encoder: str = setting("small_cnn", "Image encoder.", choices="encoder")
+    encoder: str = setting("small_cnn", "Image encoder, or a pretrained tower: hf:<model id or directory> (CLIP, "
+                                        "SigLIP, DINOv2, ViT) or timm:<name>.", choices="encoder")
     fusion: str = setting("concat", "Fusion strategy.", choices="fusion")
     decoder: str = setting("auto", "Caption decoder (auto: transformer for the transformer and prefix fusions, else "
-                                   "lstm).", choices="decoder")
+                                   "lstm), or a pretrained causal language model: hf:<model id or directory>.",
+                           choices="decoder")
     text_encoder: str = setting("auto", "Classifier text encoder (auto: gru for the transformer and prefix fusions, "
                                         "else lstm).", choices="text_encoder")
     image_size: int = setting(0, "Side of the square input images (0: the data set's; torchvision encoders in "
