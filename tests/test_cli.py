@@ -71,8 +71,8 @@ def _commands() -> dict[str, typer.main.TyperCommand]:
 
 def test_every_option_is_documented() -> None:
     commands = _commands()
-    assert set(commands) == {"prepare-data", "cache-features", "train", "evaluate", "caption", "predict", "compare",
-                             "list", "show"}
+    assert set(commands) == {"prepare-data", "cache-features", "train", "train-lm", "evaluate", "caption", "predict",
+                             "compare", "list", "show"}
     for name, command in commands.items():
         assert command.help, name
         for param in command.params:

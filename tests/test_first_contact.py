@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import TINY, invoke
 
 SMALL = ["--epochs", "1", "--batch-size", "16", "--feature-dim", "16", "--embed-dim", "8", "--hidden-dim", "16"]
-COMMANDS = ["prepare-data", "cache-features", "train", "evaluate", "caption", "predict", "compare", "list", "show"]
+COMMANDS = ["prepare-data", "cache-features", "train", "evaluate", "caption", "predict", "compare", "train-lm", "list", "show"]
 
 
 def _copy(trained: Path, tmp_path: Path) -> Path:

@@ -186,8 +186,8 @@ def train_lm_cmd(
     Examples:
 
     \b
-      mmfuse train-lm --data shapes
-      mmfuse train --data shapes --decoder hf:workspace/language-models/shapes-llama --fusion mlp
+      mmfuse train-lm --data shapes --out shapes-lm
+      mmfuse train --data shapes --decoder hf:shapes-lm --fusion mlp
     """
     ws = Workspace.open(workspace)
     ws.existing_dataset(data)
