@@ -24,6 +24,7 @@ from mmfuse.config import ModelConfig, RunConfig, read_run_config
 from mmfuse.data.vocab import Vocab
 from mmfuse.errors import MmfuseError, first_line
 from mmfuse.models.caption_models import build_caption_model
+from mmfuse.models.vision_towers import RebuiltFromBase
 from mmfuse.models.classifier import build_classifier
 from mmfuse.workspace import RunDir, atomic_write_bytes, open_regular, read_json
 
@@ -191,9 +192,10 @@ def load_encoder_from_run(encoder: nn.Module, run_dir: Path, model_cfg: ModelCon
     state = read_weights(pick_weights(run_dir, "best"))
     prefix = "encoder."
     tensors = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    try:
-        encoder.load_state_dict(tensors, strict=True)
-    except RuntimeError:
-        problem = _mismatch(encoder.state_dict(), tensors)
-        raise MmfuseError(f"the image encoder of run {run_dir.name!r} does not match this model's ({problem})") from None
+    rebuilt = encoder.rebuilt_prefixes() if isinstance(encoder, RebuiltFromBase) else ()  # a frozen tower's own weights
+    expected = {k: v for k, v in encoder.state_dict().items() if not k.startswith(rebuilt)}
+    problem = _mismatch(expected, tensors)
+    if problem:
+        raise MmfuseError(f"the image encoder of run {run_dir.name!r} does not match this model's ({problem})")
+    encoder.load_state_dict(tensors, strict=not rebuilt)
     return len(tensors)

@@ -59,15 +59,16 @@ from mmfuse.models.captioner import (
     generation_log_probs,
 )
 from mmfuse.models.checkpoint import (
+    load_checked,
     load_encoder_from_run,
     model_tensors,
     pick_weights,
     read_weights,
     save_weights,
 )
+from mmfuse.models.caption_models import build_caption_model, reference_ids
 from mmfuse.models.classifier import build_classifier
 from mmfuse.models.encoders import check_weights_available
-from mmfuse.models.caption_models import build_caption_model, reference_ids
 from mmfuse.models.hub import hf_id, is_hf, locate
 from mmfuse.models.parts import resolve_parts
 from mmfuse.models.vision_towers import is_tower, tower_image_size
@@ -226,7 +227,8 @@ def _scst_source(workspace: Workspace, cfg: RunConfig) -> RunConfig:
 
 
 def _load_source_weights(model: nn.Module, source_dir: Path) -> None:
-    model.load_state_dict(read_weights(pick_weights(source_dir, "best")), strict=True)
+    weights = pick_weights(source_dir, "best")
+    load_checked(model, read_weights(weights), f"weights {weights}", "the model --scst fine-tunes")
 
 
 def _saved_config(workspace: Workspace, run: str) -> RunConfig:
