@@ -71,7 +71,9 @@ def locate(model_id: str, download: bool = False) -> BaseModel:
     path = Path(model_id).expanduser()
     if path.is_dir():
         return _described(model_id, path, "local")
-    if not HUB_ID.fullmatch(model_id) or path.exists():
+    if path.exists():
+        raise MmfuseError(f"{model_id!r} is a file, not a model directory (hf: takes a directory or a hub id)")
+    if not HUB_ID.fullmatch(model_id):
         raise MmfuseError(f"model directory {model_id!r} does not exist")
     folder = _from_cache(model_id, download)
     revision = folder.name if folder.parent.name == "snapshots" else "local"
