@@ -289,7 +289,7 @@ class TrainConfig:
     lr_encoder: float = setting(0.0, "Learning rate of the image encoder (0: --lr).", panel=LLM)
     lr_decoder: float = setting(0.0, "Learning rate of the decoder, LoRA adapters or language model (0: --lr).",
                                 panel=LLM)
-    download: bool = setting(False, "Let train fetch an hf: model missing from the local Hugging Face cache (the "
+    download: bool = setting(False, "Let train fetch an hf: decoder missing from the local Hugging Face cache (the "
                                     "only network access mmfuse makes; default: offline).", flag="--download",
                              panel=LLM)
     scst_samples: int = setting(5, "With --scst: captions sampled per image per step.", panel=SCST)
