@@ -239,5 +239,7 @@ def tower_image_size(name: str) -> int:
         return hf_tower_info(locate(hf_id(name))).image_size
     import timm
 
-    model = timm.create_model(name[len(TIMM_PREFIX):], pretrained=False)
-    return int(timm.data.resolve_data_config({}, model=model)["input_size"][-1])
+    cfg = timm.models.get_pretrained_cfg(name[len(TIMM_PREFIX):])  # read without building the model
+    if cfg is None:
+        raise MmfuseError(f"timm has no model {name[len(TIMM_PREFIX):]!r} (see timm.list_models())")
+    return int(cfg.input_size[-1])
