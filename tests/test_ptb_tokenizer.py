@@ -6,8 +6,14 @@ import shutil
 
 import pytest
 
-from mmfuse.metrics.ptb import coco_tokenize
-from tests.caption_corpus import captions
+from mmfuse.metrics.ptb import (
+    ABBREVIATIONS,
+    CAPITAL_ABBREVIATIONS,
+    NOT_UPPER_ABBREVIATIONS,
+    coco_tokenize,
+    coco_tokenize_all,
+)
+from tests.caption_corpus import caption_set, captions
 
 
 def _java_tokenizer():
@@ -36,7 +42,37 @@ def test_equals_stanford_ptb_tokenizer_on_varied_captions(seed: int) -> None:
     ("1,000 apples at 3.5 kg for $5 (50%)", "1,000 apples at 3.5 kg for $ 5 -lrb- 50 % -rrb-"),
     ("what?! the cats' toys", "what ?! the cats toys"),
     ("", ""),
+    ("Born in Pa. and la. near the Mfg. plant, MFG. team, Tex. ranch and ark.",
+     "born in pa. and la near the mfg. plant mfg team tex. ranch and ark"),
+    ("Pvt. Jones of the Wm. Penn co. on Sq. 5 at Wed.", "pvt. jones of the wm. penn co. on sq. 5 at wed."),
+    ("no. 5 and no. five, nos. 7 and No.", "no. 5 and no five nos. 7 and no"),
 ])
 def test_known_cases(text: str, tokens: str) -> None:
     """Cases checked by hand against Stanford's output (they also run without Java)."""
     assert " ".join(coco_tokenize(text)) == tokens
+
+
+def test_abbreviations_equal_stanford_in_every_case() -> None:
+    """Each abbreviation (and a word that is none) in lower case, capitalised and in capitals, before
+    a word and at the end: Stanford keeps some periods only for some ways of writing them."""
+    words = sorted(ABBREVIATIONS | CAPITAL_ABBREVIATIONS | NOT_UPPER_ABBREVIATIONS) + ["dog", "mofo", "x"]
+    texts = [t for w in words for form in (w, w.capitalize(), w.upper())
+             for t in (f"the {form}.", f"the {form}. dog", f'"{form}."')]
+    expected = _java_tokenizer().tokenize({i: [{"caption": t}] for i, t in enumerate(texts)})
+    mismatches = [(t, expected[i][0], " ".join(coco_tokenize(t)))
+                  for i, t in enumerate(texts) if " ".join(coco_tokenize(t)) != expected[i][0]]
+    assert not mismatches, mismatches[:5]
+
+
+def test_tokenizing_many_at_once_equals_one_by_one() -> None:
+    """The corpus path (texts split as one string, distinct chunks tokenized once) changes nothing,
+    including at the edges: empty texts, "no." before a number in the next text, NULs, case."""
+    hyps, refs = caption_set(300, seed=4)
+    texts = captions(2000, seed=3) + hyps + [r for rs in refs for r in rs] + [
+        "", "  ", "no.", "5 apples", "no. 5", "in Pa.", "in pa.", "MFG.", "Zoë’s café…", "a\tb\nc", "ΣΑΣ σ"]
+    got = coco_tokenize_all(texts)
+    assert got.sentences() == [coco_tokenize(t) for t in texts]
+    assert len(got.lengths) == len(texts) and len(set(got.words)) == len(got.words)
+    with_nul = ["a b", "c\0d e", "no."]
+    assert coco_tokenize_all(with_nul).sentences() == [coco_tokenize(t) for t in with_nul]
+    assert coco_tokenize_all([]).sentences() == []
