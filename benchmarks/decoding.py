@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmfuse.cli import app  # noqa: E402
 from mmfuse.config import DecodeConfig  # noqa: E402
-from mmfuse.data.dataset import load_split  # noqa: E402
 from mmfuse.data.images import image_transform, load_rgb  # noqa: E402
+from mmfuse.data.records import load_split  # noqa: E402
 from mmfuse.generate.decoding import beam_search, generate  # noqa: E402
 from mmfuse.models.checkpoint import load_run  # noqa: E402
 

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmfuse.data.dataset import load_split  # noqa: E402
+from mmfuse.data.records import load_split  # noqa: E402
 from mmfuse.metrics.captions import score_texts  # noqa: E402
 from mmfuse.train.language_model import LMTrainSettings, train_language_model  # noqa: E402
 from mmfuse.workspace import Workspace  # noqa: E402

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmfuse.data.dataset import ImageGroupedSampler, load_labelled_split
+from mmfuse.data.dataset import ImageGroupedSampler
+from mmfuse.data.records import load_labelled_split
 from mmfuse.train.loop import balanced_class_weights
 from tests.conftest import TINY, invoke
 

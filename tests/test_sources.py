@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmfuse.data.dataset import load_labelled_split, load_manifest, load_split
 from mmfuse.data.images import load_rgb
+from mmfuse.data.records import load_labelled_split, load_manifest, load_split
 from tests.conftest import invoke
 
 COLOURS = ["red", "green", "blue", "yellow", "white", "black", "purple", "orange", "pink", "grey"]

@@ -27,12 +27,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from mmfuse.config import ModelConfig
-from mmfuse.data.dataset import (
-    ImageDataset,
-    load_labelled_split,
-    load_manifest,
-    load_split,
-)
+from mmfuse.data.dataset import ImageDataset
+from mmfuse.data.records import load_labelled_split, load_manifest, load_split
 from mmfuse.data.sources import SPLITS
 from mmfuse.errors import Interrupted, MmfuseError
 from mmfuse.workspace import (

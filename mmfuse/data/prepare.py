@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmfuse.data.images import load_rgb
+from mmfuse.data.records import FORMAT_VERSION
 from mmfuse.data.sources import SOURCES, SPLITS, RawSample
 from mmfuse.data.sources.files import absolute
 from mmfuse.data.tokenize import tokenize, tokenize_many
@@ -31,7 +32,6 @@ from mmfuse.workspace import (
     writing,
 )
 
-FORMAT_VERSION = 1
 TOKENIZER = "spacy.blank('en'), lower-cased"
 Progress = Callable[[str, int, int], None]  # ("checking images" or the split, done, total)
 

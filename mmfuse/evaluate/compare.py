@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmfuse.config import RunConfig, to_dict
-from mmfuse.data.dataset import load_manifest
+from mmfuse.data.records import load_manifest
 from mmfuse.errors import Interrupted, MmfuseError, Terminated
 from mmfuse.evaluate.reports import Ablation, evaluate_run
 from mmfuse.models.parts import resolve_parts

@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from mmfuse.config import ModelConfig
-from mmfuse.data.dataset import Record
+from mmfuse.data.records import Record
 from mmfuse.data.vocab import IGNORE, PAD_ID, Vocab
 from mmfuse.models.captioner import build_captioner
 from mmfuse.models.hub import BaseModel, check_unchanged, hf_id, is_hf, locate

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from mmfuse.data.dataset import load_manifest, load_split
+from mmfuse.data.records import load_manifest, load_split
 from mmfuse.errors import MmfuseError
 from mmfuse.workspace import Workspace
 

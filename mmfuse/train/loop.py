@@ -35,16 +35,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mmfuse.config import DecodeConfig, RunConfig, read_run_config, to_dict
-from mmfuse.data.dataset import (
-    CaptionDataset,
-    labelled_dataset,
-    load_labelled_split,
-    load_manifest,
-    load_split,
-    load_vocab,
-    pad,
-)
+from mmfuse.data.dataset import CaptionDataset, labelled_dataset, load_vocab, pad
 from mmfuse.data.features import ignore_interrupts, open_cache
+from mmfuse.data.records import load_labelled_split, load_manifest, load_split
 from mmfuse.data.vocab import BOS_ID, EOS_ID, IGNORE, PAD_ID, Vocab
 from mmfuse.device import resolve_device
 from mmfuse.errors import Interrupted, MmfuseError, Terminated
@@ -54,6 +47,7 @@ from mmfuse.metrics.captions import caption_scores
 from mmfuse.metrics.cider_reward import CiderDReward
 from mmfuse.metrics.classification import classification_report
 from mmfuse.metrics.ptb import coco_tokenize
+from mmfuse.models.caption_models import build_caption_model, reference_ids
 from mmfuse.models.captioner import (
     count_parameters,
     generation_log_probs,
@@ -66,7 +60,6 @@ from mmfuse.models.checkpoint import (
     read_weights,
     save_weights,
 )
-from mmfuse.models.caption_models import build_caption_model, reference_ids
 from mmfuse.models.classifier import build_classifier
 from mmfuse.models.encoders import check_weights_available
 from mmfuse.models.hub import hf_id, is_hf, locate
