@@ -172,3 +172,22 @@ def test_cider_reward_on_token_ids_equals_cider_d_with_the_same_references() -> 
     assert reward == pytest.approx(expected, abs=1e-12)
     assert max(reward) > 0.5  # not trivially zero
     assert CiderDReward(refs)([1], [hyps[0]]) != pytest.approx([reward[0]])  # another image's references score differently
+
+
+@pytest.mark.parametrize("block", [1 << 22, 7])  # 7: many blocks of references, longest first
+def test_vectorised_rouge_l_equals_the_per_image_path(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uint64 bit sets for hypotheses of 1..64 tokens, Python integers for empty and longer ones; empty
+    references count as one empty token, as in coco-caption."""
+    from mmfuse.metrics import rouge
+
+    monkeypatch.setattr(rouge, "BLOCK", block)
+    rng = random.Random(5)
+    hyps, refs = [], []
+    for length in [0, 1, 2, 63, 64, 65, 100] * 6 + [rng.randint(0, 30) for _ in range(200)]:
+        hyps.append([rng.choice("abcdefgh") for _ in range(length)])
+        refs.append([[rng.choice("abcdefghij") for _ in range(rng.choice([0, 1, 5, 20, 70, 130]))]
+                     for _ in range(rng.randint(1, 6))])
+    corpus, per_image = rouge.rouge_l(hyps, refs)
+    expected = [rouge.rouge_l_image(h, r) for h, r in zip(hyps, refs)]
+    assert per_image == pytest.approx(expected, abs=1e-12)
+    assert corpus == pytest.approx(sum(expected) / len(expected), abs=1e-12)

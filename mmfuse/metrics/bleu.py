@@ -15,48 +15,48 @@ from typing import Sequence
 
 import numpy as np
 
-from mmfuse.metrics.ngrams import MAX_N, NgramTable, Tokens, build_table, lookup
+from mmfuse.metrics.ngrams import MAX_N, NgramTable, Order, Tokens, build_table
+from mmfuse.metrics.ptb import intern
 
 TINY, SMALL = 1e-15, 1e-9
 
 
-def bleu(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]],
-         table: NgramTable | None = None) -> tuple[list[float], list[list[float]]]:
-    """Corpus BLEU-1..4 and per-image BLEU-1..4.
+def bleu(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> tuple[list[float], list[list[float]]]:
+    """Corpus BLEU-1..4 and per-image BLEU-1..4 of tokenized captions.
 
     Args:
         hypotheses: one tokenized caption per image (N).
         references: per image, a non-empty list of tokenized references.
-        table: n-grams of ``hypotheses + all references`` in that order (built if not given).
 
     Returns:
         ``(corpus, per_image)``: corpus is ``[b1, b2, b3, b4]``; per_image[i] likewise for image i.
     """
-    n = len(hypotheses)
-    ref_image = np.repeat(np.arange(n), [len(r) for r in references])  # (R,)
-    table = table or build_table(list(hypotheses) + [r for refs in references for r in refs])
+    counts = np.array([len(r) for r in references], dtype=np.int64)
+    return bleu_of_table(build_table(intern([*hypotheses, *(r for refs in references for r in refs)]), counts))
+
+
+def bleu_of_table(table: NgramTable) -> tuple[list[float], list[list[float]]]:
+    """:func:`bleu` of the captions an n-gram table holds."""
+    n = table.images
     hyp_len, ref_len = table.lengths[:n], table.lengths[n:]
-    correct = np.stack([_clipped_matches(order, n, ref_image) for order in table.orders[:MAX_N]], 1)  # (N, K)
+    correct = np.stack([_clipped_matches(order, n) for order in table.orders[:MAX_N]], 1)  # (N, K)
     guess = np.maximum(hyp_len[:, None] - np.arange(MAX_N)[None, :], 0)  # (N, K)
-    closest = _closest_lengths(hyp_len, ref_len, ref_image, n)  # (N,)
+    closest = _closest_lengths(hyp_len, ref_len, table.ref_image, n)  # (N,)
     per_image = _scores(correct, guess, hyp_len, closest)
     corpus = _scores(correct.sum(0, keepdims=True), guess.sum(0, keepdims=True),
                      hyp_len.sum(keepdims=True), closest.sum(keepdims=True))[0]
     return corpus.tolist(), per_image.tolist()
 
 
-def _clipped_matches(order, n: int, ref_image: np.ndarray) -> np.ndarray:
+def _clipped_matches(order: Order, n: int) -> np.ndarray:
     """Per image, sum over hypothesis n-grams of min(count, max count in one reference) -> (N,)."""
-    is_ref = order.sent >= n
-    ref_keys = ref_image[order.sent[is_ref] - n] * order.size + order.gram[is_ref]
-    ref_counts = order.count[is_ref]
-    sort = np.lexsort((ref_counts, ref_keys))  # by key, then count: the last of each key is the max
-    ref_keys, ref_counts = ref_keys[sort], ref_counts[sort]
-    last = np.append(ref_keys[1:] != ref_keys[:-1], True) if len(ref_keys) else np.zeros(0, dtype=bool)
-    hyp = ~is_ref
-    hyp_keys = order.sent[hyp] * order.size + order.gram[hyp]
-    max_ref = lookup(ref_keys[last], ref_counts[last], hyp_keys)
-    return np.bincount(order.sent[hyp], weights=np.minimum(order.count[hyp], max_ref), minlength=n)
+    if not len(order.count):
+        return np.zeros(n)
+    ref_counts = np.where(order.is_hyp, 0, order.count)  # (E,)
+    most = np.maximum.reduceat(ref_counts, order.starts)  # (Q,) the most one reference of the image holds
+    hyp = order.is_hyp
+    clipped = np.minimum(order.count[hyp], most[order.group[hyp]])
+    return np.bincount(order.image[hyp], weights=clipped, minlength=n)
 
 
 def _closest_lengths(hyp_len: np.ndarray, ref_len: np.ndarray, ref_image: np.ndarray, n: int) -> np.ndarray:

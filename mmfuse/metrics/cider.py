@@ -16,29 +16,23 @@ from typing import Sequence
 
 import numpy as np
 
-from mmfuse.metrics.ngrams import (
-    MAX_N,
-    NgramTable,
-    Order,
-    Tokens,
-    build_table,
-    lookup,
-    sorted_unique,
-)
+from mmfuse.metrics.ngrams import MAX_N, NgramTable, Order, Tokens, build_table
+from mmfuse.metrics.ptb import intern
 
 SIGMA = 6.0
 
 
-def cider_d(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]],
-            table: NgramTable | None = None) -> tuple[float, list[float]]:
-    """Corpus CIDEr-D (mean over images) and per-image CIDEr-D; IDF from these references.
+def cider_d(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> tuple[float, list[float]]:
+    """Corpus CIDEr-D (mean over images) and per-image CIDEr-D of tokenized captions; IDF from these
+    references."""
+    counts = np.array([len(r) for r in references], dtype=np.int64)
+    return cider_d_of_table(build_table(intern([*hypotheses, *(r for refs in references for r in refs)]), counts))
 
-    ``table``: n-grams of ``hypotheses + all references`` in that order (built if not given).
-    """
-    n = len(hypotheses)
-    refs_per_image = np.array([len(r) for r in references])
-    ref_image = np.repeat(np.arange(n), refs_per_image)  # (R,)
-    table = table or build_table(list(hypotheses) + [r for refs in references for r in refs])
+
+def cider_d_of_table(table: NgramTable) -> tuple[float, list[float]]:
+    """:func:`cider_d` of the captions an n-gram table holds."""
+    n, ref_image = table.images, table.ref_image
+    refs_per_image = np.bincount(ref_image, minlength=n)
     bigrams = np.maximum(table.lengths - 1, 0)
     penalty = np.exp(-((bigrams[:n][ref_image] - bigrams[n:]) ** 2) / (2 * SIGMA**2))  # (R,)
     similarity = sum(_cosine(order, n, ref_image) for order in table.orders[:MAX_N]) * penalty  # (R,)
@@ -48,21 +42,20 @@ def cider_d(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]
 
 def _cosine(order: Order, n: int, ref_image: np.ndarray) -> np.ndarray:
     """Clipped cosine similarity of each reference with its image's hypothesis, one order -> (R,)."""
-    weights = order.count * _idf(order, n, ref_image)[order.gram]  # (E,)
-    norms = np.sqrt(np.bincount(order.sent, weights=weights**2, minlength=n + len(ref_image)))
-    is_ref = order.sent >= n
-    hyp_keys = order.sent[~is_ref] * order.size + order.gram[~is_ref]  # one hypothesis per image: unique
-    ref_sent = order.sent[is_ref]
-    w_ref = weights[is_ref]
-    w_hyp = lookup(hyp_keys, weights[~is_ref], ref_image[ref_sent - n] * order.size + order.gram[is_ref])
-    dot = np.bincount(ref_sent - n, weights=np.minimum(w_hyp, w_ref) * w_ref, minlength=len(ref_image)).astype(float)
+    weights = order.count * _idf(order, n)[order.gram]  # (E,)
+    norms = np.sqrt(np.bincount(order.sent, weights=weights**2, minlength=n + len(ref_image)))  # (S,)
+    hyp_weight = np.zeros(len(order.starts))  # (Q,) the hypothesis's weight in each group (0: none)
+    hyp_weight[order.group[order.is_hyp]] = weights[order.is_hyp]
+    ref = ~order.is_hyp
+    w_ref = weights[ref]
+    products = np.minimum(hyp_weight[order.group[ref]], w_ref) * w_ref
+    dot = np.bincount(order.sent[ref] - n, weights=products, minlength=len(ref_image)).astype(float)
     denom = norms[:n][ref_image] * norms[n:]
     return np.divide(dot, denom, out=dot.copy(), where=denom != 0)
 
 
-def _idf(order: Order, n: int, ref_image: np.ndarray) -> np.ndarray:
+def _idf(order: Order, n: int) -> np.ndarray:
     """log(#images) - log(max(1, number of images whose references hold the n-gram)) -> (G,)."""
-    is_ref = order.sent >= n
-    pairs, _, _ = sorted_unique(ref_image[order.sent[is_ref] - n] * order.size + order.gram[is_ref])
-    df = np.bincount(pairs % order.size, minlength=order.size)
+    has_ref = np.bincount(order.group[~order.is_hyp], minlength=len(order.starts)) > 0  # (Q,)
+    df = np.bincount(order.gram[order.starts[has_ref]], minlength=order.size)
     return np.log(float(n)) - np.log(np.maximum(df, 1.0))

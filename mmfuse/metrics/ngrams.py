@@ -1,92 +1,130 @@
 """N-grams of a whole evaluation as integer arrays, shared by the caption metrics.
 
 Every 1..4-gram of every caption (hypotheses and references together, so ids are shared) gets an
-integer id; each order keeps the unique (sentence, n-gram) pairs with their counts. BLEU and
-CIDEr-D then work on these arrays with numpy instead of Python dictionaries.
+integer id. Each order keeps one entry per distinct (sentence, n-gram) with its count, sorted by
+n-gram, then image, with each image's hypothesis before its references: the entries of one
+(n-gram, image) pair are one contiguous *group*. BLEU's clipping (the most a single reference holds),
+CIDEr-D's document frequencies and its hypothesis-reference products are then reductions over groups,
+with numpy, and one sort per order builds it all (profiled: the sorts were most of the time when each
+order took two, one for n-gram ids and one for the (sentence, n-gram) pairs).
 
-Shape legend: S sentences, E_k unique (sentence, k-gram) entries, G_k distinct k-grams.
+Sentences: the N hypotheses first (sentence i belongs to image i), then every image's references in
+image order.
+
+Shape legend: N images, R references in all, S = N + R sentences, T tokens, P_k positions where a
+k-gram starts, E_k entries, Q_k groups, G_k distinct k-grams.
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from mmfuse.metrics.ptb import TokenIds
+
 Tokens = Sequence[str]
 MAX_N = 4
 
 
-@dataclass
+@dataclass(frozen=True)
 class Order:
-    """The k-grams of all sentences: entry e is gram ``gram[e]`` occurring ``count[e]`` times in
-    sentence ``sent[e]``; ``size`` = G_k."""
+    """The distinct (sentence, k-gram) entries of one order, grouped by (k-gram, image)."""
 
-    sent: np.ndarray  # (E_k,) int64
-    gram: np.ndarray  # (E_k,) int64
-    count: np.ndarray  # (E_k,) int64
-    size: int
+    gram: np.ndarray  # (E,) k-gram id, 0 .. size-1
+    image: np.ndarray  # (E,)
+    sent: np.ndarray  # (E,) sentence index
+    is_hyp: np.ndarray  # (E,) bool: the entry is a hypothesis's
+    count: np.ndarray  # (E,) occurrences in the sentence
+    group: np.ndarray  # (E,) group index, 0 .. len(starts)-1, non-decreasing
+    starts: np.ndarray  # (Q,) first entry of each group
+    size: int  # G
 
 
-@dataclass
+@dataclass(frozen=True)
 class NgramTable:
     lengths: np.ndarray  # (S,) tokens per sentence
+    ref_image: np.ndarray  # (R,) the image of each reference
     orders: list[Order]  # orders[k] holds the (k+1)-grams
 
-
-def build_table(sentences: Sequence[Tokens], max_n: int = MAX_N) -> NgramTable:
-    """Intern tokens, then build ids of k-grams from (k-1)-gram id and next token, order by order."""
-    tokens = [t for s in sentences for t in s]
-    vocab: dict[str, int] = {}
-    # setdefault through map runs in C; ids are the first position of each token (< len(tokens))
-    flat = np.fromiter(map(vocab.setdefault, tokens, itertools.count()), dtype=np.int64, count=len(tokens))
-    lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
-    sent_of = np.repeat(np.arange(len(sentences), dtype=np.int64), lengths)  # (T,)
-    starts = np.cumsum(lengths) - lengths
-    remaining = lengths[sent_of] - (np.arange(len(flat), dtype=np.int64) - starts[sent_of])  # tokens left incl. this
-    width = max(len(tokens), 1)
-    gram_at = flat.copy()  # id of the k-gram starting at each position (-1 where none)
-    orders = [_order(sent_of, flat, width)]
-    for k in range(2, max_n + 1):
-        pos = np.flatnonzero(remaining >= k)
-        keys = gram_at[pos] * width + flat[pos + k - 1]
-        uniq, inverse, _ = sorted_unique(keys)
-        gram_at = np.full(len(flat), -1, dtype=np.int64)
-        gram_at[pos] = inverse
-        orders.append(_order(sent_of[pos], inverse.astype(np.int64), len(uniq)))
-    return NgramTable(lengths, orders)
+    @property
+    def images(self) -> int:
+        return len(self.lengths) - len(self.ref_image)
 
 
-def _order(sent: np.ndarray, gram: np.ndarray, size: int) -> Order:
-    """Unique (sentence, gram) pairs with counts."""
-    size = max(int(size), 1)
-    uniq, _, counts = sorted_unique(sent * size + gram)
-    return Order(uniq // size, uniq % size, counts, size)
+def build_table(tokens: TokenIds, refs_per_image: np.ndarray, max_n: int = MAX_N) -> NgramTable:
+    """The n-gram table of ``tokens``: N hypotheses, then the references, ``refs_per_image[i]`` of them
+    for image i, in image order."""
+    n = len(refs_per_image)
+    ref_image = np.repeat(np.arange(n, dtype=np.int64), refs_per_image)  # (R,)
+    ref_first = n + np.cumsum(refs_per_image) - refs_per_image  # (N,) sentence of each image's first reference
+    layout = _Layout(n, int(refs_per_image.max(initial=0)) + 1, ref_first)
+    rank = np.arange(len(ref_image), dtype=np.int64) + n - ref_first[ref_image] + 1  # (R,) 1.. within the image
+    slot = np.concatenate((np.arange(n, dtype=np.int64) * layout.per, ref_image * layout.per + rank))  # (S,)
+    lengths = tokens.lengths
+    sent_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # (T,)
+    remaining = np.repeat(np.cumsum(lengths), lengths) - np.arange(len(sent_of))  # (T,) tokens left, this one too
+    flat, vocab = tokens.ids, max(len(tokens.words), 1)
+    gram_at = flat  # (T,) id of the k-gram that starts at each position (where remaining >= k)
+    orders = []
+    for k in range(1, max_n + 1):
+        pos = np.flatnonzero(remaining >= k)  # (P,)
+        keys = gram_at[pos] if k == 1 else gram_at[pos] * vocab + flat[pos + k - 1]
+        order, gram_at = _order(keys, pos, slot[sent_of[pos]], layout, len(flat))
+        orders.append(order)
+    return NgramTable(lengths, ref_image, orders)
 
 
-def sorted_unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted distinct values of ``keys``, the index of each key's value, and the counts.
+@dataclass(frozen=True)
+class _Layout:
+    """Sentence slots: image i's hypothesis is slot i * per, its j-th reference i * per + j + 1."""
 
-    A plain sort: faster here than ``np.unique``'s hash table on large integer keys.
-    """
-    order = np.argsort(keys, kind="stable")
-    ranked = keys[order]
-    first = np.empty(len(ranked), dtype=bool)
-    first[:1] = True
-    np.not_equal(ranked[1:], ranked[:-1], out=first[1:])
-    group = np.cumsum(first) - 1
-    inverse = np.empty(len(keys), dtype=np.int64)
-    inverse[order] = group
-    starts = np.flatnonzero(first)
-    counts = np.diff(np.append(starts, len(ranked)))
-    return ranked[first], inverse, counts
+    images: int
+    per: int
+    ref_first: np.ndarray  # (N,)
+
+    @property
+    def slots(self) -> int:
+        return self.images * self.per
 
 
-def lookup(keys: np.ndarray, values: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """``values`` at ``queries`` for sorted unique ``keys``; 0 where a query is absent."""
-    if len(keys) == 0:
-        return np.zeros(len(queries), dtype=values.dtype)
-    at = np.minimum(np.searchsorted(keys, queries), len(keys) - 1)
-    return np.where(keys[at] == queries, values[at], 0)
+def _order(keys: np.ndarray, pos: np.ndarray, slot: np.ndarray, layout: _Layout,
+           total: int) -> tuple[Order, np.ndarray]:
+    """One order's entries from its positions' k-gram keys and sentence slots (P,), and the dense
+    k-gram id of every position (T,) for the next order."""
+    slots = max(layout.slots, 1)
+    if (int(keys.max(initial=0)) + 1) * slots < 2**62:
+        composite = keys * slots + slot
+        sort = np.argsort(composite)  # one sort: by k-gram, then image, hypothesis first
+        ranked = composite[sort]
+        gram_key, entry_slot = ranked // slots, ranked % slots
+    else:  # keys too large to combine in 64 bits: a two-key sort
+        sort = np.lexsort((slot, keys))
+        gram_key, entry_slot = keys[sort], slot[sort]
+    new_gram = _changes(gram_key)
+    dense = np.cumsum(new_gram) - 1  # (P,) k-gram id, in sorted order
+    gram_at = np.zeros(total, dtype=np.int64)
+    gram_at[pos[sort]] = dense
+    first = np.flatnonzero(new_gram | _changes(entry_slot))  # (E,) first position of each entry
+    image, rank = entry_slot[first] // layout.per, entry_slot[first] % layout.per
+    is_hyp = rank == 0
+    new_group = new_gram[first] | _changes(image)
+    return Order(
+        gram=dense[first],
+        image=image,
+        sent=np.where(is_hyp, image, layout.ref_first[image] + rank - 1),
+        is_hyp=is_hyp,
+        count=np.diff(np.append(first, len(sort))),
+        group=np.cumsum(new_group) - 1,
+        starts=np.flatnonzero(new_group),
+        size=int(dense[-1]) + 1 if len(dense) else 0,
+    ), gram_at
+
+
+def _changes(values: np.ndarray) -> np.ndarray:
+    """True where a value differs from the one before it (and at the start)."""
+    out = np.empty(len(values), dtype=bool)
+    out[:1] = True
+    np.not_equal(values[1:], values[:-1], out=out[1:])
+    return out
