@@ -242,13 +242,15 @@ def evaluate_cmd(
     run = _run_name(ws, run) if predictions is None else None
     if run is not None:
         _check_decoding(ws, run, given)
-    from mmfuse.evaluate.reports import Ablation, evaluate_files, evaluate_run  # torch: after the checks
-
     if run is not None:
+        from mmfuse.evaluate.reports import Ablation, evaluate_run  # torch: after the checks
+
         ablation = Ablation(ablate, ablate_mode) if ablate is not None else None
         report = evaluate_run(ws, run, split, given.get("decode", {}), checkpoint, device, batch_size,
                               meteor, ablation)
     else:
+        from mmfuse.evaluate.scoring import evaluate_files  # no torch: scoring text needs none
+
         report = evaluate_files(ws, predictions, references, split, meteor)
     if report.get("task") == "classify":
         render.print_classification(report, show, worst)
@@ -261,7 +263,7 @@ def evaluate_cmd(
     if written:
         render.note(f"report written to {written[0]}, {'predictions' if report.get('task') == 'classify' else 'captions'} to {written[1]}")
     if json_out:
-        typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        typer.echo(render.report_json(report))
 
 
 @app.command(cls=HelpCommand, name="caption", short_help="Caption images with a run.")

@@ -1,0 +1,77 @@
+"""Scoring captions that are already written: anyone's results file against references, and the report
+that every caption evaluation shares. Imports neither torch nor spaCy (a test holds it to that), so
+``mmfuse evaluate --predictions`` costs what the metrics cost.
+
+The report says how long each step took (``timings``, seconds): reading the files, the PTB
+tokenizer, the n-gram table the metrics share, each metric, and METEOR's jar when asked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mmfuse.errors import MmfuseError
+from mmfuse.evaluate.results import read_predictions, read_references
+from mmfuse.metrics.captions import Timings, reference_counts, scores_of_ids, timed, tokenize_texts
+from mmfuse.metrics.meteor import MeteorUnavailable, meteor
+from mmfuse.workspace import Workspace
+
+
+def evaluate_files(workspace: Workspace, predictions: Path, references: str, split: str = "test",
+                   with_meteor: bool = True) -> dict[str, Any]:
+    """Score a results file against references (a COCO captions file, or a workspace data set name).
+
+    Only the images that have a prediction are scored (as coco-caption does); a prediction for an
+    image that has no reference is an error.
+    """
+    timings: Timings = {}
+    preds = timed(timings, "read", lambda: read_predictions(predictions))
+    refs = timed(timings, "read", lambda: read_references(references, workspace, split))
+    missing = [i for i in preds if i not in refs]
+    if missing:
+        shown = ", ".join(map(str, missing[:5]))
+        raise MmfuseError(f"{predictions}: {len(missing)} image id(s) have no references in {references} (e.g. {shown})")
+    ids = list(preds)
+    report = score_report(ids, list(preds.values()), [refs[i] for i in ids], with_meteor, timings)
+    report.update({"predictions": str(predictions), "references": references})
+    return report
+
+
+def score_report(ids: list[Any], hypotheses: list[str], references: list[list[str]], with_meteor: bool,
+                 timings: Timings | None = None) -> dict[str, Any]:
+    """Corpus and per-image scores of raw-text captions, as a report dict with the time of each step."""
+    timings = {} if timings is None else timings
+    tokens = tokenize_texts(hypotheses, references, timings)  # once, for every metric
+    scores = scores_of_ids(tokens, reference_counts(references), timings)
+    corpus, per_image = scores["corpus"], scores["per_image"]
+    meteor_note = "not requested"
+    if with_meteor:
+        sentences = tokens.sentences()
+        hyp_tokens, ref_tokens, at = sentences[:len(ids)], [], len(ids)
+        for refs in references:
+            ref_tokens.append(sentences[at:at + len(refs)])
+            at += len(refs)
+        meteor_note = timed(timings, "meteor", lambda: _add_meteor(hyp_tokens, ref_tokens, corpus, per_image))
+    images = [{"id": i, "caption": h, "references": r, "scores": s}
+              for i, h, r, s in zip(ids, hypotheses, references, per_image)]
+    return {"num_images": len(ids), "metrics": corpus, "meteor": meteor_note, "images": images,
+            "timings": {step: round(seconds, 4) for step, seconds in timings.items()}}
+
+
+def worst(report: dict[str, Any], n: int, metric: str = "cider_d") -> list[dict[str, Any]]:
+    """The ``n`` images with the lowest ``metric`` (ties in input order)."""
+    return sorted(report["images"], key=lambda item: item["scores"][metric])[:n]
+
+
+def _add_meteor(hypotheses: list[list[str]], references: list[list[list[str]]], corpus: dict,
+                per_image: list[dict]) -> str:
+    """Add METEOR of tokenized captions to the scores when the jar runs; return 'computed' or why not."""
+    try:
+        score, images = meteor(hypotheses, references)
+    except MeteorUnavailable as exc:
+        return f"unavailable: {exc}"
+    corpus["meteor"] = score
+    for item, value in zip(per_image, images):
+        item["meteor"] = value
+    return "computed"
