@@ -191,3 +191,17 @@ def test_vectorised_rouge_l_equals_the_per_image_path(block: int, monkeypatch: p
     expected = [rouge.rouge_l_image(h, r) for h, r in zip(hyps, refs)]
     assert per_image == pytest.approx(expected, abs=1e-12)
     assert corpus == pytest.approx(sum(expected) / len(expected), abs=1e-12)
+
+
+@pytest.mark.parametrize("limit", [10**6, 10**3])  # numbered n-grams for the orders; then two-key sorts too
+def test_ngram_paths_for_keys_too_large_for_64_bits_give_the_same_scores(limit: int, corpus,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmfuse.metrics import ngrams
+
+    hyps, refs = corpus
+    expected = caption_scores(hyps[:300], refs[:300])
+    monkeypatch.setattr(ngrams, "KEY_LIMIT", limit)
+    got = caption_scores(hyps[:300], refs[:300])
+    assert got["corpus"] == pytest.approx(expected["corpus"], abs=1e-12)
+    assert [g["cider_d"] for g in got["per_image"]] == pytest.approx([e["cider_d"] for e in expected["per_image"]], abs=1e-12)
+    assert [g["bleu4"] for g in got["per_image"]] == pytest.approx([e["bleu4"] for e in expected["per_image"]], abs=1e-12)

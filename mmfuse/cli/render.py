@@ -27,14 +27,14 @@ _METRIC_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4
 
 
 def report_json(report: dict[str, Any]) -> str:
-    """A report as indented JSON with one line per image: ``json.dumps(indent=2)`` runs Python's own
-    encoder, 0.2 s on 8,000 images, ten times what the C encoder takes for the lines."""
+    """A report as indented JSON with one line per image. ``json.dumps(indent=2)`` runs Python's own
+    encoder (0.2 s on 8,000 images); the C encoder writes the lines in a third of that. Non-ASCII
+    text is escaped, which reads back the same and never fails on a terminal without UTF-8."""
     images = report.get("images")
     if not isinstance(images, list) or not images:
-        return json.dumps(report, indent=2, ensure_ascii=False)
-    head = json.dumps({k: v for k, v in report.items() if k != "images"}, indent=2, ensure_ascii=False)
-    line = json.JSONEncoder(ensure_ascii=False).encode
-    body = ",\n    ".join(map(line, images))
+        return json.dumps(report, indent=2)
+    head = json.dumps({k: v for k, v in report.items() if k != "images"}, indent=2)
+    body = ",\n    ".join(map(json.JSONEncoder().encode, images))
     return f'{head[:-2]},\n  "images": [\n    {body}\n  ]\n}}'
 
 

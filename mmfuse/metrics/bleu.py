@@ -54,8 +54,8 @@ def _clipped_matches(order: Order, n: int) -> np.ndarray:
         return np.zeros(n)
     ref_counts = np.where(order.is_hyp, 0, order.count)  # (E,)
     most = np.maximum.reduceat(ref_counts, order.starts)  # (Q,) the most one reference of the image holds
-    hyp = order.is_hyp
-    clipped = np.minimum(order.count[hyp], most[order.group[hyp]])
+    hyp = order.hyp_entries
+    clipped = np.minimum(order.count[hyp], most[order.hyp_groups])
     return np.bincount(order.image[hyp], weights=clipped, minlength=n)
 
 

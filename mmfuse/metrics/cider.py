@@ -42,20 +42,19 @@ def cider_d_of_table(table: NgramTable) -> tuple[float, list[float]]:
 
 def _cosine(order: Order, n: int, ref_image: np.ndarray) -> np.ndarray:
     """Clipped cosine similarity of each reference with its image's hypothesis, one order -> (R,)."""
+    sentences = n + len(ref_image)
     weights = order.count * _idf(order, n)[order.gram]  # (E,)
-    norms = np.sqrt(np.bincount(order.sent, weights=weights**2, minlength=n + len(ref_image)))  # (S,)
+    norms = np.sqrt(np.bincount(order.sent, weights=weights**2, minlength=sentences))  # (S,)
     hyp_weight = np.zeros(len(order.starts))  # (Q,) the hypothesis's weight in each group (0: none)
-    hyp_weight[order.group[order.is_hyp]] = weights[order.is_hyp]
-    ref = ~order.is_hyp
-    w_ref = weights[ref]
-    products = np.minimum(hyp_weight[order.group[ref]], w_ref) * w_ref
-    dot = np.bincount(order.sent[ref] - n, weights=products, minlength=len(ref_image)).astype(float)
+    hyp_weight[order.hyp_groups] = weights[order.hyp_entries]
+    products = np.minimum(np.repeat(hyp_weight, order.sizes), weights) * weights  # (E,)
+    dot = np.bincount(order.sent, weights=products, minlength=sentences)[n:].astype(float)  # (R,) hypotheses' own sums dropped
     denom = norms[:n][ref_image] * norms[n:]
     return np.divide(dot, denom, out=dot.copy(), where=denom != 0)
 
 
 def _idf(order: Order, n: int) -> np.ndarray:
     """log(#images) - log(max(1, number of images whose references hold the n-gram)) -> (G,)."""
-    has_ref = np.bincount(order.group[~order.is_hyp], minlength=len(order.starts)) > 0  # (Q,)
+    has_ref = order.sizes > order.is_hyp[order.starts]  # (Q,) a group holds a reference unless it is a lone hypothesis
     df = np.bincount(order.gram[order.starts[has_ref]], minlength=order.size)
     return np.log(float(n)) - np.log(np.maximum(df, 1.0))

@@ -4,9 +4,13 @@ Every 1..4-gram of every caption (hypotheses and references together, so ids are
 integer id. Each order keeps one entry per distinct (sentence, n-gram) with its count, sorted by
 n-gram, then image, with each image's hypothesis before its references: the entries of one
 (n-gram, image) pair are one contiguous *group*. BLEU's clipping (the most a single reference holds),
-CIDEr-D's document frequencies and its hypothesis-reference products are then reductions over groups,
-with numpy, and one sort per order builds it all (profiled: the sorts were most of the time when each
-order took two, one for n-gram ids and one for the (sentence, n-gram) pairs).
+CIDEr-D's document frequencies and its hypothesis-reference products are then reductions over groups.
+
+Each order is one sort of 64-bit keys ``(n-gram key, sentence slot)``. The n-gram keys come from
+token ids: ``t1`` for unigrams, ``t1 t2`` for bigrams, (bigram, ``t3``) for trigrams and (bigram,
+bigram) for 4-grams, so only the bigram order needs the sort's permutation (to number the bigrams
+at every position); the others sort values, which is twice as fast (profiled: the sorts were most of
+the time). Where a key would not fit in 63 bits, each order numbers its n-grams for the next.
 
 Sentences: the N hypotheses first (sentence i belongs to image i), then every image's references in
 image order.
@@ -18,6 +22,7 @@ k-gram starts, E_k entries, Q_k groups, G_k distinct k-grams.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -26,20 +31,33 @@ from mmfuse.metrics.ptb import TokenIds
 
 Tokens = Sequence[str]
 MAX_N = 4
+KEY_LIMIT = 2**62  # a composite sort key (n-gram key, slot) must stay below this
 
 
 @dataclass(frozen=True)
 class Order:
-    """The distinct (sentence, k-gram) entries of one order, grouped by (k-gram, image)."""
+    """The distinct (sentence, k-gram) entries of one order, grouped by (k-gram, image); a hypothesis's
+    entry, when its group has one, is the group's first."""
 
     gram: np.ndarray  # (E,) k-gram id, 0 .. size-1
     image: np.ndarray  # (E,)
     sent: np.ndarray  # (E,) sentence index
     is_hyp: np.ndarray  # (E,) bool: the entry is a hypothesis's
     count: np.ndarray  # (E,) occurrences in the sentence
-    group: np.ndarray  # (E,) group index, 0 .. len(starts)-1, non-decreasing
     starts: np.ndarray  # (Q,) first entry of each group
     size: int  # G
+
+    @cached_property
+    def sizes(self) -> np.ndarray:  # (Q,) entries per group
+        return np.diff(np.append(self.starts, len(self.gram)))
+
+    @cached_property
+    def hyp_groups(self) -> np.ndarray:  # (H,) the groups that hold a hypothesis entry
+        return np.flatnonzero(self.is_hyp[self.starts])
+
+    @cached_property
+    def hyp_entries(self) -> np.ndarray:  # (H,) those entries, in the same order
+        return self.starts[self.hyp_groups]
 
 
 @dataclass(frozen=True)
@@ -58,68 +76,116 @@ def build_table(tokens: TokenIds, refs_per_image: np.ndarray, max_n: int = MAX_N
     for image i, in image order."""
     n = len(refs_per_image)
     ref_image = np.repeat(np.arange(n, dtype=np.int64), refs_per_image)  # (R,)
-    ref_first = n + np.cumsum(refs_per_image) - refs_per_image  # (N,) sentence of each image's first reference
-    layout = _Layout(n, int(refs_per_image.max(initial=0)) + 1, ref_first)
-    rank = np.arange(len(ref_image), dtype=np.int64) + n - ref_first[ref_image] + 1  # (R,) 1.. within the image
-    slot = np.concatenate((np.arange(n, dtype=np.int64) * layout.per, ref_image * layout.per + rank))  # (S,)
+    layout = _Layout.of(refs_per_image)
     lengths = tokens.lengths
     sent_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # (T,)
     remaining = np.repeat(np.cumsum(lengths), lengths) - np.arange(len(sent_of))  # (T,) tokens left, this one too
+    slot_at = layout.slot_of_sent[sent_of]  # (T,)
     flat, vocab = tokens.ids, max(len(tokens.words), 1)
-    gram_at = flat  # (T,) id of the k-gram that starts at each position (where remaining >= k)
-    orders = []
+    orders: list[Order] = []
+    bigram_at: np.ndarray | None = None  # (T,) bigram id at each position
+    gram_at = flat  # the generic path: (T,) id of the (k-1)-gram at each position
     for k in range(1, max_n + 1):
         pos = np.flatnonzero(remaining >= k)  # (P,)
-        keys = gram_at[pos] if k == 1 else gram_at[pos] * vocab + flat[pos + k - 1]
-        order, gram_at = _order(keys, pos, slot[sent_of[pos]], layout, len(flat))
+        keys, size = _token_keys(k, pos, flat, vocab, bigram_at)
+        if keys is None or size * layout.slots >= KEY_LIMIT:  # generic: number this order's n-grams
+            keys = gram_at[pos] if k == 1 else gram_at[pos] * vocab + flat[pos + k - 1]
+            order, gram_at = _numbered_order(keys, pos, slot_at[pos], layout, len(flat))
+            bigram_at = gram_at if k == 2 else bigram_at
+        elif k == 2:
+            order, bigram_at = _numbered_order(keys, pos, slot_at[pos], layout, len(flat))
+            gram_at = bigram_at
+        else:
+            order = _sorted_order(keys * layout.slots + slot_at[pos], layout)
         orders.append(order)
     return NgramTable(lengths, ref_image, orders)
+
+
+def _token_keys(k: int, pos: np.ndarray, flat: np.ndarray, vocab: int,
+                bigram_at: np.ndarray | None) -> tuple[np.ndarray | None, int]:
+    """The k-gram key of each position (P,) and a bound on the keys, from token and bigram ids; None
+    where the bigram ids are not there."""
+    if k == 1:
+        return flat[pos], vocab
+    if k == 2:
+        return flat[pos] * vocab + flat[pos + 1], vocab * vocab
+    if bigram_at is None:
+        return None, 0
+    bigrams = int(bigram_at.max(initial=0)) + 1
+    if k == 3:
+        return bigram_at[pos] * vocab + flat[pos + 2], bigrams * vocab
+    if k == 4:
+        return bigram_at[pos] * bigrams + bigram_at[pos + 2], bigrams * bigrams
+    return None, 0
 
 
 @dataclass(frozen=True)
 class _Layout:
     """Sentence slots: image i's hypothesis is slot i * per, its j-th reference i * per + j + 1."""
 
-    images: int
     per: int
-    ref_first: np.ndarray  # (N,)
+    slot_of_sent: np.ndarray  # (S,)
+    sent_of_slot: np.ndarray  # (N * per,) -1 where no sentence
+    image_of_slot: np.ndarray  # (N * per,)
+
+    @classmethod
+    def of(cls, refs_per_image: np.ndarray) -> "_Layout":
+        n = len(refs_per_image)
+        per = int(refs_per_image.max(initial=0)) + 1
+        ref_image = np.repeat(np.arange(n, dtype=np.int64), refs_per_image)
+        ref_first = np.cumsum(refs_per_image) - refs_per_image
+        rank = np.arange(len(ref_image), dtype=np.int64) - ref_first[ref_image] + 1  # (R,) 1.. within the image
+        slot_of_sent = np.concatenate((np.arange(n, dtype=np.int64) * per, ref_image * per + rank))
+        sent_of_slot = np.full(n * per, -1, dtype=np.int64)
+        sent_of_slot[slot_of_sent] = np.arange(len(slot_of_sent))
+        return cls(per, slot_of_sent, sent_of_slot, np.repeat(np.arange(n, dtype=np.int64), per))
 
     @property
     def slots(self) -> int:
-        return self.images * self.per
+        return max(len(self.sent_of_slot), 1)
+
+    def order(self, gram_of_entry: np.ndarray, new_gram: np.ndarray, slot: np.ndarray, count: np.ndarray,
+              size: int) -> Order:
+        """An order from its entries (E,): dense k-gram ids, where a new k-gram starts, slots, counts."""
+        image = self.image_of_slot[slot]
+        return Order(gram=gram_of_entry, image=image, sent=self.sent_of_slot[slot], is_hyp=slot % self.per == 0,
+                     count=count, starts=np.flatnonzero(new_gram | _changes(image)), size=size)
 
 
-def _order(keys: np.ndarray, pos: np.ndarray, slot: np.ndarray, layout: _Layout,
-           total: int) -> tuple[Order, np.ndarray]:
-    """One order's entries from its positions' k-gram keys and sentence slots (P,), and the dense
-    k-gram id of every position (T,) for the next order."""
-    slots = max(layout.slots, 1)
-    if (int(keys.max(initial=0)) + 1) * slots < 2**62:
+def _sorted_order(composite: np.ndarray, layout: _Layout) -> Order:
+    """An order from its positions' ``key * slots + slot`` values (P,): one sort of values."""
+    ranked = np.sort(composite)
+    first = np.flatnonzero(_changes(ranked))  # (E,) first position of each entry
+    values = ranked[first]
+    gram_key = values // layout.slots
+    new_gram = _changes(gram_key)
+    dense = np.cumsum(new_gram) - 1
+    return layout.order(dense, new_gram, values - gram_key * layout.slots, np.diff(np.append(first, len(ranked))),
+                        int(dense[-1]) + 1 if len(dense) else 0)
+
+
+def _numbered_order(keys: np.ndarray, pos: np.ndarray, slot: np.ndarray, layout: _Layout,
+                    total: int) -> tuple[Order, np.ndarray]:
+    """An order from its positions' k-gram keys and slots (P,), and the dense k-gram id of every
+    position (T,): a sort with its permutation."""
+    slots = layout.slots
+    if (int(keys.max(initial=0)) + 1) * slots < KEY_LIMIT:
         composite = keys * slots + slot
-        sort = np.argsort(composite)  # one sort: by k-gram, then image, hypothesis first
+        sort = np.argsort(composite)  # by k-gram, then image, hypothesis first
         ranked = composite[sort]
-        gram_key, entry_slot = ranked // slots, ranked % slots
+        new_gram = _changes(ranked // slots)
+        new_entry = _changes(ranked)
     else:  # keys too large to combine in 64 bits: a two-key sort
         sort = np.lexsort((slot, keys))
-        gram_key, entry_slot = keys[sort], slot[sort]
-    new_gram = _changes(gram_key)
+        new_gram = _changes(keys[sort])
+        new_entry = new_gram | _changes(slot[sort])
     dense = np.cumsum(new_gram) - 1  # (P,) k-gram id, in sorted order
     gram_at = np.zeros(total, dtype=np.int64)
     gram_at[pos[sort]] = dense
-    first = np.flatnonzero(new_gram | _changes(entry_slot))  # (E,) first position of each entry
-    image, rank = entry_slot[first] // layout.per, entry_slot[first] % layout.per
-    is_hyp = rank == 0
-    new_group = new_gram[first] | _changes(image)
-    return Order(
-        gram=dense[first],
-        image=image,
-        sent=np.where(is_hyp, image, layout.ref_first[image] + rank - 1),
-        is_hyp=is_hyp,
-        count=np.diff(np.append(first, len(sort))),
-        group=np.cumsum(new_group) - 1,
-        starts=np.flatnonzero(new_group),
-        size=int(dense[-1]) + 1 if len(dense) else 0,
-    ), gram_at
+    first = np.flatnonzero(new_entry)  # (E,)
+    order = layout.order(dense[first], new_gram[first], slot[sort[first]], np.diff(np.append(first, len(sort))),
+                         int(dense[-1]) + 1 if len(dense) else 0)
+    return order, gram_at
 
 
 def _changes(values: np.ndarray) -> np.ndarray:

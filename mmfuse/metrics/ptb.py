@@ -43,6 +43,10 @@ NOT_UPPER_ABBREVIATIONS = frozenset("mfg mtg pte pty".split())  # "mfg." and "Mf
 NUMBER_ABBREVIATIONS = frozenset(["no", "nos"])  # kept only before a number: "no. 5"
 
 
+PERIOD_WORDS = ABBREVIATIONS | CAPITAL_ABBREVIATIONS | NOT_UPPER_ABBREVIATIONS | NUMBER_ABBREVIATIONS
+_CASED = re.compile("(?:" + "|".join(sorted(CAPITAL_ABBREVIATIONS | NOT_UPPER_ABBREVIATIONS)) + r")\.")
+
+
 class Case(Enum):
     """How the first word of a chunk was written: the few abbreviations above that depend on it."""
 
@@ -109,26 +113,33 @@ def coco_tokenize_all(texts: Sequence[str]) -> TokenIds:
     """
     if any(SEPARATOR in t for t in texts):
         return intern([coco_tokenize(t) for t in texts])
-    chunks = _unicode(f" {SEPARATOR} ".join(texts)).split()  # (C,) every text's chunks and the NULs
-    index = dict.fromkeys(chunks)  # distinct chunks, first-seen order
-    for i, chunk in enumerate(index):
-        index[chunk] = i
-    at = np.fromiter(map(index.__getitem__, chunks), dtype=np.int64, count=len(chunks))  # (C,) chunk per position
+    plain = [t if t.isascii() else _unicode(t) for t in texts]  # str.replace on the few that need it
+    chunks = f" {SEPARATOR} ".join(plain).split()  # (C,) every text's chunks and the NULs
+    index: dict[str, int] = {}  # distinct chunk -> its first position (setdefault through map runs in C)
+    first = np.fromiter(map(index.setdefault, chunks, itertools.count()), dtype=np.int64, count=len(chunks))
+    dense = np.zeros(len(chunks) + 1, dtype=np.int64)
+    dense[list(index.values())] = np.arange(len(index))
+    at = dense[first]  # (C,) distinct chunk at each position, numbered in first-seen order
     vocab: dict[str, int] = {}
     tokens = [[vocab.setdefault(t, len(vocab)) for t in _coco_chunk(c, False)] if c != SEPARATOR else []
               for c in index]
     at = _before_numbers(at, list(index), chunks, tokens, vocab)
-    cut = np.flatnonzero(at == index[SEPARATOR]) if len(texts) > 1 else np.zeros(0, dtype=np.int64)  # (S-1,)
+    cut = np.flatnonzero(at == dense[index[SEPARATOR]]) if len(texts) > 1 else np.zeros(0, dtype=np.int64)  # (S-1,)
     return _lay_out(at, tokens, np.concatenate(([0], cut, [len(chunks)])) if texts else np.zeros(1, np.int64),
                     list(vocab))
 
 
 def _coco_chunk(chunk: str, before_digit: bool) -> tuple[str, ...] | list[str]:
-    """coco tokens of one chunk (as written); plain words skip the PTB rules (none of them applies)."""
+    """coco tokens of one chunk (as written). A plain word, or one with a final comma or period (that
+    is no abbreviation's), skips the PTB rules: none of them applies, and coco drops the punctuation."""
     lower = chunk.lower()
     if lower.isalnum():
         return SPLIT_WORDS.get(lower) or (lower,)
-    return [t for t in _chunk(lower, before_digit, _case(chunk)) if t not in COCO_PUNCTUATION]
+    word = lower[:-1]
+    if lower[-1] in ".," and len(word) > 1 and word.isalnum() and word not in PERIOD_WORDS:
+        return SPLIT_WORDS.get(word) or (word,)
+    case = _case(chunk) if _CASED.search(lower) else Case.LOWER
+    return [t for t in _chunk(lower, before_digit, case) if t not in COCO_PUNCTUATION]
 
 
 def _before_numbers(at: np.ndarray, distinct: list[str], chunks: list[str], tokens: list[list[int]],
@@ -138,7 +149,7 @@ def _before_numbers(at: np.ndarray, distinct: list[str], chunks: list[str], toke
     followed by the NUL chunk, never by a number.)"""
     variant: dict[int, int] = {}
     for i, chunk in enumerate(distinct):
-        if "." in chunk and _coco_chunk(chunk, True) != _coco_chunk(chunk, False):
+        if "." in chunk and "no" in chunk.lower() and _coco_chunk(chunk, True) != _coco_chunk(chunk, False):
             variant[i] = len(tokens)
             tokens.append([vocab.setdefault(t, len(vocab)) for t in _coco_chunk(chunk, True)])
     for pos in np.flatnonzero(np.isin(at, list(variant))).tolist() if variant else []:
