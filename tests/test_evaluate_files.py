@@ -14,6 +14,7 @@ from tests.test_errors import _fails
 
 REFS = {1: ["A dog runs on the grass.", "a brown dog running"], 2: ["Two cats sleep.", "two cats on a bed"],
         3: ["A man rides a bike.", "a person on a bicycle", "man riding a bike down the street"]}
+VQA = Path(__file__).parent / "fixtures" / "vqa"  # VQA v2-format questions, annotations and results
 PREDS = {1: "a dog running on grass", 2: "a cat sleeping on a bed", 3: "a man riding a bike"}
 
 
@@ -123,13 +124,15 @@ def test_malformed_references_and_flags(tmp_path: Path) -> None:
     _fails(invoke("evaluate", "--predictions", str(res), "--references", "nothing-here"), "neither a file nor a data set")
 
 
-def test_scoring_files_imports_no_model_library(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["captions", "answers"])
+def test_scoring_files_imports_no_model_library(tmp_path: Path, kind: str) -> None:
     """The whole `evaluate --predictions` process: torch, spaCy and the model libraries never load
     (torch alone was 2 s of a 4 s command)."""
     import subprocess
     import sys
 
-    res, refs = _coco_files(tmp_path)
+    res, refs = _coco_files(tmp_path) if kind == "captions" else \
+        (VQA / "results.json", VQA / "v2_mscoco_val2014_annotations.json")
     probe = ("import runpy, sys\n"
              f"sys.argv = ['mmfuse', 'evaluate', '--predictions', {str(res)!r}, '--references', {str(refs)!r},"
              f" '--no-meteor', '--json', '-w', {str(tmp_path / 'ws')!r}]\n"
@@ -138,7 +141,8 @@ def test_scoring_files_imports_no_model_library(tmp_path: Path) -> None:
              "heavy = {'torch', 'torchvision', 'spacy', 'transformers', 'timm', 'peft', 'PIL'}\n"
              "print(sorted({m.split('.')[0] for m in sys.modules} & heavy), code, file=sys.stderr)\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert json.loads(done.stdout)["num_images"] == 3  # the command did score the files
+    report = json.loads(done.stdout)
+    assert report.get("num_images", report.get("num_questions")) == (3 if kind == "captions" else 14)  # it scored
     assert done.stderr.strip().splitlines()[-1] == "[] 0", done.stderr
 
 
@@ -147,3 +151,56 @@ def test_report_says_what_each_step_took(tmp_path: Path) -> None:
     report = json.loads(invoke("evaluate", "--predictions", str(res), "--references", str(refs), "--json", "--no-meteor").stdout)
     assert set(report["timings"]) == {"read", "tokenize", "ngrams", "bleu", "rouge_l", "cider_d"}
     assert all(isinstance(v, float) and 0 <= v < 60 for v in report["timings"].values())
+
+
+# Hand-computed from the official rules (tests/fixtures/vqa, question ids 1000-1013, in order): the
+# number word, article, final period, decimal point, digit comma, contraction, tab/newline and
+# space-beside-comma cases agree with all ten humans (1.0); "t-shirt" against ten equal "t-shirt"
+# is 0.0 (equal human answers are not processed, the prediction becomes "t shirt"), 1.0 when one
+# human differs; 2 of 10 agreeing is 0.6, 3 of 10 is 0.9; "yes" against 8 "Yes" + 2 "yes" is 0.6
+# (human answers are not lower-cased); "cat" against "dog" is 0.
+VQA_EXPECTED = [1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 0.6, 0.9, 0.6, 0]
+EXACT_EXPECTED = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 0]  # against the normalised majority answer
+
+
+def test_vqa_results_against_vqa_v2_annotations_equal_hand_computed_figures() -> None:
+    out = invoke("evaluate", "--predictions", str(VQA / "results.json"),
+                 "--references", str(VQA / "v2_mscoco_val2014_annotations.json"), "--json", "--show", "3")
+    assert out.exit_code == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert [q["id"] for q in report["questions"]] == list(range(1000, 1014))
+    assert [q["scores"]["vqa_accuracy"] for q in report["questions"]] == pytest.approx(VQA_EXPECTED, abs=1e-12)
+    assert [q["scores"]["exact_match"] for q in report["questions"]] == EXACT_EXPECTED
+    assert report["metrics"] == {"vqa_accuracy": pytest.approx(11.1 / 14), "exact_match": pytest.approx(11 / 14)}
+    by_answer = {k: round(v["vqa_accuracy"], 6) for k, v in report["per_answer_type"].items()}
+    assert by_answer == {"number": 0.9, "other": round(4 / 6, 6), "yes/no": round(2.6 / 3, 6)}
+    assert report["per_question_type"]["how many"] == {"vqa_accuracy": pytest.approx(0.875), "exact_match": 0.5,
+                                                       "questions": 4}
+    assert "VQA accuracy" in out.stderr and "0.7929" in out.stderr  # the table: 11.1 / 14
+    assert "dog x10" in out.stderr and "3 x7, 2 x3" not in out.stderr  # --show 3: the first three questions
+
+
+def test_vqa_results_errors_name_the_problem(tmp_path: Path) -> None:
+    anns = str(VQA / "v2_mscoco_val2014_annotations.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"question_id": 1000, "answer": "a"}, {"question_id": 1000, "answer": "b"}]')
+    _fails(invoke("evaluate", "--predictions", str(bad), "--references", anns), "question id 1000 has a second prediction")
+    bad.write_text('[{"question_id": 5, "answer": "a"}]')
+    _fails(invoke("evaluate", "--predictions", str(bad), "--references", anns), "1 question id(s) have no references")
+    bad.write_text('[{"question_id": 1000, "answer": 2}]')
+    _fails(invoke("evaluate", "--predictions", str(bad), "--references", anns), "'answer' must be a string")
+    res, coco = _coco_files(tmp_path)
+    _fails(invoke("evaluate", "--predictions", str(VQA / "results.json"), "--references", str(coco)),
+           "expected an object with 'question_id' and 'answers'", "captions file")
+    _fails(invoke("evaluate", "--predictions", str(res), "--references", anns), "holds answers to questions")
+    bad.write_text('{"annotations": [{"question_id": 1000, "answers": []}]}')
+    _fails(invoke("evaluate", "--predictions", str(VQA / "results.json"), "--references", str(bad)),
+           "'answers' must be a non-empty list")
+
+
+def test_unanswered_questions_are_named_in_a_warning(tmp_path: Path) -> None:
+    part = tmp_path / "part.jsonl"
+    part.write_text('{"question_id": 1000, "answer": "2"}\n')
+    out = invoke("evaluate", "--predictions", str(part), "--references", str(VQA / "v2_mscoco_val2014_annotations.json"))
+    assert out.exit_code == 0, out.stderr
+    assert "13 question(s) of the references have no answer" in out.stderr

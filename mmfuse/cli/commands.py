@@ -204,8 +204,8 @@ def train_lm_cmd(
 def evaluate_cmd(
     given: Given,
     run: run_option("Run to evaluate (captions a split of its data set)") = None,
-    predictions: Annotated[Optional[Path], typer.Option(help="Score this results file instead (COCO results JSON or JSONL).", show_default=False)] = None,
-    references: Annotated[Optional[str], typer.Option(help="With --predictions: a COCO captions file or a workspace data set name.", show_default=False)] = None,
+    predictions: Annotated[Optional[Path], typer.Option(help="Score this results file instead: COCO caption results or VQA results ([{question_id, answer}]), JSON or JSONL.", show_default=False)] = None,
+    references: Annotated[Optional[str], typer.Option(help="With --predictions: a COCO captions file, a VQA v2 annotation file, or a workspace data set name.", show_default=False)] = None,
     split: Annotated[str, typer.Option(help="Data set split to caption and score (or to take references from).")] = "test",
     checkpoint: Checkpoint_ = "best",
     meteor: Meteor_ = True,
@@ -218,8 +218,9 @@ def evaluate_cmd(
     device: Device_ = "auto",
     workspace: Workspace_ = None,
 ) -> None:
-    """Score captions with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D, exactly as coco-caption does, or a
-    classifier with accuracy, per-class and macro precision/recall/F1, AUROC and the confusion matrix.
+    """Score captions with BLEU-1..4, METEOR, ROUGE-L and CIDEr-D, exactly as coco-caption does, a
+    classifier with accuracy, per-class and macro precision/recall/F1, AUROC and the confusion matrix,
+    or answers with the VQA challenge's accuracy (per answer and question type) and exact match.
 
     Examples:
 
@@ -227,6 +228,7 @@ def evaluate_cmd(
       mmfuse evaluate --run demo --beam-size 3 --worst 5
       mmfuse evaluate --run qa --ablate image
       mmfuse evaluate --predictions results.json --references captions.json
+      mmfuse evaluate --predictions vqa_results.json --references v2_mscoco_val2014_annotations.json
     """
     if batch_size < 1 or show < 0 or worst < 0:
         raise MmfuseError("--batch-size must be >= 1, --show and --worst >= 0")
@@ -254,11 +256,17 @@ def evaluate_cmd(
         report = evaluate_files(ws, predictions, references, split, meteor)
     if report.get("task") == "classify":
         render.print_classification(report, show, worst)
+    elif report.get("task") == "answer":
+        render.print_answers(report, show, worst)
     else:
         render.print_report(report, show, worst)
-    count = report.get("num_images", report.get("num_samples", 0))
+    count = report.get("num_images", report.get("num_samples", report.get("num_questions", 0)))
     if count < render.SMALL_SPLIT:
-        render.warn(f"scored on {count} images only: a score on fewer than {render.SMALL_SPLIT} says little")
+        noun = "questions" if report.get("task") == "answer" else "images"
+        render.warn(f"scored on {count} {noun} only: a score on fewer than {render.SMALL_SPLIT} says little")
+    if report.get("unanswered"):
+        render.warn(f"{report['unanswered']} question(s) of the references have no answer in {predictions} and are "
+                    f"not scored (the official VQA code refuses such results)")
     written = report.pop("written", [])
     if written:
         render.note(f"report written to {written[0]}, {'predictions' if report.get('task') == 'classify' else 'captions'} to {written[1]}")

@@ -27,15 +27,16 @@ _METRIC_NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4
 
 
 def report_json(report: dict[str, Any]) -> str:
-    """A report as indented JSON with one line per image. ``json.dumps(indent=2)`` runs Python's own
-    encoder (0.2 s on 8,000 images); the C encoder writes the lines in a third of that. Non-ASCII
-    text is escaped, which reads back the same and never fails on a terminal without UTF-8."""
-    images = report.get("images")
-    if not isinstance(images, list) or not images:
+    """A report as indented JSON with one line per image (or question). ``json.dumps(indent=2)`` runs
+    Python's own encoder (0.2 s on 8,000 images); the C encoder writes the lines in a third of that.
+    Non-ASCII text is escaped, which reads back the same and never fails on a terminal without UTF-8."""
+    key = "questions" if "questions" in report else "images"
+    items = report.get(key)
+    if not isinstance(items, list) or not items:
         return json.dumps(report, indent=2)
-    head = json.dumps({k: v for k, v in report.items() if k != "images"}, indent=2)
-    body = ",\n    ".join(map(json.JSONEncoder().encode, images))
-    return f'{head[:-2]},\n  "images": [\n    {body}\n  ]\n}}'
+    head = json.dumps({k: v for k, v in report.items() if k != key}, indent=2)
+    body = ",\n    ".join(map(json.JSONEncoder().encode, items))
+    return f'{head[:-2]},\n  "{key}": [\n    {body}\n  ]\n}}'
 
 
 def print_report(report: dict[str, Any], show: int, worst: int) -> None:
@@ -64,6 +65,56 @@ def print_report(report: dict[str, Any], show: int, worst: int) -> None:
         print_images("examples", report["images"][:show])
     if worst:
         print_images(f"{worst} lowest CIDEr-D", worst_images(report, worst), with_score=True)
+
+
+def print_answers(report: dict[str, Any], show: int, worst: int) -> None:
+    """VQA accuracy and exact match overall, per answer type and per question type; examples."""
+    from mmfuse.ui import console
+
+    console().print(f"{report['predictions']} against {report['references']}: {report['num_questions']} questions",
+                    markup=False)
+    _answer_table(None, {"all": {**report["metrics"], "questions": report["num_questions"]}})
+    for title, key in (("per answer type", "per_answer_type"), ("per question type", "per_question_type")):
+        if report[key]:
+            _answer_table(title, report[key])
+    if show:
+        print_questions("examples", report["questions"][:show])
+    if worst:
+        lowest = sorted(report["questions"], key=lambda q: q["scores"]["vqa_accuracy"])[:worst]
+        print_questions(f"{worst} lowest VQA accuracy", lowest)
+
+
+def _answer_table(title: str | None, groups: dict[str, dict[str, Any]]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mmfuse.ui import console
+
+    table = Table(title=title)
+    for column in ("", "VQA accuracy", "exact match", "questions"):
+        table.add_column(column, justify="left" if not column else "right")
+    for name, g in groups.items():
+        table.add_row(escape(name), f"{g['vqa_accuracy']:.4f}", f"{g['exact_match']:.4f}", str(g["questions"]))
+    console().print(table)
+
+
+def print_questions(title: str, questions: list[dict[str, Any]]) -> None:
+    """Questions with the predicted answer, the humans' answers (with counts) and the accuracy."""
+    from collections import Counter
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    from mmfuse.ui import console
+
+    table = Table(title=title, show_lines=True)
+    for column in ("question", "answer", "human answers", "VQA acc."):
+        table.add_column(column, justify="right" if column == "VQA acc." else "left")
+    for q in questions:
+        humans = ", ".join(f"{a} x{n}" if n > 1 else a for a, n in Counter(q["answers"]).most_common())
+        table.add_row(escape(q["question"] or str(q["id"])), escape(q["answer"]), escape(humans),
+                      f"{q['scores']['vqa_accuracy']:.3f}")
+    console().print(table)
 
 
 def ablation_note(report: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from mmfuse.errors import MmfuseError, first_line
 from mmfuse.workspace import read_json
 
 FORMAT_VERSION = 1  # of a prepared data set: manifest.json, vocab.json, one <split>.jsonl per split
+TASKS = ("caption", "classify", "answer")  # what a data set's samples are for (manifest "task")
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
     """The fields commands read, with their types: a damaged or hand-edited manifest is one line
     naming the field, never a wrong value used quietly."""
     where = f"data set manifest {path}"
-    if manifest.get("task", "caption") not in ("caption", "classify"):
-        raise MmfuseError(f"{where}: 'task' must be \"caption\" or \"classify\", got {manifest.get('task')!r}")
+    if manifest.get("task", "caption") not in TASKS:
+        raise MmfuseError(f"{where}: 'task' must be one of {', '.join(TASKS)}, got {manifest.get('task')!r}")
     size = manifest.get("image_size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 8192):
         raise MmfuseError(f"{where}: 'image_size' must be null or a whole number from 1 to 8192, got {size!r}")
@@ -72,6 +73,22 @@ class LabelledRecord:
     group: str = ""  # optional subgroup (e.g. the question kind) that evaluation reports separately
 
 
+@dataclass(frozen=True)
+class AnswerRecord:
+    """One question about an image with its human answers (task ``answer``); ``history`` holds the
+    earlier (question, answer) turns of a conversation, oldest first."""
+
+    id: str
+    image: Path
+    question: str
+    answers: tuple[str, ...]
+    question_tokens: tuple[str, ...]
+    answer_tokens: tuple[tuple[str, ...], ...]
+    history: tuple[tuple[str, str], ...] = ()
+    question_type: str = ""  # a group the report scores apart (VQA v2: "what color", ...)
+    answer_type: str = ""  # another (VQA v2: "yes/no", "number", "other")
+
+
 def load_split(root: Path, split: str) -> list[Record]:
     """All records of a captioning ``split``; a missing or empty split is a clear error."""
     return _load(root, split, _parse)
@@ -80,6 +97,11 @@ def load_split(root: Path, split: str) -> list[Record]:
 def load_labelled_split(root: Path, split: str) -> list[LabelledRecord]:
     """All records of a classification ``split``; a missing or empty split is a clear error."""
     return _load(root, split, _parse_labelled)
+
+
+def load_answer_split(root: Path, split: str) -> list[AnswerRecord]:
+    """All records of a question-answering ``split``; a missing or empty split is a clear error."""
+    return _load(root, split, _parse_answer)
 
 
 def _load(root: Path, split: str, parse) -> list:
@@ -124,3 +146,20 @@ def _parse_labelled(root: Path, raw: dict[str, Any]) -> LabelledRecord:
     return LabelledRecord(id=_text(raw, "id"), image=root / _text(raw, "image"), text=_text(raw, "text"),
                           tokens=_texts(raw.get("tokens"), "tokens"), label=_text(raw, "label"),
                           group=_text(raw, "group", ""))
+
+
+def _parse_answer(root: Path, raw: dict[str, Any]) -> AnswerRecord:
+    answers = _texts(raw.get("answers"), "answers")
+    if not answers:
+        raise ValueError("'answers' is empty")
+    history = raw.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(t, list) and len(t) == 2 for t in history):
+        raise TypeError("'history' must be a list of [question, answer] pairs")
+    tokens = raw.get("answer_tokens")
+    if not isinstance(tokens, list):
+        raise TypeError("'answer_tokens' must be a list of lists of strings")
+    return AnswerRecord(id=_text(raw, "id"), image=root / _text(raw, "image"), question=_text(raw, "question"),
+                        answers=answers, question_tokens=_texts(raw.get("question_tokens"), "question_tokens"),
+                        answer_tokens=tuple(_texts(t, "answer_tokens") for t in tokens),
+                        history=tuple(tuple(_texts(t, "history")) for t in history),
+                        question_type=_text(raw, "question_type", ""), answer_type=_text(raw, "answer_type", ""))

@@ -1,13 +1,20 @@
-"""Reading captioning results and references from files anyone may hand us, with clear errors.
+"""Reading results and references from files anyone may hand us, with clear errors.
 
-Predictions: COCO results JSON (``[{"image_id": .., "caption": ..}, ...]``) or JSON Lines of the
-same objects. References: a COCO captions annotation file (``{"annotations": [{"image_id", "caption"}]}``)
-or the name of a workspace data set (its ``<split>.jsonl``).
+Captions: predictions are COCO results JSON (``[{"image_id": .., "caption": ..}, ...]``) or JSON Lines
+of the same objects; references a COCO captions annotation file (``{"annotations": [{"image_id",
+"caption"}]}``) or the name of a workspace data set (its ``<split>.jsonl``).
+
+Answers: predictions are VQA results (``[{"question_id": .., "answer": ..}, ...]``, or JSON Lines);
+references a VQA v2 annotation file (``{"annotations": [{"question_id", "answers": [{"answer"}, ...],
+"question_type", "answer_type"}]}``; ``answers`` may also be a plain list of strings) or an answer
+data set of the workspace.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
@@ -16,20 +23,57 @@ from mmfuse.errors import MmfuseError
 from mmfuse.workspace import Workspace, open_regular
 
 
-def read_predictions(path: Path) -> dict[Hashable, str]:
-    """image id -> caption, in file order; bad JSON, missing keys and duplicate ids are errors."""
+class ResultKind(Enum):
+    """What a results file holds, told by the keys of its first entry."""
+
+    CAPTION = ("image_id", "caption")
+    ANSWER = ("question_id", "answer")
+
+    @property
+    def id_key(self) -> str:
+        return self.value[0]
+
+    @property
+    def text_key(self) -> str:
+        return self.value[1]
+
+    @property
+    def noun(self) -> str:
+        return "image id" if self is ResultKind.CAPTION else "question id"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    kind: ResultKind
+    by_id: dict[Hashable, str]  # image or question id -> caption or answer, in file order
+
+
+@dataclass(frozen=True)
+class HumanAnswers:
+    """The references of one question."""
+
+    answers: tuple[str, ...]
+    question_type: str = ""
+    answer_type: str = ""
+    question: str = ""
+
+
+def read_predictions(path: Path) -> Predictions:
+    """Captions or answers by id, in file order; bad JSON, missing keys and duplicate ids are errors."""
     entries = _read_entries(path)
-    pairs = _pairs([e for _, e in entries], path, lambda n: entries[n][0])
+    if not entries:
+        raise MmfuseError(f"{path}: no predictions")
+    first = entries[0][1]
+    kind = ResultKind.ANSWER if isinstance(first, dict) and "question_id" in first else ResultKind.CAPTION
+    pairs = _pairs([e for _, e in entries], path, lambda n: entries[n][0], kind)
     preds = dict(pairs)
     if len(preds) < len(pairs):
         seen: set[Hashable] = set()
-        for (where, _), (image_id, _) in zip(entries, pairs):
-            if image_id in seen:
-                raise MmfuseError(f"{path}{where}: image id {image_id!r} has a second prediction")
-            seen.add(image_id)
-    if not preds:
-        raise MmfuseError(f"{path}: no predictions")
-    return preds
+        for (where, _), (key, _) in zip(entries, pairs):
+            if key in seen:
+                raise MmfuseError(f"{path}{where}: {kind.noun} {key!r} has a second prediction")
+            seen.add(key)
+    return Predictions(kind, preds)
 
 
 def read_references(source: str, workspace: Workspace, split: str) -> dict[Hashable, list[str]]:
@@ -42,6 +86,58 @@ def read_references(source: str, workspace: Workspace, split: str) -> dict[Hasha
     raise MmfuseError(f"references {source!r} is neither a file nor a data set in workspace {workspace.root}")
 
 
+def read_answer_references(source: str, workspace: Workspace, split: str) -> dict[Hashable, HumanAnswers]:
+    """question id -> human answers and types, from a VQA v2 annotation file or an answer data set."""
+    path = Path(source)
+    if path.is_file():
+        return _vqa_references(path)
+    if _is_name(source) and workspace.dataset_dir(source).is_dir():
+        from mmfuse.data.records import load_answer_split
+
+        return {r.id: HumanAnswers(r.answers, r.question_type, r.answer_type, r.question)
+                for r in load_answer_split(workspace.existing_dataset(source), split)}
+    raise MmfuseError(f"references {source!r} is neither a file nor a data set in workspace {workspace.root}")
+
+
+def _vqa_references(path: Path) -> dict[Hashable, HumanAnswers]:
+    data = _load_json(path)
+    annotations = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(annotations, list):
+        raise MmfuseError(f"{path}: not a VQA annotation file (no 'annotations' list)")
+    refs: dict[Hashable, HumanAnswers] = {}
+    for n, entry in enumerate(annotations):
+        question_id, answers = _vqa_entry(entry, path, f": annotations[{n}]")
+        if question_id in refs:
+            raise MmfuseError(f"{path}: annotations[{n}]: question id {question_id!r} is annotated twice")
+        refs[question_id] = HumanAnswers(answers, _group(entry, "question_type", path, n),
+                                         _group(entry, "answer_type", path, n))
+    if not refs:
+        raise MmfuseError(f"{path}: the 'annotations' list is empty")
+    return refs
+
+
+def _vqa_entry(entry: Any, path: Path, where: str) -> tuple[Hashable, tuple[str, ...]]:
+    if not isinstance(entry, dict) or "question_id" not in entry or "answers" not in entry:
+        hint = " (this looks like a captions file: its results go with image ids)" \
+            if isinstance(entry, dict) and "caption" in entry else ""
+        raise MmfuseError(f"{path}{where}: expected an object with 'question_id' and 'answers'{hint}")
+    question_id, answers = entry["question_id"], entry["answers"]
+    if not isinstance(question_id, (int, str)) or isinstance(question_id, bool):
+        raise MmfuseError(f"{path}{where}: 'question_id' must be a number or a string")
+    if isinstance(answers, list):
+        texts = [a.get("answer") if isinstance(a, dict) else a for a in answers]
+        if texts and all(isinstance(t, str) for t in texts):
+            return question_id, tuple(texts)
+    raise MmfuseError(f"{path}{where}: 'answers' must be a non-empty list of strings or of {{\"answer\": ...}} objects")
+
+
+def _group(entry: dict, key: str, path: Path, n: int) -> str:
+    value = entry.get(key, "")
+    if not isinstance(value, str):
+        raise MmfuseError(f"{path}: annotations[{n}]: '{key}' must be a string")
+    return value
+
+
 def _is_name(source: str) -> bool:
     return "/" not in source and source not in ("", ".", "..")
 
@@ -51,8 +147,11 @@ def _coco_references(path: Path) -> dict[Hashable, list[str]]:
     annotations = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(annotations, list):
         raise MmfuseError(f"{path}: not a COCO captions file (no 'annotations' list)")
+    if annotations and isinstance(annotations[0], dict) and "answers" in annotations[0]:
+        raise MmfuseError(f"{path}: holds answers to questions (VQA); score VQA results "
+                          f"([{{\"question_id\", \"answer\"}}]) against it")
     refs: dict[Hashable, list[str]] = {}
-    for image_id, caption in _pairs(annotations, path, lambda n: f": annotations[{n}]"):
+    for image_id, caption in _pairs(annotations, path, lambda n: f": annotations[{n}]", ResultKind.CAPTION):
         refs.setdefault(image_id, []).append(caption)
     if not refs:
         raise MmfuseError(f"{path}: the 'annotations' list is empty")
@@ -72,35 +171,39 @@ def _read_entries(path: Path) -> list[tuple[str, Any]]:
     return entries
 
 
-def _pairs(entries: list[Any], path: Path, where: Callable[[int], str]) -> list[tuple[Hashable, str]]:
-    """(image id, caption) of every entry; the first malformed one is an error naming it.
+def _pairs(entries: list[Any], path: Path, where: Callable[[int], str],
+           kind: ResultKind) -> list[tuple[Hashable, str]]:
+    """(id, text) of every entry (image id and caption, or question id and answer); the first
+    malformed one is an error naming it.
 
     Checked in bulk (comprehensions and type sets), the per-entry checks only to name a bad entry:
     40,000 references take 15 ms instead of 100 ms."""
+    id_key, text_key = kind.value
     try:
-        pairs = [(e["image_id"], e["caption"]) for e in entries]
+        pairs = [(e[id_key], e[text_key]) for e in entries]
         ok = {type(i) for i, _ in pairs} <= {int, str} and {type(c) for _, c in pairs} <= {str}
     except (TypeError, KeyError, IndexError):
         ok = False
     if ok:
         return pairs
     for n, entry in enumerate(entries):  # find and name the first bad entry
-        _fields(entry, path, where(n))
+        _fields(entry, path, where(n), kind)
     raise AssertionError("unreachable: a bad entry was not found")  # pragma: no cover
 
 
-def _fields(entry: Any, path: Path, where: str) -> tuple[Hashable, str]:
+def _fields(entry: Any, path: Path, where: str, kind: ResultKind) -> tuple[Hashable, str]:
+    id_key, text_key = kind.value
     if not isinstance(entry, dict):
-        raise MmfuseError(f"{path}{where}: expected an object with 'image_id' and 'caption'")
-    missing = [k for k in ("image_id", "caption") if k not in entry]
+        raise MmfuseError(f"{path}{where}: expected an object with '{id_key}' and '{text_key}'")
+    missing = [k for k in kind.value if k not in entry]
     if missing:
         raise MmfuseError(f"{path}{where}: missing key(s) {', '.join(missing)}")
-    image_id, caption = entry["image_id"], entry["caption"]
-    if not isinstance(image_id, (int, str)) or isinstance(image_id, bool):
-        raise MmfuseError(f"{path}{where}: 'image_id' must be a number or a string")
-    if not isinstance(caption, str):
-        raise MmfuseError(f"{path}{where}: 'caption' must be a string")
-    return image_id, caption
+    key, text = entry[id_key], entry[text_key]
+    if not isinstance(key, (int, str)) or isinstance(key, bool):
+        raise MmfuseError(f"{path}{where}: '{id_key}' must be a number or a string")
+    if not isinstance(text, str):
+        raise MmfuseError(f"{path}{where}: '{text_key}' must be a string")
+    return key, text
 
 
 def _read_text(path: Path) -> str:

@@ -12,30 +12,66 @@ from pathlib import Path
 from typing import Any
 
 from mmfuse.errors import MmfuseError
-from mmfuse.evaluate.results import read_predictions, read_references
+from mmfuse.evaluate.results import (
+    HumanAnswers,
+    Predictions,
+    ResultKind,
+    read_answer_references,
+    read_predictions,
+    read_references,
+)
 from mmfuse.metrics.captions import Timings, reference_counts, scores_of_ids, timed, tokenize_texts
 from mmfuse.metrics.meteor import MeteorUnavailable, meteor
+from mmfuse.metrics.vqa import vqa_scores
 from mmfuse.workspace import Workspace
 
 
 def evaluate_files(workspace: Workspace, predictions: Path, references: str, split: str = "test",
                    with_meteor: bool = True) -> dict[str, Any]:
-    """Score a results file against references (a COCO captions file, or a workspace data set name).
+    """Score a results file against references (a COCO captions or VQA annotation file, or a workspace
+    data set name): captions with the caption metrics, answers with VQA accuracy.
 
-    Only the images that have a prediction are scored (as coco-caption does); a prediction for an
-    image that has no reference is an error.
+    Only the images (questions) that have a prediction are scored, as coco-caption does; a prediction
+    for one that has no reference is an error.
     """
     timings: Timings = {}
     preds = timed(timings, "read", lambda: read_predictions(predictions))
-    refs = timed(timings, "read", lambda: read_references(references, workspace, split))
-    missing = [i for i in preds if i not in refs]
-    if missing:
-        shown = ", ".join(map(str, missing[:5]))
-        raise MmfuseError(f"{predictions}: {len(missing)} image id(s) have no references in {references} (e.g. {shown})")
-    ids = list(preds)
-    report = score_report(ids, list(preds.values()), [refs[i] for i in ids], with_meteor, timings)
+    if preds.kind is ResultKind.ANSWER:
+        refs = timed(timings, "read", lambda: read_answer_references(references, workspace, split))
+        _check_covered(preds, refs, predictions, references)
+        report = answer_report(list(preds.by_id), list(preds.by_id.values()), [refs[i] for i in preds.by_id])
+        report["unanswered"] = len(refs) - len(preds.by_id)
+        report["timings"] = {**{k: round(v, 4) for k, v in timings.items()}, **report["timings"]}
+    else:
+        refs = timed(timings, "read", lambda: read_references(references, workspace, split))
+        _check_covered(preds, refs, predictions, references)
+        ids = list(preds.by_id)
+        report = score_report(ids, list(preds.by_id.values()), [refs[i] for i in ids], with_meteor, timings)
     report.update({"predictions": str(predictions), "references": references})
     return report
+
+
+def _check_covered(preds: Predictions, refs: dict, predictions: Path, references: str) -> None:
+    missing = [i for i in preds.by_id if i not in refs]
+    if missing:
+        shown = ", ".join(map(str, missing[:5]))
+        raise MmfuseError(f"{predictions}: {len(missing)} {preds.kind.noun}(s) have no references in {references} "
+                          f"(e.g. {shown})")
+
+
+def answer_report(ids: list[Any], answers: list[str], references: list[HumanAnswers]) -> dict[str, Any]:
+    """VQA accuracy and exact match of predicted answers, overall, per answer type and per question
+    type, with every question's figures, as a report dict."""
+    timings: Timings = {}
+    scores = timed(timings, "vqa_accuracy", lambda: vqa_scores(
+        answers, [r.answers for r in references], [r.question_type for r in references],
+        [r.answer_type for r in references]))
+    questions = [{"id": i, "question": r.question, "answer": a, "answers": list(r.answers),
+                  "question_type": r.question_type, "answer_type": r.answer_type, "scores": s}
+                 for i, a, r, s in zip(ids, answers, references, scores["per_question"])]
+    return {"task": "answer", "num_questions": len(ids), "metrics": scores["overall"],
+            "per_answer_type": scores["per_answer_type"], "per_question_type": scores["per_question_type"],
+            "questions": questions, "timings": {step: round(seconds, 4) for step, seconds in timings.items()}}
 
 
 def score_report(ids: list[Any], hypotheses: list[str], references: list[list[str]], with_meteor: bool,
