@@ -39,7 +39,7 @@ def test_same_seed_same_bytes_and_two_balanced_questions_per_image(tmp_path: Pat
     assert files and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     manifest = json.loads((a / "manifest.json").read_text())
     assert manifest["task"] == "classify" and manifest["labels"] == ["no", "yes"]
-    assert manifest["splits"]["train"] == {"images": 40, "samples": 80, "captions": 0, "labels": {"no": 40, "yes": 40}}
+    assert manifest["splits"]["train"] == {"images": 40, "samples": 80, "labels": {"no": 40, "yes": 40}}
     per_image = defaultdict(list)
     for rec in _lines(a / "train.jsonl"):
         per_image[rec["image"]].append(rec["label"])

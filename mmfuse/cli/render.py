@@ -249,7 +249,7 @@ def print_prepared(result: Any) -> None:
 
     m = result.manifest
     unit = "captions" if m["task"] == "caption" else "samples"
-    counts = ", ".join(f"{s} {c['images']} images / {c['captions'] or c['samples']} {unit}" for s, c in m["splits"].items())
+    counts = ", ".join(f"{s} {c['images']} images / {c.get('captions') or c['samples']} {unit}" for s, c in m["splits"].items())
     console().print(f"data set [bold]{m['name']}[/] at {escape(str(result.path))}: {counts}; "
                     f"vocabulary {m['vocab_size']} words")
     stats = m["stats"]

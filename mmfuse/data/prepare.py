@@ -3,7 +3,10 @@
 Format (``FORMAT_VERSION``): ``manifest.json``, ``vocab.json``, one ``<split>.jsonl`` per split and
 ``images/<split>/<image id>.png``. A line of a split is ``{"id", "image", "captions", "tokens"}`` for
 captioning, ``{"id", "image", "text", "tokens", "label"}`` and an optional ``"group"`` for
-classification (image paths relative to the data set; the manifest lists the ``labels``). The
+classification (image paths relative to the data set; the manifest lists the ``labels``), and
+``{"id", "image", "question", "question_tokens", "answers", "answer_tokens"}`` with optional
+``"history"`` (earlier ``[question, answer]`` turns), ``"history_tokens"``, ``"question_type"`` and
+``"answer_type"`` for answering. The
 directory is built aside and swapped in whole, so an interrupted run leaves the previous data set
 untouched.
 """
@@ -149,7 +152,8 @@ def _check_images(src, written: "_Written", on_progress: Progress | None) -> Non
 
 def _write_samples(root: Path, src, on_progress: Progress | None, written: "_Written") -> dict[str, dict[str, int]]:
     """Write images and ``<split>.jsonl``; return per-split counts."""
-    splits = {s: {"images": 0, "samples": 0, "captions": 0} for s in SPLITS}
+    texts = {"caption": "captions", "answer": "answers"}.get(src.task)  # counted per split besides samples
+    splits = {s: {"images": 0, "samples": 0, **({texts: 0} if texts else {})} for s in SPLITS}
     labels: dict[str, Counter] = {s: Counter() for s in SPLITS}
     handles = {s: (root / f"{s}.jsonl").open("w", encoding="utf-8") for s in SPLITS}
     seen, total = 0, sum(src.count(s) for s in SPLITS)
@@ -170,6 +174,9 @@ def _write_samples(root: Path, src, on_progress: Progress | None, written: "_Wri
             if src.task == "caption":
                 split["captions"] += len(record["captions"])
                 tokens = [tok for toks in record["tokens"] for tok in toks]
+            elif src.task == "answer":
+                split["answers"] += len(record["answers"])
+                tokens = _answer_tokens(record)
             else:
                 labels[sample.split][record["label"]] += 1
                 tokens = record["tokens"]
@@ -194,6 +201,8 @@ def _write_one(root: Path, sample: RawSample, task: str, written: _Written) -> d
         return None
     if task == "classify":
         return _classify_record(sample, rel)
+    if task == "answer":
+        return _answer_record(sample, rel, written)
     captions = [c.strip() for c in sample.captions if c and c.strip()]
     if not captions:
         written.skipped.append({"id": sample.id, "image": rel, "problem": "no non-empty caption"})
@@ -233,6 +242,33 @@ def _classify_record(sample: RawSample, rel: str) -> dict[str, Any]:
         raise MmfuseError(f"sample {sample.id} has no label")
     record = {"id": sample.id, "image": rel, "text": text, "tokens": tokenize(text) if text else [], "label": label}
     return {**record, "group": sample.group} if sample.group else record
+
+
+def _answer_record(sample: RawSample, rel: str, written: _Written) -> dict[str, Any] | None:
+    """An answering record: the question and history tokenized, each human answer kept and tokenized
+    (empty answers dropped; a question left with none is skipped)."""
+    question = sample.question.strip()
+    if not question:
+        raise MmfuseError(f"sample {sample.id} has no question")
+    answers = [a.strip() for a in sample.answers if a and a.strip()]
+    if not answers:
+        written.skipped.append({"id": sample.id, "image": rel, "problem": "no non-empty answer"})
+        return None
+    record: dict[str, Any] = {"id": sample.id, "image": rel, "question": question, "question_tokens": tokenize(question),
+                              "answers": answers, "answer_tokens": list(tokenize_many(answers))}
+    if sample.history:
+        record["history"] = [[q, a] for q, a in sample.history]
+        record["history_tokens"] = [[tokenize(q), tokenize(a)] for q, a in sample.history]
+    for key in ("question_type", "answer_type"):
+        if getattr(sample, key):
+            record[key] = getattr(sample, key)
+    return record
+
+
+def _answer_tokens(record: dict[str, Any]) -> list[str]:
+    """Every token an answering record holds (for the vocabulary)."""
+    tokens = record["question_tokens"] + [t for answer in record["answer_tokens"] for t in answer]
+    return tokens + [t for turn in record.get("history_tokens", []) for part in turn for t in part]
 
 
 def _check_not_empty(splits: dict[str, dict[str, int]], source: str, skipped: list[dict[str, str]]) -> None:

@@ -85,6 +85,7 @@ class AnswerRecord:
     question_tokens: tuple[str, ...]
     answer_tokens: tuple[tuple[str, ...], ...]
     history: tuple[tuple[str, str], ...] = ()
+    history_tokens: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = ()
     question_type: str = ""  # a group the report scores apart (VQA v2: "what color", ...)
     answer_type: str = ""  # another (VQA v2: "yes/no", "number", "other")
 
@@ -162,4 +163,6 @@ def _parse_answer(root: Path, raw: dict[str, Any]) -> AnswerRecord:
                         answers=answers, question_tokens=_texts(raw.get("question_tokens"), "question_tokens"),
                         answer_tokens=tuple(_texts(t, "answer_tokens") for t in tokens),
                         history=tuple(tuple(_texts(t, "history")) for t in history),
+                        history_tokens=tuple((_texts(q, "history_tokens"), _texts(a, "history_tokens"))
+                                             for q, a in raw.get("history_tokens", [])),
                         question_type=_text(raw, "question_type", ""), answer_type=_text(raw, "answer_type", ""))

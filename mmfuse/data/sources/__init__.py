@@ -20,8 +20,9 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class RawSample:
-    """One sample before tokenization: an image with its reference captions (task ``caption``), or
-    an image with a text and its label (task ``classify``).
+    """One sample before tokenization: an image with its reference captions (task ``caption``), an
+    image with a text and its label (task ``classify``), or an image with a question and its human
+    answers (task ``answer``).
 
     Attributes:
         split: ``train``, ``val`` or ``test``.
@@ -34,6 +35,10 @@ class RawSample:
         image_id: samples with the same ``image_id`` share one image file (default: ``id``).
         group: an optional subgroup name (classification), e.g. the question kind; ``evaluate``
             reports the accuracy per group.
+        question: the question (answering).
+        answers: the human answers, raw (answering; VQA v2 has ten).
+        history: earlier (question, answer) turns of the conversation, oldest first (answering).
+        question_type, answer_type: optional groups that ``evaluate`` reports apart (answering).
     """
 
     split: str
@@ -44,6 +49,11 @@ class RawSample:
     label: str = ""
     image_id: str = ""
     group: str = ""
+    question: str = ""
+    answers: list[str] = field(default_factory=list)
+    history: list[tuple[str, str]] = field(default_factory=list)
+    question_type: str = ""
+    answer_type: str = ""
 
 
 class Source(Protocol):
@@ -88,3 +98,4 @@ from mmfuse.data.sources import folder as _folder  # noqa: E402,F401
 from mmfuse.data.sources import karpathy as _karpathy  # noqa: E402,F401
 from mmfuse.data.sources import shapes as _shapes  # noqa: E402,F401  (fills SOURCES)
 from mmfuse.data.sources import shapes_qa as _shapes_qa  # noqa: E402,F401
+from mmfuse.data.sources import shapes_vqa as _shapes_vqa  # noqa: E402,F401

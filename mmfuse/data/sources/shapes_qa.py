@@ -159,13 +159,13 @@ def _existence(rng: np.random.Generator, objects: list[ShapeObject], names: list
     present = {(o.size, o.colour, o.shape) for o in objects}
     obj = objects[int(rng.integers(len(objects)))]
     described = (obj.size, obj.colour, obj.shape)
-    near = [miss for miss in _near_misses(described) if miss not in present]
+    near = [miss for miss in near_misses(described) if miss not in present]
     size, colour, shape = near[int(rng.integers(len(near)))]
     yes, no = f"is there a {obj.size} {obj.colour} {obj.shape} ?", f"is there a {size} {colour} {shape} ?"
     return Question("existence", yes, no)
 
 
-def _near_misses(described: tuple[str, str, str]) -> list[tuple[str, str, str]]:
+def near_misses(described: tuple[str, str, str]) -> list[tuple[str, str, str]]:
     """Every (size, colour, shape) that differs from ``described`` in exactly one attribute."""
     misses = []
     for k, values in enumerate((SIZES, COLOURS, SHAPES)):
