@@ -18,7 +18,9 @@ from mmfuse.errors import MmfuseError
 CONFIG_FORMAT_VERSION = 1
 CAPTION_METRICS = ("cider_d", "bleu4", "bleu3", "bleu2", "bleu1", "rouge_l")  # as in mmfuse.metrics.captions
 CLASSIFY_METRICS = ("accuracy", "macro_f1")  # as in mmfuse.metrics.classification
-SELECT_METRICS = ("auto",) + CAPTION_METRICS + CLASSIFY_METRICS
+ANSWER_METRICS = ("vqa_accuracy", "exact_match")  # as in mmfuse.metrics.vqa
+TASK_METRICS = {"caption": CAPTION_METRICS, "classify": CLASSIFY_METRICS, "answer": ANSWER_METRICS}  # first: auto
+SELECT_METRICS = ("auto",) + CAPTION_METRICS + CLASSIFY_METRICS + ANSWER_METRICS
 C = TypeVar("C")
 DECODING = "Decoding"  # help sections
 SCST = "Self-critical training"
@@ -61,7 +63,7 @@ class ModelConfig:
     """Architecture of a captioner (image encoder -> fusion -> text decoder) or a classifier
     (image encoder + text encoder -> fusion -> label). Each field's help is its documentation."""
 
-    task: str = setting("auto", "caption, classify, or auto (the data set's task).")
+    task: str = setting("auto", "caption, classify, answer, or auto (the data set's task).")
     encoder: str = setting("small_cnn", "Image encoder, or a pretrained tower: hf:<model id or directory> (CLIP, "
                                         "SigLIP, DINOv2, ViT) or timm:<name>.", choices="encoder")
     fusion: str = setting("concat", "Fusion strategy.", choices="fusion")
@@ -121,8 +123,8 @@ class ModelConfig:
             raise MmfuseError(f"image_size must be >= 0, got {self.image_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise MmfuseError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.task not in ("auto", "caption", "classify"):
-            raise MmfuseError(f"task must be caption, classify or auto, got {self.task!r}")
+        if self.task not in ("auto", *TASK_METRICS):
+            raise MmfuseError(f"task must be caption, classify, answer or auto, got {self.task!r}")
         _positive(self, "image_tokens", "connector_layers", "shuffle", "xattn_every")
         if self.lora < 0 or not self.lora_alpha > 0:
             raise MmfuseError(f"--lora must be >= 0 and --lora-alpha > 0, got {self.lora} and {self.lora_alpha}")
@@ -257,7 +259,8 @@ class TrainConfig:
     seed: int = setting(0, "Random seed (weights init, data order).")
     device: str = setting("auto", "Device: auto (CUDA if available), cpu, cuda or cuda:N.")
     select_metric: str = setting("auto", "Validation metric that picks the best checkpoint: auto (cider_d / "
-                                         "accuracy), cider_d, bleu1..bleu4, rouge_l, accuracy or macro_f1.")
+                                         "accuracy / vqa_accuracy), cider_d, bleu1..bleu4, rouge_l, accuracy, "
+                                         "macro_f1, vqa_accuracy or exact_match.")
     class_weights: str = setting("none", "Classification: none, or balanced (weights n / (C * class count), as "
                                          "scikit-learn's).")
     encoder_from: str = setting("", "Run (captioner or classifier, same --encoder and --feature-dim) whose best "
@@ -328,9 +331,9 @@ class TrainConfig:
 
     def metric_for(self, task: str) -> str:
         """The selection metric for ``task``; a metric of the other task is a clear error."""
+        valid = TASK_METRICS[task]
         if self.select_metric == "auto":
-            return "cider_d" if task == "caption" else "accuracy"
-        valid = CAPTION_METRICS if task == "caption" else CLASSIFY_METRICS
+            return valid[0]
         if self.select_metric not in valid:
             raise MmfuseError(f"--select-metric {self.select_metric} does not apply to task {task}; use one of {', '.join(valid)}")
         return self.select_metric

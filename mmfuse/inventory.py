@@ -70,7 +70,7 @@ def _comparisons(workspace: Workspace) -> dict[str, str]:
 def _selection_metric(select: Any, task: Any) -> str:
     if isinstance(select, str) and select != "auto":
         return select
-    return "accuracy" if task == "classify" else "cider_d"
+    return {"classify": "accuracy", "answer": "vqa_accuracy"}.get(task, "cider_d")
 
 
 def disk_bytes(folder: Path) -> int:

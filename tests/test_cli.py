@@ -71,7 +71,7 @@ def _commands() -> dict[str, typer.main.TyperCommand]:
 
 def test_every_option_is_documented() -> None:
     commands = _commands()
-    assert set(commands) == {"prepare-data", "cache-features", "train", "train-lm", "evaluate", "caption", "predict",
+    assert set(commands) == {"prepare-data", "cache-features", "train", "train-lm", "evaluate", "caption", "ask", "predict",
                              "compare", "list", "show"}
     for name, command in commands.items():
         assert command.help, name

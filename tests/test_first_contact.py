@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import TINY, invoke
 
 SMALL = ["--epochs", "1", "--batch-size", "16", "--feature-dim", "16", "--embed-dim", "8", "--hidden-dim", "16"]
-COMMANDS = ["prepare-data", "cache-features", "train", "evaluate", "caption", "predict", "compare", "train-lm", "list", "show"]
+COMMANDS = ["prepare-data", "cache-features", "train", "evaluate", "caption", "ask", "predict", "compare", "train-lm", "list", "show"]
 
 
 def _copy(trained: Path, tmp_path: Path) -> Path:
@@ -150,7 +150,9 @@ def test_a_missing_image_or_run_is_said_before_torch_loads(trained: Path) -> Non
             "print('torch' in sys.modules)")
     env = {**os.environ, "MMFUSE_WORKSPACE": str(trained)}
     cases = [(["caption", "nope.png", "--run", "r"], "nope.png"), (["caption", "x.png", "--run", "nope"], "no run 'nope'"),
-             (["evaluate", "--run", "nope"], "no run 'nope'"), (["predict", "nope.png", "--text", "x", "--run", "r"], "nope.png")]
+             (["evaluate", "--run", "nope"], "no run 'nope'"), (["predict", "nope.png", "--text", "x", "--run", "r"], "nope.png"),
+             (["ask", "nope.png", "--question", "x ?", "--run", "r"], "nope.png"),
+             (["ask", "x.png", "--question", "x ?", "--run", "nope"], "no run 'nope'")]
     for args, message in cases:
         out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True).stdout
         code_line, error, torch_loaded = out.splitlines()

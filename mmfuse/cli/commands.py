@@ -228,7 +228,7 @@ def evaluate_cmd(
       mmfuse evaluate --run demo --beam-size 3 --worst 5
       mmfuse evaluate --run qa --ablate image
       mmfuse evaluate --predictions results.json --references captions.json
-      mmfuse evaluate --predictions vqa_results.json --references v2_mscoco_val2014_annotations.json
+      mmfuse evaluate --predictions vqa.json --references v2_annotations.json
     """
     if batch_size < 1 or show < 0 or worst < 0:
         raise MmfuseError("--batch-size must be >= 1, --show and --worst >= 0")
@@ -269,7 +269,7 @@ def evaluate_cmd(
                     f"not scored (the official VQA code refuses such results)")
     written = report.pop("written", [])
     if written:
-        render.note(f"report written to {written[0]}, {'predictions' if report.get('task') == 'classify' else 'captions'} to {written[1]}")
+        render.note(f"report written to {written[0]}, { {'classify': 'predictions', 'answer': 'answers'}.get(report.get('task'), 'captions')} to {written[1]}")
     if json_out:
         typer.echo(render.report_json(report))
 
@@ -323,6 +323,64 @@ def caption_cmd(
     if failed.paths:
         shown = ", ".join(str(p) for p in failed.paths[:5]) + (", ..." if len(failed.paths) > 5 else "")
         raise MmfuseError(f"{len(failed.paths)} of {failed.total} inputs could not be captioned: {shown}")
+
+
+@app.command(cls=HelpCommand, name="ask", short_help="Answer questions about images with a run.")
+@config_options(*_DECODE, default_note="the run's")
+def ask_cmd(
+    given: Given,
+    images: Annotated[Optional[list[str]], typer.Argument(metavar="[IMAGE]", help="Image files, directories, glob patterns, or '-' (paths from stdin), each asked --question.", show_default=False)] = None,
+    question: Annotated[Optional[str], typer.Option(help="The question asked of every image.", show_default=False)] = None,
+    pairs: Annotated[Optional[Path], typer.Option(help="JSON Lines of {\"image\", \"question\"} ('-': stdin) instead of IMAGE... --question.", show_default=False)] = None,
+    run: run_option("Answering run whose model answers") = None,
+    output_format: Annotated[Optional[str], typer.Option("--format", help="tsv (path, question, answer, score), text (a line per input: its answers, tab-separated; empty when skipped), jsonl (one object per input), or json (one array) (default: tsv).", show_default=False)] = None,
+    checkpoint: Checkpoint_ = "best",
+    batch_size: BatchSize_ = 64,
+    device: Device_ = "auto",
+    workspace: Workspace_ = None,
+) -> None:
+    """Answer questions about images: results on stdout in input order, as they are ready. An image
+    that cannot be read is reported on stderr and skipped; the exit code is then 1.
+
+    Examples:
+
+    \b
+      mmfuse ask photo.jpg --question "what color is the car ?" --run vqa
+      ls *.jpg | mmfuse ask - --question "how many dogs ?" --format jsonl | head
+      mmfuse ask --pairs questions.jsonl --beam-size 3 --format json
+    """
+    from mmfuse.generate.inputs import asked, expand_inputs, question_pairs
+    from mmfuse.generate.outputs import write_results
+
+    if batch_size < 1:
+        raise MmfuseError(f"--batch-size must be >= 1, got {batch_size}")
+    output_format = output_format or "tsv"
+    if output_format not in ("tsv", "text", "jsonl", "json"):
+        raise MmfuseError(f"--format must be tsv, text, jsonl or json, got {output_format!r}")
+    if pairs is not None and (images or question is not None):
+        raise MmfuseError("give either IMAGE... with --question, or --pairs FILE, not both")
+    if pairs is None and (question is None or not question.strip()):
+        raise MmfuseError("give --question TEXT with the images, or --pairs FILE (JSON Lines of {\"image\", \"question\"})")
+    ws = Workspace.open(workspace)
+    run_name = _run_name(ws, run)
+    _check_decoding(ws, run_name, given)
+    if pairs is not None:
+        lines = _utf8_lines(sys.stdin.buffer, "standard input") if str(pairs) == "-" else _read_lines(pairs)
+        items = question_pairs(lines, "standard input" if str(pairs) == "-" else str(pairs))
+    else:
+        items = _first_checked(asked(expand_inputs(images or [], _stdin_paths()), question), "-" not in (images or []))
+    from mmfuse.generate.inference import ask_run  # torch: after the checks that need no model
+
+    decode, results = ask_run(ws, run_name, items, given.get("decode", {}), checkpoint, device, batch_size)
+    failed = write_results(results, decode, output_format, sys.stdout, render.warn, "ask")
+    if failed.total == 0:
+        raise MmfuseError("no images given (pass image files, directories, patterns, - to read paths from stdin, or "
+                          "--pairs FILE)")
+    if failed.total == 1 and failed.problems:
+        raise MmfuseError(failed.problems[0])
+    if failed.paths:
+        shown = ", ".join(str(p) for p in failed.paths[:5]) + (", ..." if len(failed.paths) > 5 else "")
+        raise MmfuseError(f"{len(failed.paths)} of {failed.total} inputs could not be answered: {shown}")
 
 
 @app.command(cls=HelpCommand, name="predict", short_help="Classify (image, text) pairs with a run.")

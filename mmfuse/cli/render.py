@@ -17,6 +17,8 @@ def print_epoch(rec: dict[str, Any]) -> None:
     mark = " *best*" if rec["best"] else ""
     if "val_cider_d" in rec:
         scores = f"val BLEU-4 {rec['val_bleu4']:.4f}  CIDEr-D {rec['val_cider_d']:.4f}"
+    elif "val_vqa_accuracy" in rec:
+        scores = f"val VQA accuracy {rec['val_vqa_accuracy']:.4f}  exact match {rec['val_exact_match']:.4f}"
     else:
         scores = f"val accuracy {rec['val_accuracy']:.4f}  macro F1 {rec['val_macro_f1']:.4f}"
     console().print(f"epoch {rec['epoch']}: loss {rec['train_loss']:.3f}  {scores}  ({rec['images_per_s']:.0f} samples/s){mark}")
@@ -71,9 +73,18 @@ def print_answers(report: dict[str, Any], show: int, worst: int) -> None:
     """VQA accuracy and exact match overall, per answer type and per question type; examples."""
     from mmfuse.ui import console
 
-    console().print(f"{report['predictions']} against {report['references']}: {report['num_questions']} questions",
-                    markup=False)
-    _answer_table(None, {"all": {**report["metrics"], "questions": report["num_questions"]}})
+    if "run" in report:
+        decode = from_dict(DecodeConfig, report["decode"], "report")
+        console().print(f"[bold]{report['run']}[/] on {report['data']}/{report['split']}: {report['num_questions']} "
+                        f"questions, {decode.describe()}, {report['checkpoint']} weights (epoch {report['epoch']})"
+                        f"{ablation_note(report)}")
+    else:
+        console().print(f"{report['predictions']} against {report['references']}: {report['num_questions']} "
+                        f"questions", markup=False)
+    rows = {"all": {**report["metrics"], "questions": report["num_questions"]}}
+    if "prior" in report:  # the answer-prior baseline: the most frequent training answer of each question type
+        rows["answer prior"] = {**report["prior"]["metrics"], "questions": report["num_questions"]}
+    _answer_table(None, rows)
     for title, key in (("per answer type", "per_answer_type"), ("per question type", "per_question_type")):
         if report[key]:
             _answer_table(title, report[key])

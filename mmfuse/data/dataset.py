@@ -149,6 +149,63 @@ class LabelledDataset(Dataset):
         return {"images": _stack(list(images)), "tokens": pad(list(tokens)), "labels": torch.tensor(labels)}
 
 
+class AnswerDataset(Dataset):
+    """Questions about images with their human answers, as ids; ``collate`` draws one answer per
+    question each epoch (uniformly among the humans' answers, so one that more people gave is drawn
+    more often: the generative form of VQA's soft targets). Images shared by several questions are
+    decoded once and kept in memory (uint8) when the split fits in :data:`CACHE_LIMIT_BYTES`.
+
+    Args:
+        paths: image of each question. prompts: ids read before the answer (question, earlier turns).
+        answers: each question's human answers as generated ids (:class:`~mmfuse.models.answerer.AnswerText`).
+        image_size: side the images are resized to. seed: of the answer draws (with :meth:`set_epoch`).
+        pad_value: the id that pads a batch's sequences.
+    """
+
+    def __init__(self, paths: list[Path], prompts: list[list[int]], answers: list[list[list[int]]], image_size: int,
+                 seed: int = 0, features: Any = None, pad_value: int = PAD_ID):
+        self.paths, self.prompts, self.answers = paths, prompts, answers
+        self.features, self.seed, self.pad_value, self.epoch = features, seed, pad_value, 0
+        self.resize = resize_transform(image_size)
+        self.normalize = normalize_transform()
+        fits = len(set(paths)) * 3 * image_size**2 <= CACHE_LIMIT_BYTES
+        self.cache: dict[Path, torch.Tensor] | None = {} if fits else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def sampler(self, generator: torch.Generator) -> Sampler[int]:
+        """Training order: images shuffled, each image's questions next to each other."""
+        return ImageGroupedSampler(self.paths, generator)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        path = self.paths[i]
+        if self.features is not None:
+            return CachedFeatures(*self.features.features(path)), i
+        if self.cache is not None and path in self.cache:
+            return self.normalize(self.cache[path]), i
+        pixels = self.resize(load_rgb(path))
+        if self.cache is not None:
+            self.cache[path] = pixels
+        return self.normalize(pixels), i
+
+    def collate(self, batch: list[tuple[Any, int]]) -> dict[str, torch.Tensor]:
+        """-> images (B, 3, S, S), tokens (B, T): prompt + one drawn answer, padded; prompt_lengths (B,);
+        image_index (B,)."""
+        sequences, lengths = [], []
+        for _, i in batch:
+            answers = self.answers[i]
+            drawn = answers[random.Random(f"{self.seed}/{self.epoch}/{i}").randrange(len(answers))]
+            sequences.append(self.prompts[i] + drawn)
+            lengths.append(len(self.prompts[i]))
+        return {"images": _stack([image for image, _ in batch]), "tokens": pad(sequences, self.pad_value),
+                "prompt_lengths": torch.tensor(lengths), "image_index": torch.arange(len(batch)),
+                "records": torch.tensor([i for _, i in batch])}
+
+
 class ImageGroupedSampler(Sampler[int]):
     """Sample indices in a random order of images, each image's samples consecutive (so they share
     a batch unless one falls on a batch boundary), in a random order within the image.

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from mmfuse.config import ModelConfig
 from mmfuse.data.dataset import ImageDataset
-from mmfuse.data.records import load_labelled_split, load_manifest, load_split
+from mmfuse.data.records import load_answer_split, load_labelled_split, load_manifest, load_split
 from mmfuse.data.sources import SPLITS
 from mmfuse.errors import Interrupted, MmfuseError
 from mmfuse.workspace import (
@@ -197,7 +197,7 @@ def _encode_all(loader: DataLoader, encoder: Any, root: Path, meta: dict[str, An
 def _all_images(data_dir: Path) -> list[str]:
     """Every distinct image of the data set's splits, sorted."""
     task = load_manifest(data_dir).get("task", "caption")
-    load = load_split if task == "caption" else load_labelled_split
+    load = {"caption": load_split, "classify": load_labelled_split, "answer": load_answer_split}[task]
     return sorted({str(r.image) for split in SPLITS for r in load(data_dir, split)})
 
 

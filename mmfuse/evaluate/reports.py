@@ -1,5 +1,5 @@
-"""``evaluate``: score generated captions with the coco-caption metrics, and classifiers with the
-classification metrics.
+"""``evaluate``: score generated captions with the coco-caption metrics, classifiers with the
+classification metrics, and generated answers with VQA accuracy beside the answer prior.
 
 Two entry points: :func:`evaluate_run` captions (or classifies) a split of a run's data set with the
 run's model, optionally with one modality taken away (:class:`Ablation`);
@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from mmfuse.config import to_dict
 from mmfuse.data.dataset import LabelledDataset, labelled_dataset
-from mmfuse.data.records import load_labelled_split, load_split
+from mmfuse.data.records import AnswerRecord, load_answer_split, load_labelled_split, load_split
 from mmfuse.data.vocab import Vocab
 from mmfuse.device import resolve_device
 from mmfuse.errors import Interrupted, MmfuseError
-from mmfuse.evaluate.scoring import score_report
+from mmfuse.evaluate.results import HumanAnswers
+from mmfuse.evaluate.scoring import answer_report, score_report
+from mmfuse.generate.answers import answer_files
 from mmfuse.generate.inference import caption_files, predict_probabilities
 from mmfuse.metrics.classification import classification_report
+from mmfuse.metrics.vqa import majority_answer, vqa_scores
+from mmfuse.models.answerer import answer_text
 from mmfuse.models.checkpoint import LoadedRun, load_run, read_metadata
 from mmfuse.workspace import Workspace, atomic_write_json, check_writable
 
@@ -38,8 +42,8 @@ class Ablation:
     """Take one modality away at evaluation to measure what it contributes.
 
     ``image``: ``shuffle`` gives each sample another sample's image (a fixed permutation), ``zero`` a
-    mean-colour image. ``text`` (classification): ``shuffle`` gives each sample another sample's
-    text, ``zero`` an empty text. ``text`` (captioning): the word inputs of the decoder are zeroed,
+    mean-colour image. ``text`` (classification, answering): ``shuffle`` gives each sample another
+    sample's text (question), ``zero`` an empty one. ``text`` (captioning): the word inputs of the decoder are zeroed,
     so it must caption from the image (and its own state) alone; only ``zero`` applies.
     ``auto`` is ``zero`` there and ``shuffle`` everywhere else.
     """
@@ -95,7 +99,7 @@ def evaluate_run(
     check_writable(run_dir)  # the reports go there: a read-only run fails before the work, not after
     loaded = load_run(run_dir, checkpoint, resolve_device(device))
     if ablation is not None:
-        ablation = ablation.resolve("classify" if loaded.labels is not None else "caption")
+        ablation = ablation.resolve(loaded.config.model.task)
     try:
         with workspace.reading_dataset(loaded.config.train.data) as data_dir:
             report, results = _score_split(loaded, run, data_dir, split, decode_options, batch_size, with_meteor,
@@ -122,6 +126,8 @@ def _score_split(loaded: LoadedRun, run: str, data_dir: Path, split: str, decode
             raise MmfuseError(f"run {run!r} is a classifier; decoding options (--{given[0].replace('_', '-')}) "
                               "apply to captioning runs")
         return _classify_split(loaded, data_dir, split, batch_size, ablation)
+    if loaded.config.model.task == "answer":
+        return _answer_split(loaded, data_dir, split, decode_options or {}, batch_size, ablation)
     return _caption_split(loaded, data_dir, split, decode_options or {}, batch_size, with_meteor, ablation)
 
 
@@ -145,6 +151,46 @@ def _caption_split(loaded: LoadedRun, data_dir: Path, split: str, decode_options
     for item, path in zip(report["images"], paths):
         item["image"] = str(path)
     return report, [{"image_id": r.id, "caption": h} for r, h in zip(records, hyps)]
+
+
+def _answer_split(loaded: LoadedRun, data_dir: Path, split: str, decode_options: dict[str, Any], batch_size: int,
+                  ablation: Ablation | None) -> tuple[dict[str, Any], list]:
+    """Answers generated to a split's questions, scored with VQA accuracy beside the answer prior."""
+    decode = loaded.config.decode.override(**decode_options)
+    decode.check_reachable(len(loaded.vocab))
+    records, text = load_answer_split(data_dir, split), answer_text(loaded.vocab)
+    paths, prompts = [r.image for r in records], [text.prompt(r) for r in records]
+    if ablation is not None and ablation.modality == "image" and ablation.mode == "shuffle":
+        paths = ablation.permute(paths)
+    if ablation is not None and ablation.modality == "text":
+        prompts = ablation.permute(prompts) if ablation.mode == "shuffle" else \
+            [text.prompt(replace(r, question="", question_tokens=(), history=(), history_tokens=())) for r in records]
+    blank = ablation is not None and ablation.modality == "image" and ablation.mode == "zero"
+    answers = [" ".join(words) for words in answer_files(loaded.model, text, paths, prompts,
+                                                          loaded.config.model.image_size, decode, batch_size, blank)]
+    references = [HumanAnswers(r.answers, r.question_type, r.answer_type, r.question) for r in records]
+    report = answer_report([r.id for r in records], answers, references)
+    report["prior"] = answer_prior(load_answer_split(data_dir, "train"), records)
+    report["decode"] = to_dict(decode)
+    for item, path in zip(report["questions"], paths):
+        item["image"] = str(path)
+    return report, [{"question_id": r.id, "answer": a} for r, a in zip(records, answers)]
+
+
+def answer_prior(train: list[AnswerRecord], records: list[AnswerRecord]) -> dict[str, Any]:
+    """The answer-prior baseline: each question answered with the most frequent (majority) training
+    answer of its question type (of all training questions where the type is new or not given),
+    scored as a model's answers are: what a model that ignores the image reaches at best, per type."""
+    by_type: dict[str, Counter] = {}
+    for r in train:
+        by_type.setdefault(r.question_type, Counter())[majority_answer(r.answers)] += 1
+    overall = sum(by_type.values(), Counter()).most_common(1)[0][0]
+    guesses = [by_type[r.question_type].most_common(1)[0][0] if r.question_type in by_type else overall
+               for r in records]
+    scores = vqa_scores(guesses, [r.answers for r in records], [r.question_type for r in records],
+                        [r.answer_type for r in records])
+    return {"metrics": scores["overall"], "per_question_type": scores["per_question_type"],
+            "answers": {t: c.most_common(1)[0][0] for t, c in sorted(by_type.items())}}
 
 
 def _classify_split(loaded: LoadedRun, data_dir: Path, split: str, batch_size: int,

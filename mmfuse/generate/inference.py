@@ -16,12 +16,15 @@ from torch.utils.data import DataLoader
 from mmfuse.config import DecodeConfig
 from mmfuse.data.dataset import ImageDataset, LabelledDataset, pad
 from mmfuse.data.images import image_transform, load_rgb
-from mmfuse.data.tokenize import tokenize_many
+from mmfuse.data.records import AnswerRecord
+from mmfuse.data.tokenize import tokenize, tokenize_many
 from mmfuse.data.vocab import BOS_ID, UNK_ID, Vocab
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
+from mmfuse.generate.answers import answer_images
 from mmfuse.generate.decoding import generate
 from mmfuse.generate.inputs import Captioned, InputItem, check_images
+from mmfuse.models.answerer import answer_text
 from mmfuse.models.captioner import Captioner
 from mmfuse.models.checkpoint import LoadedRun, load_run
 from mmfuse.models.fusion import ATTENTION
@@ -81,6 +84,9 @@ def caption_run(
     loaded = load_run(workspace.existing_run(run), checkpoint, resolve_device(device))
     if loaded.labels is not None:
         raise MmfuseError(f"run {run!r} is a classifier; use 'mmfuse predict' (caption is for captioning runs)")
+    if loaded.config.model.task == "answer":
+        raise MmfuseError(f"run {run!r} answers questions; use 'mmfuse ask IMAGE --question TEXT' (caption is for "
+                          f"captioning runs)")
     decode = loaded.config.decode.override(**(decode_options or {}))
     decode.check_reachable(len(loaded.vocab))
     if attention_dir is not None and loaded.model.fusion.kind != ATTENTION:
@@ -90,6 +96,56 @@ def caption_run(
         _writable_directory(attention_dir)
     stream = _caption_stream(loaded, items, decode, batch_size, attention_dir)
     return decode, stream
+
+
+def ask_run(workspace: Workspace, run: str, items: Iterable[InputItem], decode_options: dict[str, Any] | None = None,
+            checkpoint: str = "best", device: str = "auto", batch_size: int = 64) -> tuple[DecodeConfig, Iterator[Captioned]]:
+    """Answer each item's question about its image with an answering run's model: the decoding
+    settings and a stream of results in input order (each with its question and answers), as
+    :func:`caption_run` streams captions. Raises before any output for an unknown or non-answering
+    run and invalid decoding settings."""
+    loaded = load_run(workspace.existing_run(run), checkpoint, resolve_device(device))
+    if loaded.config.model.task != "answer":
+        kind = "a classifier; use 'mmfuse predict'" if loaded.labels is not None else "a captioner; use 'mmfuse caption'"
+        raise MmfuseError(f"run {run!r} is {kind} (ask is for runs trained on a question-answering data set)")
+    decode = loaded.config.decode.override(**(decode_options or {}))
+    decode.check_reachable(len(loaded.vocab))
+    return decode, _answer_stream(loaded, items, decode, batch_size)
+
+
+def _answer_stream(loaded: LoadedRun, items: Iterable[InputItem], decode: DecodeConfig,
+                   batch_size: int) -> Iterator[Captioned]:
+    text = answer_text(loaded.vocab)
+    transform = image_transform(loaded.config.model.image_size)
+    seen = 0
+    with _eval_mode(loaded.model), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for results in _loaded_batches(items, batch_size, transform, pool):
+            good = [(captioned, pixels) for captioned, pixels in results if pixels is not None]
+            if good:
+                _answer_batch(loaded, text, good, decode, seen)
+            seen += len(good)
+            yield from (captioned for captioned, _ in results)
+
+
+def _answer_batch(loaded: LoadedRun, text: Any, batch: list[tuple[Captioned, torch.Tensor]], decode: DecodeConfig,
+                  first_index: int) -> None:
+    """Fill in the answers of a batch of readable images with their questions."""
+    device = next(loaded.model.parameters()).device
+    images = torch.stack([pixels for _, pixels in batch]).to(device)  # (B, 3, S, S)
+    prompts = [text.prompt(question_record(captioned.question or "")) for captioned, _ in batch]
+    for (captioned, _), options in zip(batch, answer_images(loaded.model, images, prompts, decode, first_index)):
+        if any(g.score == float("-inf") for g in options):
+            captioned.problem = (f"no answer about {printable(str(captioned.path))} meets the decoding constraints "
+                                 f"({decode.describe()})")
+            continue
+        captioned.captions = [(text.decode(g.tokens), g.score) for g in options]
+
+
+def question_record(question: str) -> AnswerRecord:
+    """A question asked of an image, as the record an answerer's text codec reads (tokenized as
+    prepare-data tokenizes, for mmfuse's own vocabulary)."""
+    return AnswerRecord(id="asked", image=Path(), question=question, answers=(),
+                        question_tokens=tuple(tokenize(question)), answer_tokens=())
 
 
 def _writable_directory(path: Path) -> None:
@@ -158,11 +214,11 @@ def _batches(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]
 def _load(item: InputItem, transform: Any) -> tuple[Captioned, torch.Tensor | None]:
     """The model input for one item (None, with the problem recorded, if it cannot be read)."""
     if item.problem is not None:
-        return Captioned(item.path, problem=item.problem), None
+        return Captioned(item.path, problem=item.problem, question=item.question), None
     try:
-        return Captioned(item.path), transform(load_rgb(item.path))
+        return Captioned(item.path, question=item.question), transform(load_rgb(item.path))
     except MmfuseError as exc:
-        return Captioned(item.path, problem=str(exc)), None
+        return Captioned(item.path, problem=str(exc), question=item.question), None
 
 
 @torch.inference_mode()

@@ -1,5 +1,6 @@
-"""What ``mmfuse caption`` reads: image files, directories (recursively), glob patterns and ``-``
-(paths from stdin), expanded lazily in input order so that a long list streams."""
+"""What ``mmfuse caption`` and ``mmfuse ask`` read: image files, directories (recursively), glob
+patterns and ``-`` (paths from stdin), or (``ask --pairs``) JSON Lines of image and question,
+expanded lazily in input order so that a long list streams."""
 
 from __future__ import annotations
 
@@ -22,17 +23,20 @@ class Captioned:
     """The outcome for one input: its captions (words and score, best first), or why it was skipped."""
 
     path: Path
-    captions: list[tuple[list[str], float]] = field(default_factory=list)
+    captions: list[tuple[list[str], float]] = field(default_factory=list)  # answers, for a question
     problem: str | None = None
     attention_map: Path | None = None
+    question: str | None = None  # ``ask``: what was asked of the image
 
 
 @dataclass(frozen=True)
 class InputItem:
-    """One image to caption, or an input that named none (``problem``: a message naming it)."""
+    """One image to caption (or, with ``question``, to answer about), or an input that named none
+    (``problem``: a message naming it)."""
 
     path: Path
     problem: str | None = None
+    question: str | None = None
 
 
 def expand_inputs(inputs: Iterable[str], stdin: Iterable[str]) -> Iterator[InputItem]:
@@ -87,6 +91,31 @@ def _images_under(root: Path) -> Iterator[Path]:
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 yield Path(current) / name
+
+
+def asked(items: Iterable[InputItem], question: str) -> Iterator[InputItem]:
+    """Each input with ``question``."""
+    for item in items:
+        yield InputItem(item.path, item.problem, question)
+
+
+def question_pairs(lines: Iterable[str], where: str) -> Iterator[InputItem]:
+    """One input per non-empty JSON Lines line ``{"image": PATH, "question": TEXT}`` (a missing
+    image is an input with a problem; a malformed line is an error naming it)."""
+    import json
+
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            path, question = entry["image"], entry["question"]
+            if not isinstance(path, str) or not isinstance(question, str) or not path:
+                raise TypeError("'image' and 'question' must be non-empty strings")
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise MmfuseError(f"{where}:{n}: expected a JSON object with \"image\" and \"question\" "
+                              f"({type(exc).__name__}: {exc})") from None
+        yield InputItem(Path(path), _kind(Path(path))[1], question)
 
 
 def read_image_list(inputs: Iterable[str], stdin: Iterable[str]) -> list[Path]:

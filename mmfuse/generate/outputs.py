@@ -32,12 +32,12 @@ class Summary:
 
 
 def write_results(results: Iterable[Captioned], decode: DecodeConfig, fmt: str, out: TextIO,
-                  warn: Callable[[str], None]) -> Summary:
+                  warn: Callable[[str], None], command: str = "caption") -> Summary:
     """Print each result as ``fmt`` (tsv, text, jsonl, json) on ``out`` and flush it, warn about each
     skipped input (not when it is the only input: the caller's error then says it all); returns the
-    summary. A closed pipe (``| head``) ends the output quietly."""
+    summary. A closed pipe (``| head``) ends the output quietly. ``command``: caption or ask."""
     settings = {"strategy": decode.strategy, **to_dict(decode)}
-    summary, status = Summary(), _Status()
+    summary, status = Summary(), _Status("answered" if command == "ask" else "captioned")
     try:
         if fmt == "json":
             out.write("[")
@@ -63,7 +63,7 @@ def write_results(results: Iterable[Captioned], decode: DecodeConfig, fmt: str, 
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: end the output whole, then say where it stopped
         _close(out, fmt, summary)
         closed = " (a closed JSON array)" if fmt == "json" else ""
-        raise Interrupted(f"caption interrupted after {summary.written} image(s): the output{closed} holds their "
+        raise Interrupted(f"{command} interrupted after {summary.written} image(s): the output{closed} holds their "
                           f"results, each whole; run it again on the inputs that follow", exc) from None
     except BrokenPipeError:  # the reader went away: stop quietly, and keep Python from complaining at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
@@ -105,13 +105,18 @@ def _close(out: TextIO, fmt: str, summary: Summary) -> None:
 def _format(item: Captioned, settings: dict[str, Any], fmt: str) -> str:
     captions = [" ".join(words) for words, _ in item.captions]
     scores = [round(score, 6) for _, score in item.captions]
-    if fmt == "text":  # one line per input: its captions, best first, tab-separated
+    if fmt == "text":  # one line per input: its captions (answers), best first, tab-separated
         return "\t".join(captions) + "\n"
     if fmt == "tsv":
         path = printable(str(item.path))  # a tab or newline in a name cannot break the row
-        return "".join(f"{path}\t{c}\t{s:.4f}\n" for c, s in zip(captions, scores))
-    record: dict[str, Any] = {**json_path(item.path), "caption": captions[0], "score": scores[0],
-                              "captions": captions, "scores": scores, "decoding": settings}
+        asked = "" if item.question is None else printable(item.question) + "\t"
+        return "".join(f"{path}\t{asked}{c}\t{s:.4f}\n" for c, s in zip(captions, scores))
+    if item.question is not None:
+        record: dict[str, Any] = {**json_path(item.path), "question": item.question, "answer": captions[0],
+                                  "score": scores[0], "answers": captions, "scores": scores, "decoding": settings}
+        return json.dumps(record, ensure_ascii=False) + ("\n" if fmt == "jsonl" else "")
+    record = {**json_path(item.path), "caption": captions[0], "score": scores[0],
+              "captions": captions, "scores": scores, "decoding": settings}
     if item.attention_map is not None:
         record.update(json_path(item.attention_map, "attention_map"))
     return json.dumps(record, ensure_ascii=False) + ("\n" if fmt == "jsonl" else "")
@@ -122,7 +127,8 @@ class _Status:
     mixes with the results) one line redrawn at most twice a second; on a log file or pipe a plain
     line every 30 seconds and a closing one."""
 
-    def __init__(self) -> None:
+    def __init__(self, verb: str = "captioned") -> None:
+        self.verb = verb
         self.plain = not sys.stderr.isatty()
         self.on = self.plain or not sys.stdout.isatty()
         self.every = 30.0 if self.plain else 0.5
@@ -134,13 +140,13 @@ class _Status:
         now = time.monotonic()
         if self.on and now - self.shown > self.every:
             self.shown = now
-            rate = f"captioned {count} images ({count / (now - self.start):.1f}/s)"
+            rate = f"{self.verb} {count} images ({count / (now - self.start):.1f}/s)"
             sys.stderr.write(f"{rate}\n" if self.plain else f"\r{rate}")
             sys.stderr.flush()
 
     def done(self, written: int) -> None:
         """The closing line: how many were captioned (none when nothing was: the error says it all)."""
         if self.on and written and (self.plain or self.shown > self.start):
-            sys.stderr.write(f"{'' if self.plain else chr(13)}captioned {written} of {self.count} images in "
+            sys.stderr.write(f"{'' if self.plain else chr(13)}{self.verb} {written} of {self.count} images in "
                              f"{time.monotonic() - self.start:.1f} s\n")
 

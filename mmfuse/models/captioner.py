@@ -107,6 +107,12 @@ class Captioner(nn.Module):
             return ProjectedInputState.start(self, features)
         return self.initial_state(features, cache)
 
+    def read_prompt(self, features: ImageFeatures, prompts: torch.Tensor, state: DecodingState) -> DecodingState:
+        """The state after reading ``prompts`` (B, P) (an answerer's question, all of one length)
+        from ``state``; generation then starts by feeding ``<bos>``, the question/answer separator."""
+        _, state = self.decode(features, prompts, state)
+        return state
+
     def step_features(self, features: ImageFeatures, state: DecodingState) -> ImageFeatures:
         """What decoding steps read of the image features from ``state`` on (:meth:`decoding_state`):
         the ``attention`` fusion the grid and the pooled vector, position fusions the pooled vector

@@ -128,6 +128,16 @@ class LMCaptioner(nn.Module):
         logits, past = self.lm(context, use_cache=True)
         return LMState(past, torch.log_softmax(logits[:, -1], -1), media)
 
+    def read_prompt(self, features: ImageFeatures, prompts: torch.Tensor, state: LMState) -> LMState:
+        """The state after reading ``prompts`` (M, P) (an answerer's question, all of one length)
+        after the context: the cache extended and the first answer token's log-probs pending."""
+        if prompts.size(1) == 0:
+            return state
+        if state.media is not None:
+            self.fusion.attending(state.media)
+        logits, past = self.lm(self.lm.embed(prompts).float(), past=state.past, use_cache=True)  # (M, P, V)
+        return state._replace(past=past, pending=torch.log_softmax(logits[:, -1], -1))
+
     @staticmethod
     def step_features(features: ImageFeatures, state: LMState) -> ImageFeatures:
         """Steps read nothing of the features (the image is in the cache): zero-width rows."""

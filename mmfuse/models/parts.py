@@ -18,7 +18,8 @@ from mmfuse.models.hub import hf_id, is_hf
 from mmfuse.models.vision_towers import is_tower
 from mmfuse.models.text_encoders import TEXT_ENCODERS
 
-TASKS = ("caption", "classify")
+TASKS = ("caption", "classify", "answer")
+GENERATING = ("caption", "answer")  # tasks whose model is a captioner (an answerer reads the question first)
 RECURRENT = ("lstm", "gru")
 
 
@@ -47,17 +48,17 @@ def resolve_parts(cfg: ModelConfig, task: str) -> ModelConfig:
     fusion = FUSIONS.get(cfg.fusion)
     decoder = _auto_decoder(cfg.fusion) if cfg.decoder == "auto" else cfg.decoder
     text_encoder = _auto_text_encoder(cfg.fusion) if cfg.text_encoder == "auto" else cfg.text_encoder
-    if task == "caption" and is_hf(decoder):
+    if task in GENERATING and is_hf(decoder):
         hf_id(decoder)
         _check_language_model_pairing(cfg.fusion, fusion)
-    elif task == "caption":
+    elif task in GENERATING:
         DECODERS.get(decoder)
         _check_caption_pairing(cfg.fusion, fusion.kind, decoder)
     else:
         TEXT_ENCODERS.get(text_encoder)
         if is_hf(cfg.decoder):
             raise MmfuseError("--decoder hf: generates captions; a classifier (--task classify) has no decoder")
-    if not (task == "caption" and is_hf(decoder)):
+    if not (task in GENERATING and is_hf(decoder)):
         _refuse_language_model_options(cfg)
     return replace(cfg, decoder=decoder, text_encoder=text_encoder)
 

@@ -65,6 +65,7 @@ from mmfuse.models.encoders import check_weights_available
 from mmfuse.models.hub import hf_id, is_hf, locate
 from mmfuse.models.parts import resolve_parts
 from mmfuse.models.vision_towers import is_tower, tower_image_size
+from mmfuse.train.answering import AnswerObjective
 from mmfuse.train.distributed import ShardedBatches, World, start, stop, world_from_env
 from mmfuse.train.logs import RunLogs, check_tensorboard
 from mmfuse.train.state import Progress, load_checkpoint, save_checkpoint
@@ -132,6 +133,8 @@ def _train(workspace: Workspace, cfg: RunConfig, on_epoch: EpochHook | None, res
             _load_source_weights(objective.model, workspace.existing_run(cfg.train.scst_from))
     elif cfg.model.task == "caption":
         objective = CaptionObjective(cfg, data_dir, vocab, device, features)
+    elif cfg.model.task == "answer":
+        objective = AnswerObjective(cfg, data_dir, vocab, device, features)
     else:
         objective = ClassifyObjective(cfg, data_dir, vocab, list(manifest["labels"]), device, features)
     if cfg.train.encoder_from and not resume:  # checked before the run directory is made: a bad source writes nothing
@@ -273,8 +276,10 @@ def _resolve(workspace: Workspace, cfg: RunConfig, resume: bool = False) -> tupl
         model = replace(model, image_size=size)
     run = cfg.train.run or f"{cfg.train.data}-{cfg.model.fusion}-{time.strftime('%Y%m%d-%H%M%S')}"
     train_cfg = replace(cfg.train, run=run, select_metric=cfg.train.metric_for(task))
-    if task == "caption" and cfg.train.class_weights != "none":
-        raise MmfuseError("--class-weights applies to classification (--task classify), not captioning")
+    if task != "classify" and cfg.train.class_weights != "none":
+        raise MmfuseError(f"--class-weights applies to classification (--task classify), not to task {task!r}")
+    if task == "answer" and cfg.train.scst:
+        raise MmfuseError("--scst fine-tunes a captioner with its CIDEr-D reward; it does not apply to answering")
     cfg = replace(cfg, model=model, train=train_cfg)
     if cfg.train.encoder_from:
         workspace.existing_run(cfg.train.encoder_from)
