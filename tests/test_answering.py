@@ -12,7 +12,7 @@ import torch
 from mmfuse.config import DecodeConfig, ModelConfig
 from mmfuse.data.dataset import AnswerDataset
 from mmfuse.data.records import AnswerRecord
-from mmfuse.data.vocab import BOS_ID, EOS_ID, IGNORE, PAD_ID, Vocab
+from mmfuse.data.vocab import BOS_ID, EOS_ID, IGNORE, Vocab
 from mmfuse.errors import MmfuseError
 from mmfuse.evaluate.reports import answer_prior
 from mmfuse.generate.answers import answer_images
