@@ -59,12 +59,13 @@ def prepare_data_cmd(
     source: Annotated[str, typer.Argument(metavar="SOURCE", help="Data source: shapes, shapes-qa (built-in synthetic sets), coco, karpathy, flickr8k or folder.")],
     given: Given,
     name: Annotated[Optional[str], typer.Option(help="Data set name in the workspace (default: the source name).", show_default=False)] = None,
-    images: Annotated[Optional[str], typer.Option(help="coco, karpathy, flickr8k, folder: the image directory.", show_default=False, rich_help_panel="Real data")] = None,
-    annotations: Annotated[Optional[list[str]], typer.Option(help="coco: a captions_*.json file (repeat for several; names with 'train' give the training split).", show_default=False, rich_help_panel="Real data")] = None,
-    json_file: Annotated[Optional[str], typer.Option("--json", help="karpathy: dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json.", show_default=False, rich_help_panel="Real data")] = None,
+    images: Annotated[Optional[str], typer.Option(help="coco, karpathy, flickr8k, folder, vqa, llava: the image directory.", show_default=False, rich_help_panel="Real data")] = None,
+    annotations: Annotated[Optional[list[str]], typer.Option(help="coco: a captions_*.json file; vqa: a v2_mscoco_*_annotations.json file, one per --questions (repeat for several; names with 'train' give the training split).", show_default=False, rich_help_panel="Real data")] = None,
+    questions: Annotated[Optional[list[str]], typer.Option(help="vqa: a v2_OpenEnded_mscoco_*_questions.json file (repeat, in the order of --annotations).", show_default=False, rich_help_panel="Real data")] = None,
+    json_file: Annotated[Optional[str], typer.Option("--json", help="karpathy: dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json; llava: the instruction JSON (conversations).", show_default=False, rich_help_panel="Real data")] = None,
     captions: Annotated[Optional[str], typer.Option(help="flickr8k: Flickr8k.token.txt; folder: a CSV (image,caption or image,text,label) or JSONL file.", show_default=False, rich_help_panel="Real data")] = None,
     splits_dir: Annotated[Optional[str], typer.Option(help="flickr8k: the directory of Flickr_8k.{train,dev,test}Images.txt.", show_default=False, rich_help_panel="Real data")] = None,
-    val_ratio: Annotated[Optional[float], typer.Option(help="coco (no training file), flickr8k (no --splits-dir), folder (no split column): fraction of images for val (default: 0.05).", show_default=False, rich_help_panel="Real data")] = None,
+    val_ratio: Annotated[Optional[float], typer.Option(help="coco and vqa (no training file), flickr8k (no --splits-dir), folder (no split column), llava: fraction of images for val (default: 0.05).", show_default=False, rich_help_panel="Real data")] = None,
     test_ratio: Annotated[Optional[float], typer.Option(help="The same for test (default: 0.05).", show_default=False, rich_help_panel="Real data")] = None,
     min_count: Annotated[int, typer.Option(help="Keep words seen at least this often in training captions.")] = 1,
     max_length: Annotated[int, typer.Option(help="Cut tokenized captions to this many tokens (0: keep them whole).")] = 0,
@@ -81,12 +82,16 @@ def prepare_data_cmd(
       mmfuse prepare-data shapes --train-images 12000 --seed 0
       mmfuse prepare-data karpathy --json dataset_coco.json --images coco/
       mmfuse prepare-data folder --images photos/ --captions captions.csv
+      mmfuse prepare-data vqa --questions v2_OpenEnded_mscoco_val2014_questions.json \\
+          --annotations v2_mscoco_val2014_annotations.json --images coco/
+      mmfuse prepare-data llava --json llava_instruct_150k.json --images coco/train2017
     """
     from mmfuse.data.prepare import prepare_data
     from mmfuse.ui import LazyProgress
 
     options = {**given.get("shapes", {}), **{k: v for k, v in (
-        ("images", images), ("annotations", annotations), ("json", json_file), ("captions", captions),
+        ("images", images), ("annotations", annotations), ("questions", questions), ("json", json_file),
+        ("captions", captions),
         ("splits_dir", splits_dir), ("val_ratio", val_ratio), ("test_ratio", test_ratio)) if v is not None}}
     with LazyProgress() as bar:
         result = prepare_data(Workspace.open(workspace), source, options, name, min_count,

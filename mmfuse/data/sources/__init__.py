@@ -96,6 +96,8 @@ from mmfuse.data.sources import coco as _coco  # noqa: E402,F401
 from mmfuse.data.sources import flickr8k as _flickr8k  # noqa: E402,F401
 from mmfuse.data.sources import folder as _folder  # noqa: E402,F401
 from mmfuse.data.sources import karpathy as _karpathy  # noqa: E402,F401
+from mmfuse.data.sources import llava as _llava  # noqa: E402,F401
 from mmfuse.data.sources import shapes as _shapes  # noqa: E402,F401  (fills SOURCES)
 from mmfuse.data.sources import shapes_qa as _shapes_qa  # noqa: E402,F401
 from mmfuse.data.sources import shapes_vqa as _shapes_vqa  # noqa: E402,F401
+from mmfuse.data.sources import vqa as _vqa  # noqa: E402,F401

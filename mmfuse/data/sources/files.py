@@ -86,7 +86,7 @@ class ListedSource:
 
     def settle_splits(self, unusable: set[Path]) -> None:
         usable = [s for s in self.samples_ if isinstance(s.image, Path) and absolute(s.image) not in unusable
-                  and any(c.strip() for c in s.captions)]
+                  and has_text(s)]
         self.divide(usable)
 
     def divide(self, usable: list[RawSample]) -> None:
@@ -97,6 +97,13 @@ class ListedSource:
 
     def samples(self) -> Iterator[RawSample]:
         yield from self.samples_
+
+
+def has_text(sample: RawSample) -> bool:
+    """Whether a sample has what its task needs: a non-empty caption, or a question with a non-empty answer."""
+    if sample.question:
+        return bool(sample.question.strip()) and any(a.strip() for a in sample.answers)
+    return any(c.strip() for c in sample.captions)
 
 
 MAX_TEXT_CHARS = 10_000  # a caption, question or label longer than this is a mistake in the file, in any format
