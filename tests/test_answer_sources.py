@@ -113,3 +113,41 @@ def test_llava_names_a_bad_turn(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"image": "x.png", "conversations": [{"from": "robot", "value": "hi"}]}]))
     _fails(invoke("prepare-data", "llava", "--json", str(path), "--images", str(tmp_path)), "entry 0",
            "human or gpt")
+
+
+def test_a_folder_with_questions_and_answers(tmp_path: Path, workspace: Path) -> None:
+    for name, colour in (("a.png", (200, 0, 0)), ("b.png", (0, 0, 200)), ("c.png", (0, 200, 0))):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / name)
+    csv = tmp_path / "qa.csv"
+    csv.write_text('image,question,answers,question_type,split\n'
+                   'a.png,what color is it?,"[""red"", ""dark red""]",what color,train\n'
+                   'a.png,is it red?,"[""yes""]",is it,train\n'
+                   'b.png,what color is it?,"[""blue""]",what color,val\n'
+                   'c.png,what color is it?,"[""green""]",what color,test\n')
+    res = invoke("prepare-data", "folder", "--images", str(tmp_path), "--captions", str(csv), "--name", "qa")
+    assert res.exit_code == 0, res.stderr
+    train = load_answer_split(workspace / "datasets" / "qa", "train")
+    assert [(r.question, r.answers, r.question_type) for r in train] == [
+        ("what color is it?", ("red", "dark red"), "what color"), ("is it red?", ("yes",), "is it")]
+    lines = tmp_path / "qa.jsonl"
+    lines.write_text("\n".join(json.dumps(row) for row in [
+        {"image": "a.png", "question": "what is it?", "answer": "a red square", "split": "train"},
+        {"image": "b.png", "question": "what is it?", "answer": "a blue square", "split": "val"},
+        {"image": "c.png", "question": "what is it?", "answer": "a green square", "split": "test"}]) + "\n")
+    res = invoke("prepare-data", "folder", "--images", str(tmp_path), "--captions", str(lines), "--name", "qa2")
+    assert res.exit_code == 0, res.stderr
+    assert load_answer_split(workspace / "datasets" / "qa2", "val")[0].answers == ("a blue square",)
+
+
+def test_a_folder_file_mixing_questions_with_captions_or_lacking_answers_is_refused(tmp_path: Path) -> None:
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"image": "a.png", "caption": "a square"}\n{"image": "a.png", "question": "is it?", "answer": "yes"}\n')
+    _fails(invoke("prepare-data", "folder", "--images", str(tmp_path), "--captions", str(mixed)),
+           "mixed.jsonl:2", "task 'answer'", "one kind of row")
+    bad = tmp_path / "bad.csv"
+    bad.write_text('image,question,answers\na.png,is it?,"yes"\n')
+    _fails(invoke("prepare-data", "folder", "--images", str(tmp_path), "--captions", str(bad)),
+           "bad.csv:2", "JSON list of strings")
+    bad.write_text('image,question\na.png,is it?\n')
+    _fails(invoke("prepare-data", "folder", "--images", str(tmp_path), "--captions", str(bad)), "needs 'answer'")

@@ -2,8 +2,11 @@
 
 Captioning: CSV columns ``image,caption`` (one row per caption; an image may have several rows) or
 JSONL ``{"image": ..., "captions": [...]}`` (or ``"caption": "..."``). Classification: CSV columns
-``image,text,label`` or JSONL ``{"image", "text", "label"}``, each with an optional ``group``. The
-task is classification when the file has labels. An optional ``split`` column/key (train, val,
+``image,text,label`` or JSONL ``{"image", "text", "label"}``, each with an optional ``group``.
+Answering: CSV columns ``image,question,answer`` (or ``answers``, a JSON list of the humans' answers)
+or JSONL ``{"image", "question", "answer"}`` (or ``"answers": [...]``), with optional
+``question_type`` and ``answer_type``. The task is classification when the file has labels,
+answering when it has questions. An optional ``split`` column/key (train, val,
 test) places each image; without it images are divided by ``--val-ratio``/``--test-ratio`` with
 ``--seed``. Image paths are relative to ``--images`` (or absolute).
 """
@@ -52,6 +55,10 @@ class _Row:
     label: str = ""
     group: str = ""
     split: str = ""
+    question: str = ""
+    answers: list[str] = dataclasses.field(default_factory=list)
+    question_type: str = ""
+    answer_type: str = ""
 
 
 @dataclass(slots=True)
@@ -97,7 +104,7 @@ class FolderSource:
         self.splits.update(_splits(usable, self.opts) if usable else {})
         self.counts = Counter[str]()
         for image, info in self.rows.images.items():
-            self.counts[self.splits[image]] += info.rows if self.task == "classify" else 1
+            self.counts[self.splits[image]] += info.rows if self.task != "caption" else 1
 
     def count(self, split: str) -> int:
         return self.counts[split]
@@ -105,6 +112,13 @@ class FolderSource:
     def samples(self) -> Iterator[RawSample]:
         names = list(self.rows.images)  # index -> image
         seen: set[str] = set()
+        if self.task == "answer":
+            for image, number, question, answers, question_type, answer_type in self.rows.questions_in_file_order():
+                name = names[image]
+                yield RawSample(split=self.splits[name], id=_unique_id(f"{_key(name)}-{number}", seen),
+                                image=self.root / name, question=question, answers=json.loads(answers),
+                                question_type=question_type, answer_type=answer_type)
+            return
         if self.task == "classify":
             for image, number, text, label, group in self.rows.in_file_order():
                 name = names[image]
@@ -123,17 +137,19 @@ class _RowStore:
 
     def __init__(self, path: Path):
         self.db = sqlite3.connect("")  # "": a private on-disk database, deleted when closed
-        self.db.execute("CREATE TABLE texts (image INTEGER, row INTEGER, text TEXT, label TEXT, grp TEXT)")
+        self.db.execute("CREATE TABLE texts (image INTEGER, row INTEGER, text TEXT, label TEXT, grp TEXT, "
+                        "answers TEXT, atype TEXT)")
         self.images: dict[str, _Image] = {}  # image path as written in the file -> what is kept of it
-        self.unlabelled = ""  # where the first row without a label is
-        self.labelled = 0  # rows with a label
+        self.kinds: dict[str, str] = {}  # task -> where its first row is
         with _temporary_space(), self.db:
-            self.db.executemany("INSERT INTO texts VALUES (?, ?, ?, ?, ?)", self._texts(path))
+            self.db.executemany("INSERT INTO texts VALUES (?, ?, ?, ?, ?, ?, ?)", self._texts(path))
         if not self.images:
             raise MmfuseError(f"{path}: no rows")
-        self.task = "classify" if self.labelled else "caption"
-        if self.task == "classify" and self.unlabelled:
-            raise MmfuseError(f"{self.unlabelled}: no 'label' (other rows have one: a classification file)")
+        if len(self.kinds) > 1:
+            (one, first), (other, second) = sorted(self.kinds.items(), key=lambda kv: kv[1])[:2]
+            raise MmfuseError(f"{second}: a row for task {other!r} in a file whose rows are for task {one!r} "
+                              f"(from {first}); one file holds one kind of row")
+        self.task = next(iter(self.kinds))
 
     def _texts(self, path: Path) -> Iterator[tuple[int, int, str, str, str]]:
         """(image index, row number, text, label, group) per caption or labelled row, checking each row."""
@@ -146,19 +162,27 @@ class _RowStore:
                                   f"{image.split!r} in an earlier row")
             image.split = image.split or row.split
             image.rows += 1
-            if row.label:
-                self.labelled += 1
+            task = "answer" if row.question else "classify" if row.label else "caption"
+            self.kinds.setdefault(task, row.where)
+            if row.question:
+                image.texts += any(a.strip() for a in row.answers)
+                yield image.index, number, row.question, "", row.question_type, json.dumps(row.answers), row.answer_type
+            elif row.label:
                 image.texts += 1
-                yield image.index, number, row.text, row.label, row.group
-                continue
-            self.unlabelled = self.unlabelled or row.where
-            for caption in row.captions:
-                image.texts += bool(caption.strip())
-                yield image.index, number, caption, "", ""
+                yield image.index, number, row.text, row.label, row.group, "", ""
+            else:
+                for caption in row.captions:
+                    image.texts += bool(caption.strip())
+                    yield image.index, number, caption, "", "", "", ""
 
     def in_file_order(self) -> Iterator[tuple[int, int, str, str, str]]:
         with _temporary_space():
             yield from self.db.execute("SELECT image, row, text, label, grp FROM texts ORDER BY rowid")
+
+    def questions_in_file_order(self) -> Iterator[tuple[int, int, str, str, str, str]]:
+        """(image, row, question, answers as JSON, question type, answer type) per answering row."""
+        with _temporary_space():
+            yield from self.db.execute("SELECT image, row, text, answers, grp, atype FROM texts ORDER BY rowid")
 
     def captions_by_image(self) -> "_Groups":
         with _temporary_space():
@@ -208,9 +232,10 @@ def _csv_rows(path: Path) -> Iterator[_Row]:
     reader = csv.DictReader(line for _, line in lines)
     try:
         header = reader.fieldnames or []
-        if "image" not in header or not ({"caption", "label"} & set(header)):
+        if "image" not in header or not ({"caption", "label", "question"} & set(header)):
             raise MmfuseError(f"{path}:1: the header must name the columns 'image' and 'caption' (or 'image', "
-                              f"'text' and 'label'); got {', '.join(header) or 'nothing'}")
+                              f"'text' and 'label', or 'image', 'question' and 'answer'); got "
+                              f"{', '.join(header) or 'nothing'}")
         for row in reader:
             where = f"{path}:{reader.line_num}"
             if None in row or any(v is None for v in row.values()):
@@ -249,8 +274,31 @@ def _row(where: str, item: dict[str, Any]) -> _Row:
     label = text_value(item.get("label", ""), where, "label").strip()
     if "label" in item and not label:
         raise MmfuseError(f"{where}: empty 'label'")
+    question = text_value(item.get("question", ""), where, "question").strip()
+    if "question" in item and not question:
+        raise MmfuseError(f"{where}: empty 'question'")
+    answers = _answers(item, where) if question else []
     return _Row(where, image, captions, text_value(item.get("text", ""), where, "text"), label,
-                text_value(item.get("group", ""), where, "group"), split)
+                text_value(item.get("group", ""), where, "group"), split, question, answers,
+                text_value(item.get("question_type", ""), where, "question_type"),
+                text_value(item.get("answer_type", ""), where, "answer_type"))
+
+
+def _answers(item: dict[str, Any], where: str) -> list[str]:
+    """A question's human answers: ``answer`` (one), or ``answers`` (a list; in CSV a JSON list)."""
+    if "answers" not in item:
+        if "answer" not in item:
+            raise MmfuseError(f"{where}: a question needs 'answer' (or 'answers')")
+        return [text_value(item["answer"], where, "answer")]
+    answers = item["answers"]
+    if isinstance(answers, str):  # a CSV cell
+        try:
+            answers = json.loads(answers)
+        except json.JSONDecodeError:
+            raise MmfuseError(f"{where}: 'answers' must be a JSON list of strings, e.g. [\"red\", \"dark red\"]") from None
+    if not isinstance(answers, list) or not answers:
+        raise MmfuseError(f"{where}: 'answers' must be a non-empty list of strings")
+    return [text_value(a, where, "answers") for a in answers]
 
 
 def _splits(images: dict[str, _Image], ratios: SplitRatios) -> dict[str, str]:
