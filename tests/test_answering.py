@@ -190,3 +190,21 @@ def test_ask_and_caption_refuse_each_others_runs_and_bad_input(trained_vqa: Path
     _fails(invoke("caption", image, "--run", "v", "-w", str(trained_vqa)), "answers questions", "mmfuse ask")
     _fails(invoke("ask", "--pairs", "-", "--run", "v", "-w", str(trained_vqa), input='{"image": "a.png"}\n'),
            "standard input:1", "\"question\"")
+
+
+@pytest.mark.slow
+def test_compare_ranks_answering_fusions_beside_the_answer_prior_with_ablations(workspace: Path) -> None:
+    from tests.conftest import TINY
+
+    assert invoke("prepare-data", "shapes-vqa", "--name", "vqa", *TINY).exit_code == 0
+    out = invoke("compare", "--data", "vqa", "--fusion", "concat,prefix", "--epochs", "1", "--batch-size", "16",
+                 "--feature-dim", "32", "--embed-dim", "16", "--hidden-dim", "32", "--ablate", "image,text", "--json")
+    assert out.exit_code == 0, out.stderr
+    board = json.loads(out.stdout)
+    assert board["task"] == "answer" and board["ranked_by"] == "vqa_accuracy"
+    assert [r["vqa_accuracy"] for r in board["rows"]] == sorted((r["vqa_accuracy"] for r in board["rows"]), reverse=True)
+    row = board["rows"][0]
+    assert {"answer_prior", "vqa_accuracy_without_image", "vqa_accuracy_without_text", "group:how many"} <= set(row)
+    report = json.loads((workspace / "runs" / row["run"] / "eval-test.json").read_text())
+    assert row["vqa_accuracy"] == report["metrics"]["vqa_accuracy"] and row["answer_prior"] == \
+        report["prior"]["metrics"]["vqa_accuracy"]

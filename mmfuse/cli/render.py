@@ -205,7 +205,8 @@ def print_images(title: str, items: list[dict[str, Any]], with_score: bool = Fal
 
 _BOARD_HEADERS = {"fusion": "fusion", "sequence_model": "model", "parameters": "params", "train_seconds": "train s",
                   "samples_per_s": "samples/s", "accuracy": "accuracy", "macro_f1": "macro F1",
-                  "majority_rate": "majority", **_METRIC_NAMES}
+                  "majority_rate": "majority", "vqa_accuracy": "VQA acc.", "exact_match": "exact match",
+                  "answer_prior": "answer prior", **_METRIC_NAMES}
 
 
 def print_leaderboard(board: dict[str, Any]) -> None:
@@ -219,6 +220,8 @@ def print_leaderboard(board: dict[str, Any]) -> None:
     columns = [c for c in _BOARD_HEADERS if c in board["rows"][0]]
     ablated = [k for k in board["rows"][0] if k.startswith(f"{main}_without_")]
     groups = [k for k in board["rows"][0] if k.startswith("group:")]  # accuracy per group (e.g. question kind)
+    if board["task"] == "answer":  # per question type: in the JSON and CSV files (too many for one table)
+        groups = []
     table = Table(title=f"{board['data']} ({board['task']}), ranked by {_BOARD_HEADERS[main]}")
     for column in columns:
         table.add_column(_BOARD_HEADERS[column], justify="left" if column in ("fusion", "sequence_model") else "right")

@@ -35,6 +35,7 @@ from mmfuse.workspace import (
 
 CAPTION_COLUMNS = ("bleu4", "cider_d", "rouge_l", "meteor")
 CLASSIFY_COLUMNS = ("accuracy", "macro_f1")
+RANKED_BY = {"caption": "cider_d", "classify": "accuracy", "answer": "vqa_accuracy"}
 Notify = Callable[[str], None]
 
 
@@ -73,7 +74,7 @@ def compare(workspace: Workspace, base: RunConfig, fusions: list[str], name: str
                               f"again to continue", code) from None
         done.keep(workspace, cfg, row)
         rows.append(row)
-    metric = "cider_d" if task == "caption" else "accuracy"
+    metric = RANKED_BY[task]
     rows.sort(key=lambda r: -r[metric])
     board = {"name": name, "data": base.train.data, "task": task, "ranked_by": metric,
              "encoder_from": base.train.encoder_from or None,
@@ -166,7 +167,7 @@ def _train_and_score(workspace: Workspace, cfg: RunConfig, task: str, ablations:
     model = result.config.model
     row: dict[str, Any] = {
         "fusion": model.fusion,
-        "sequence_model": model.decoder if task == "caption" else model.text_encoder,
+        "sequence_model": model.text_encoder if task == "classify" else model.decoder,
         "parameters": _parameters(workspace, run),
         "train_seconds": round(seconds, 1),
         "samples_per_s": round(sum(h["images_per_s"] for h in result.history) / len(result.history), 1),
@@ -176,9 +177,11 @@ def _train_and_score(workspace: Workspace, cfg: RunConfig, task: str, ablations:
     report = evaluate_run(workspace, run, with_meteor=with_meteor)
     row.update(_scores(report, task))
     row.update({f"group:{g}": v["accuracy"] for g, v in report.get("per_group", {}).items() if g})
+    row.update({f"group:{g}": v["vqa_accuracy"] for g, v in report.get("per_question_type", {}).items() if g})
     for ablation in ablations:
         scores = _scores(evaluate_run(workspace, run, with_meteor=False, ablation=ablation), task)
-        row.update({f"{k}_without_{ablation.modality}": v for k, v in scores.items() if k != "majority_rate"})
+        row.update({f"{k}_without_{ablation.modality}": v for k, v in scores.items()
+                    if k not in ("majority_rate", "answer_prior")})
     return row
 
 
@@ -192,6 +195,9 @@ def _scores(report: dict[str, Any], task: str) -> dict[str, float]:
     metrics = report["metrics"]
     if task == "caption":
         return {k: metrics[k] for k in CAPTION_COLUMNS if k in metrics}
+    if task == "answer":  # beside the answer prior: the most frequent training answer per question type
+        return {"vqa_accuracy": metrics["vqa_accuracy"], "exact_match": metrics["exact_match"],
+                "answer_prior": report["prior"]["metrics"]["vqa_accuracy"]}
     return {**{k: metrics[k] for k in CLASSIFY_COLUMNS}, "majority_rate": report["majority_rate"]}
 
 
