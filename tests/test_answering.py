@@ -130,6 +130,7 @@ def test_the_answer_prior_is_the_most_frequent_training_answer_of_each_question_
     prior = answer_prior(train, test)
     assert prior["answers"] == {"how many": "2", "what color": "red"}
     assert prior["metrics"]["vqa_accuracy"] == 0.75  # "2", "2" (wrong), "red", and "2" (overall most frequent)
+    assert prior["no_question"] == {"answer": "2", "metrics": {"vqa_accuracy": 0.5, "exact_match": 0.5}}
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_evaluating_a_run_equals_scoring_its_results_file_and_prints_the_prior(t
     out = invoke("evaluate", "--run", "v", "--json", "--show", "2", "-w", ws)
     assert out.exit_code == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["task"] == "answer" and "answer prior" in out.stderr and "VQA accuracy" in out.stderr
+    assert report["task"] == "answer" and "prior: per question type" in out.stderr and "VQA accuracy" in out.stderr
     results = trained_vqa / "runs" / "v" / "results-test.json"
     assert [r["question_id"] for r in json.loads(results.read_text())] == [q["id"] for q in report["questions"]]
     again = json.loads(invoke("evaluate", "--predictions", str(results), "--references", "vqa", "--json",

@@ -82,8 +82,9 @@ def print_answers(report: dict[str, Any], show: int, worst: int) -> None:
         console().print(f"{report['predictions']} against {report['references']}: {report['num_questions']} "
                         f"questions", markup=False)
     rows = {"all": {**report["metrics"], "questions": report["num_questions"]}}
-    if "prior" in report:  # the answer-prior baseline: the most frequent training answer of each question type
-        rows["answer prior"] = {**report["prior"]["metrics"], "questions": report["num_questions"]}
+    if "prior" in report:  # the answer priors: the most frequent training answer per question type, and overall
+        rows["prior: per question type"] = {**report["prior"]["metrics"], "questions": report["num_questions"]}
+        rows["prior: one answer"] = {**report["prior"]["no_question"]["metrics"], "questions": report["num_questions"]}
     _answer_table(None, rows)
     for title, key in (("per answer type", "per_answer_type"), ("per question type", "per_question_type")):
         if report[key]:

@@ -178,9 +178,11 @@ def _answer_split(loaded: LoadedRun, data_dir: Path, split: str, decode_options:
 
 
 def answer_prior(train: list[AnswerRecord], records: list[AnswerRecord]) -> dict[str, Any]:
-    """The answer-prior baseline: each question answered with the most frequent (majority) training
-    answer of its question type (of all training questions where the type is new or not given),
-    scored as a model's answers are: what a model that ignores the image reaches at best, per type."""
+    """The answer-prior baselines, scored as a model's answers are. Per question type: each question
+    answered with the most frequent (majority) training answer of its type (of all training
+    questions where the type is new or not given): what a model that ignores the image can reach,
+    knowing what kind of question it is. ``no_question``: every question answered with the most
+    frequent training answer: what a model that knows neither reaches."""
     by_type: dict[str, Counter] = {}
     for r in train:
         by_type.setdefault(r.question_type, Counter())[majority_answer(r.answers)] += 1
@@ -189,8 +191,11 @@ def answer_prior(train: list[AnswerRecord], records: list[AnswerRecord]) -> dict
                for r in records]
     scores = vqa_scores(guesses, [r.answers for r in records], [r.question_type for r in records],
                         [r.answer_type for r in records])
+    blind = vqa_scores([overall] * len(records), [r.answers for r in records], [""] * len(records),
+                       [""] * len(records))
     return {"metrics": scores["overall"], "per_question_type": scores["per_question_type"],
-            "answers": {t: c.most_common(1)[0][0] for t, c in sorted(by_type.items())}}
+            "answers": {t: c.most_common(1)[0][0] for t, c in sorted(by_type.items())},
+            "no_question": {"answer": overall, "metrics": blind["overall"]}}
 
 
 def _classify_split(loaded: LoadedRun, data_dir: Path, split: str, batch_size: int,
