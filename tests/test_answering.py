@@ -177,6 +177,10 @@ def test_ask_answers_in_input_order_from_arguments_stdin_and_pairs(trained_vqa: 
     assert [a["question"] for a in answered] == ["what color is the circle ?", "how many circles are there ?",
                                                  "is there a red circle ?"]
     assert all(a["answer"] == a["answers"][0] and a["decoding"]["beam_size"] == 2 for a in answered)
+    unknown = invoke("ask", str(images[0]), str(images[1]), "--question", "what colour is the zebra ?", "--run", "v",
+                     "-w", ws)
+    assert unknown.exit_code == 0 and unknown.stderr.count("'colour', 'zebra' in 'what colour is the zebra ?': not "
+                                                           "in the model's vocabulary") == 1, unknown.stderr
     missing = invoke("ask", str(images[0]), str(tmp_path / "nope.png"), "--question", "is there a red circle ?",
                      "--run", "v", "-w", ws)
     assert missing.exit_code == 1 and len(missing.stdout.splitlines()) == 1 and "nope.png" in missing.stderr
@@ -189,6 +193,7 @@ def test_ask_and_caption_refuse_each_others_runs_and_bad_input(trained_vqa: Path
     _fails(invoke("ask", image, "--question", "is it ?", "--run", "r", "-w", str(trained)), "is a captioner",
            "mmfuse caption")
     _fails(invoke("caption", image, "--run", "v", "-w", str(trained_vqa)), "answers questions", "mmfuse ask")
+    _fails(invoke("predict", image, "--text", "is it ?", "--run", "v", "-w", str(trained_vqa)), "mmfuse ask")
     _fails(invoke("ask", "--pairs", "-", "--run", "v", "-w", str(trained_vqa), input='{"image": "a.png"}\n'),
            "standard input:1", "\"question\"")
 

@@ -345,7 +345,8 @@ def ask_cmd(
     workspace: Workspace_ = None,
 ) -> None:
     """Answer questions about images: results on stdout in input order, as they are ready. An image
-    that cannot be read is reported on stderr and skipped; the exit code is then 1.
+    that cannot be read is reported on stderr and skipped; the exit code is then 1. Words of a
+    question that the model never saw are named on stderr.
 
     Examples:
 
@@ -376,7 +377,8 @@ def ask_cmd(
         items = _first_checked(asked(expand_inputs(images or [], _stdin_paths()), question), "-" not in (images or []))
     from mmfuse.generate.inference import ask_run  # torch: after the checks that need no model
 
-    decode, results = ask_run(ws, run_name, items, given.get("decode", {}), checkpoint, device, batch_size)
+    decode, results = ask_run(ws, run_name, items, given.get("decode", {}), checkpoint, device, batch_size,
+                              render.warn)
     failed = write_results(results, decode, output_format, sys.stdout, render.warn, "ask")
     if failed.total == 0:
         raise MmfuseError("no images given (pass image files, directories, patterns, - to read paths from stdin, or "

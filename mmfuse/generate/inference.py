@@ -99,23 +99,27 @@ def caption_run(
 
 
 def ask_run(workspace: Workspace, run: str, items: Iterable[InputItem], decode_options: dict[str, Any] | None = None,
-            checkpoint: str = "best", device: str = "auto", batch_size: int = 64) -> tuple[DecodeConfig, Iterator[Captioned]]:
+            checkpoint: str = "best", device: str = "auto", batch_size: int = 64,
+            warn: Callable[[str], None] | None = None) -> tuple[DecodeConfig, Iterator[Captioned]]:
     """Answer each item's question about its image with an answering run's model: the decoding
     settings and a stream of results in input order (each with its question and answers), as
     :func:`caption_run` streams captions. Raises before any output for an unknown or non-answering
-    run and invalid decoding settings."""
+    run and invalid decoding settings. ``warn`` hears of the words of a question that the model's
+    vocabulary lacks (read as ``<unk>``), once per question text."""
     loaded = load_run(workspace.existing_run(run), checkpoint, resolve_device(device))
     if loaded.config.model.task != "answer":
         kind = "a classifier; use 'mmfuse predict'" if loaded.labels is not None else "a captioner; use 'mmfuse caption'"
         raise MmfuseError(f"run {run!r} is {kind} (ask is for runs trained on a question-answering data set)")
     decode = loaded.config.decode.override(**(decode_options or {}))
     decode.check_reachable(len(loaded.vocab))
-    return decode, _answer_stream(loaded, items, decode, batch_size)
+    return decode, _answer_stream(loaded, items, decode, batch_size, warn)
 
 
-def _answer_stream(loaded: LoadedRun, items: Iterable[InputItem], decode: DecodeConfig,
-                   batch_size: int) -> Iterator[Captioned]:
+def _answer_stream(loaded: LoadedRun, items: Iterable[InputItem], decode: DecodeConfig, batch_size: int,
+                   warn: Callable[[str], None] | None) -> Iterator[Captioned]:
     text = answer_text(loaded.vocab)
+    if warn is not None:
+        items = _warn_unknown(items, text, warn)
     transform = image_transform(loaded.config.model.image_size)
     seen = 0
     with _eval_mode(loaded.model), ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -139,6 +143,19 @@ def _answer_batch(loaded: LoadedRun, text: Any, batch: list[tuple[Captioned, tor
                                  f"({decode.describe()})")
             continue
         captioned.captions = [(text.decode(g.tokens), g.score) for g in options]
+
+
+def _warn_unknown(items: Iterable[InputItem], text: Any, warn: Callable[[str], None]) -> Iterator[InputItem]:
+    """``items``, warning once per question text of the words the model never saw."""
+    said: set[str] = set()
+    for item in items:
+        question = item.question or ""
+        if question not in said:
+            said.add(question)
+            unknown = text.unknown_words(question_record(question))
+            if unknown:
+                warn(f"{', '.join(map(repr, unknown))} in {question!r}: not in the model's vocabulary (read as <unk>)")
+        yield item
 
 
 def question_record(question: str) -> AnswerRecord:
@@ -263,7 +280,8 @@ def predict_run(workspace: Workspace, run: str, paths: list[Path], texts: list[s
     """
     loaded = load_run(workspace.existing_run(run), checkpoint, resolve_device(device))
     if loaded.labels is None:
-        raise MmfuseError(f"run {run!r} is a captioner; use 'mmfuse caption' (predict is for classification runs)")
+        use = "ask' (it answers questions)" if loaded.config.model.task == "answer" else "caption'"
+        raise MmfuseError(f"run {run!r} is not a classifier; use 'mmfuse {use} (predict is for classification runs)")
     check_images(paths)
     tokens = list(tokenize_many(texts))
     token_ids = [loaded.vocab.encode(t) for t in tokens]

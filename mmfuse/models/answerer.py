@@ -51,6 +51,9 @@ class AnswerText(Protocol):
     def decode(self, ids: list[int]) -> list[str]:
         """Generated ids -> the answer's words."""
 
+    def unknown_words(self, record: AnswerRecord) -> list[str]:
+        """Words of the question the codec cannot represent (mmfuse's vocabulary: read as ``<unk>``)."""
+
 
 @dataclass(frozen=True)
 class VocabAnswers:
@@ -70,6 +73,9 @@ class VocabAnswers:
 
     def decode(self, ids: list[int]) -> list[str]:
         return self.vocab.decode(ids)
+
+    def unknown_words(self, record: AnswerRecord) -> list[str]:
+        return list(dict.fromkeys(t for t in record.question_tokens if t not in self.vocab))
 
     def _ids(self, tokens: Sequence[str]) -> list[int]:
         return [self.vocab.index(t) for t in tokens]
@@ -92,6 +98,9 @@ class LMAnswers:
 
     def decode(self, ids: list[int]) -> list[str]:
         return self.text.decode(ids)
+
+    def unknown_words(self, record: AnswerRecord) -> list[str]:
+        return []  # a tokenizer splits any word into pieces it knows
 
 
 def answer_text(codec: Any) -> AnswerText:
