@@ -246,13 +246,12 @@ def _classify_record(sample: RawSample, rel: str) -> dict[str, Any]:
 
 def _answer_record(sample: RawSample, rel: str, written: _Written) -> dict[str, Any] | None:
     """An answering record: the question and history tokenized, each human answer kept and tokenized
-    (empty answers dropped; a question left with none is skipped)."""
+    (empty answers dropped; an empty question, or one left with no answer, is skipped)."""
     question = sample.question.strip()
-    if not question:
-        raise MmfuseError(f"sample {sample.id} has no question")
     answers = [a.strip() for a in sample.answers if a and a.strip()]
-    if not answers:
-        written.skipped.append({"id": sample.id, "image": rel, "problem": "no non-empty answer"})
+    if not question or not answers:
+        written.skipped.append({"id": sample.id, "image": rel,
+                                "problem": "no non-empty answer" if question else "an empty question"})
         return None
     record: dict[str, Any] = {"id": sample.id, "image": rel, "question": question, "question_tokens": tokenize(question),
                               "answers": answers, "answer_tokens": list(tokenize_many(answers))}

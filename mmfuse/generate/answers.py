@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from mmfuse.config import DecodeConfig
 from mmfuse.data.dataset import ImageDataset
 from mmfuse.generate.decoding import Generated, generate
-from mmfuse.models.answerer import Prompted, same_length_groups
+from mmfuse.models.answerer import AnswerText, Prompted, same_length_groups
 
 
 @torch.inference_mode()
@@ -37,7 +37,7 @@ def answer_images(model: Any, images: torch.Tensor, prompts: Sequence[list[int]]
     return out
 
 
-def answer_files(model: Any, text: Any, paths: list[Path], prompts: list[list[int]], image_size: int,
+def answer_files(model: Any, text: AnswerText, paths: list[Path], prompts: list[list[int]], image_size: int,
                  decode: DecodeConfig, batch_size: int = 64, blank_images: bool = False) -> Iterator[list[str]]:
     """Yield each question's best answer (words) in input order; the model is put in eval mode for
     the duration. ``blank_images`` feeds mean-colour images instead (the image ablation)."""

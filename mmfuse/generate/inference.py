@@ -24,7 +24,7 @@ from mmfuse.errors import MmfuseError
 from mmfuse.generate.answers import answer_images
 from mmfuse.generate.decoding import generate
 from mmfuse.generate.inputs import Captioned, InputItem, check_images
-from mmfuse.models.answerer import answer_text
+from mmfuse.models.answerer import AnswerText, answer_text
 from mmfuse.models.captioner import Captioner
 from mmfuse.models.checkpoint import LoadedRun, load_run
 from mmfuse.models.fusion import ATTENTION
@@ -131,7 +131,7 @@ def _answer_stream(loaded: LoadedRun, items: Iterable[InputItem], decode: Decode
             yield from (captioned for captioned, _ in results)
 
 
-def _answer_batch(loaded: LoadedRun, text: Any, batch: list[tuple[Captioned, torch.Tensor]], decode: DecodeConfig,
+def _answer_batch(loaded: LoadedRun, text: AnswerText, batch: list[tuple[Captioned, torch.Tensor]], decode: DecodeConfig,
                   first_index: int) -> None:
     """Fill in the answers of a batch of readable images with their questions."""
     device = next(loaded.model.parameters()).device
@@ -145,7 +145,7 @@ def _answer_batch(loaded: LoadedRun, text: Any, batch: list[tuple[Captioned, tor
         captioned.captions = [(text.decode(g.tokens), g.score) for g in options]
 
 
-def _warn_unknown(items: Iterable[InputItem], text: Any, warn: Callable[[str], None]) -> Iterator[InputItem]:
+def _warn_unknown(items: Iterable[InputItem], text: AnswerText, warn: Callable[[str], None]) -> Iterator[InputItem]:
     """``items``, warning once per question text of the words the model never saw."""
     said: set[str] = set()
     for item in items:
