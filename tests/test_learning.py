@@ -17,6 +17,9 @@ MIN_TEST_BLEU4 = {"concat": 0.40, "attention": 0.55}
 # 0.4975, text ablated 0.515); 0.695 when the Transformer read the image tokens and raw words together
 MIN_QA_ACCURACY = 0.65
 MAX_ABLATED_ACCURACY = 0.56  # the majority-class rate is 0.50
+# attention answerer, 2,000 shapes-vqa images, 4 epochs; measured 0.588 (per-type prior 0.423, image
+# shuffled 0.405, question emptied 0.118, one-answer prior 0.113), 117 s of training
+MIN_VQA_ACCURACY = 0.54
 
 
 @pytest.fixture(scope="module")
@@ -76,19 +79,20 @@ def test_classifier_answers_shapes_qa_only_with_both_modalities(workspace: Path)
 
 @pytest.mark.slow
 def test_answerer_learns_shapes_vqa_and_needs_both_modalities(workspace: Path) -> None:
-    """Attention fusion on 1,500 shapes-vqa images (4,500 questions), 4 epochs, seed 0: VQA accuracy
-    well above the answer prior; with the image shuffled or the question emptied, no better than
-    the prior (which knows each question's type)."""
-    res = invoke("prepare-data", "shapes-vqa", "--train-images", "1500", "--val-images", "60", "--test-images", "200")
+    """Attention fusion on 2,000 shapes-vqa images (6,000 questions), 4 epochs, seed 0: VQA accuracy
+    well above the per-question-type answer prior. With the image shuffled it is no better than that
+    prior; with the question emptied, no better than answering everything with the most frequent
+    training answer (it no longer knows what is asked)."""
+    res = invoke("prepare-data", "shapes-vqa", "--train-images", "2000", "--val-images", "60", "--test-images", "200")
     assert res.exit_code == 0, res.stderr
     res = invoke("train", "--data", "shapes-vqa", "--fusion", "attention", "--epochs", "4", "--run", "vqa", "--seed", "0")
     assert res.exit_code == 0, res.stderr
     scores = {}
-    for extra in ([], ["--ablate", "image"], ["--ablate", "text", "--ablate-mode", "zero"]):
+    for name, extra in (("both", []), ("image", ["--ablate", "image"]), ("text", ["--ablate", "text", "--ablate-mode", "zero"])):
         res = invoke("evaluate", "--run", "vqa", "--json", *extra)
         assert res.exit_code == 0, res.stderr
         report = json.loads(res.stdout)
-        scores[" ".join(extra[1:2]) or "both"] = report["metrics"]["vqa_accuracy"]
-        prior = report["prior"]["metrics"]["vqa_accuracy"]
-    assert scores["both"] >= MIN_VQA_ACCURACY and scores["both"] > prior + 0.15, (scores, prior)
-    assert scores["image"] <= prior + 0.05 and scores["text"] <= prior + 0.05, (scores, prior)
+        scores[name] = report["metrics"]["vqa_accuracy"]
+    prior, blind = report["prior"]["metrics"]["vqa_accuracy"], report["prior"]["no_question"]["metrics"]["vqa_accuracy"]
+    assert scores["both"] >= MIN_VQA_ACCURACY and scores["both"] > prior + 0.10, (scores, prior)
+    assert scores["image"] <= prior + 0.05 and scores["text"] <= blind + 0.05, (scores, prior, blind)
