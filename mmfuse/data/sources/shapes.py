@@ -54,17 +54,17 @@ class ShapeObject:
         return f"{self.size} {self.colour} {self.shape}"
 
 
-@SOURCES.register("shapes")
-class ShapesSource(DrawnImages):
-    """Synthetic shapes with attribute and spatial-relation captions (built in, no download)."""
+class DrawnSet(DrawnImages):
+    """What the built-in sets share: the :class:`ShapesConfig` options, ``per_image`` samples per
+    drawn image."""
 
-    task = "caption"
+    name = "shapes"  # as registered, for messages
+    per_image = 1
 
     def __init__(self, **options: Any):
-        known = ShapesConfig.__dataclass_fields__
-        unknown = sorted(set(options) - set(known))
+        unknown = sorted(set(options) - set(ShapesConfig.__dataclass_fields__))
         if unknown:
-            raise MmfuseError(f"source 'shapes' does not take option(s): {', '.join(unknown)}")
+            raise MmfuseError(f"source {self.name!r} does not take option(s): {', '.join(unknown)}")
         self.opts = ShapesConfig(**options)
         self.opts.validate()
 
@@ -72,7 +72,14 @@ class ShapesSource(DrawnImages):
         return asdict(self.opts)
 
     def count(self, split: str) -> int:
-        return getattr(self.opts, f"{split}_images")
+        return self.per_image * getattr(self.opts, f"{split}_images")
+
+
+@SOURCES.register("shapes")
+class ShapesSource(DrawnSet):
+    """Synthetic shapes with attribute and spatial-relation captions (built in, no download)."""
+
+    task = "caption"
 
     def samples(self) -> Iterator[RawSample]:
         for split_index, split in enumerate(SPLITS):

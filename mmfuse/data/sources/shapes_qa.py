@@ -20,16 +20,13 @@ size + colour + shape). Deterministic: image ``i`` of a split depends only on ``
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from mmfuse.config import ShapesConfig
-from mmfuse.data.sources import SOURCES, SPLITS, DrawnImages, RawSample
-from mmfuse.data.sources.shapes import COLOURS, SHAPES, SIZES, ShapeObject, make_scene
-from mmfuse.errors import MmfuseError
+from mmfuse.data.sources import SOURCES, SPLITS, RawSample
+from mmfuse.data.sources.shapes import COLOURS, SHAPES, SIZES, DrawnSet, ShapeObject, make_scene
 
 LABELS = ("no", "yes")
 KINDS = ("existence", "attribute", "relation")
@@ -44,24 +41,12 @@ class Question(NamedTuple):
 
 
 @SOURCES.register("shapes-qa")
-class ShapesQASource(DrawnImages):
+class ShapesQASource(DrawnSet):
     """Yes/no questions about synthetic shapes images (built in, no download); 2 per image."""
 
     task = "classify"
+    name = "shapes-qa"
     per_image = 2
-
-    def __init__(self, **options: Any):
-        unknown = sorted(set(options) - set(ShapesConfig.__dataclass_fields__))
-        if unknown:
-            raise MmfuseError(f"source 'shapes-qa' does not take option(s): {', '.join(unknown)}")
-        self.opts = ShapesConfig(**options)
-        self.opts.validate()
-
-    def options(self) -> dict[str, Any]:
-        return asdict(self.opts)
-
-    def count(self, split: str) -> int:
-        return self.per_image * getattr(self.opts, f"{split}_images")
 
     def samples(self) -> Iterator[RawSample]:
         for split_index, split in enumerate(SPLITS):

@@ -31,16 +31,13 @@ Deterministic: image ``i`` of a split depends only on ``(seed, split, i)``.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from mmfuse.config import ShapesConfig
-from mmfuse.data.sources import SOURCES, SPLITS, DrawnImages, RawSample
-from mmfuse.data.sources.shapes import COLOURS, SHAPES, ShapeObject, make_scene
+from mmfuse.data.sources import SOURCES, SPLITS, RawSample
+from mmfuse.data.sources.shapes import COLOURS, SHAPES, DrawnSet, ShapeObject, make_scene
 from mmfuse.data.sources.shapes_qa import near_misses, unique_names
-from mmfuse.errors import MmfuseError
 
 ANNOTATORS = 10
 FULL_ANSWERS = 7  # of the ten, for "what is next to": the whole description; the rest the short name
@@ -59,24 +56,12 @@ Maker = Callable[[np.random.Generator, list[ShapeObject]], "Asked | None"]
 
 
 @SOURCES.register("shapes-vqa")
-class ShapesVQASource(DrawnImages):
+class ShapesVQASource(DrawnSet):
     """Open questions about synthetic shapes images, ten answers each (built in, no download); 3 per image."""
 
     task = "answer"
+    name = "shapes-vqa"
     per_image = 3
-
-    def __init__(self, **options: Any):
-        unknown = sorted(set(options) - set(ShapesConfig.__dataclass_fields__))
-        if unknown:
-            raise MmfuseError(f"source 'shapes-vqa' does not take option(s): {', '.join(unknown)}")
-        self.opts = ShapesConfig(**options)
-        self.opts.validate()
-
-    def options(self) -> dict[str, Any]:
-        return asdict(self.opts)
-
-    def count(self, split: str) -> int:
-        return self.per_image * getattr(self.opts, f"{split}_images")
 
     def samples(self) -> Iterator[RawSample]:
         for split_index, split in enumerate(SPLITS):
@@ -126,28 +111,16 @@ def _pick(rng: np.random.Generator, items: list) -> Any:
     return items[int(rng.integers(len(items)))]
 
 
-def _what_colour(rng: np.random.Generator, objects: list[ShapeObject]) -> Asked | None:
-    found = _described(objects, "colour")
-    if not found:
-        return None
-    obj, name = _pick(rng, found)
-    return _same(obj.colour, f"what color is the {name} ?", "what color", "other")
-
-
-def _what_shape(rng: np.random.Generator, objects: list[ShapeObject]) -> Asked | None:
-    found = _described(objects, "shape")
-    if not found:
-        return None
-    obj, name = _pick(rng, found)
-    return _same(obj.shape, f"what shape is the {name} ?", "what shape", "other")
-
-
-def _what_size(rng: np.random.Generator, objects: list[ShapeObject]) -> Asked | None:
-    found = _described(objects, "size")
-    if not found:
-        return None
-    obj, name = _pick(rng, found)
-    return _same(obj.size, f"what size is the {name} ?", "what size", "other")
+def _what(attribute: str, word: str) -> Maker:
+    """Questions "what <word> is the <object> ?", answered by the object's ``attribute`` (colour,
+    shape or size), the object named without it."""
+    def ask(rng: np.random.Generator, objects: list[ShapeObject]) -> Asked | None:
+        found = _described(objects, attribute)
+        if not found:
+            return None
+        obj, name = _pick(rng, found)
+        return _same(getattr(obj, attribute), f"what {word} is the {name} ?", f"what {word}", "other")
+    return ask
 
 
 def _how_many(rng: np.random.Generator, objects: list[ShapeObject]) -> Asked:
@@ -184,5 +157,6 @@ def _is_there(rng: np.random.Generator, objects: list[ShapeObject]) -> Asked:
     return _same("no", "is there a {} {} {} ?".format(*_pick(rng, near)), "is there", "yes/no")
 
 
-_MAKERS: dict[str, Maker] = {"what color": _what_colour, "what shape": _what_shape, "what size": _what_size,
-                             "how many": _how_many, "what is next to": _next_to, "is there": _is_there}
+_MAKERS: dict[str, Maker] = {"what color": _what("colour", "color"), "what shape": _what("shape", "shape"),
+                             "what size": _what("size", "size"), "how many": _how_many,
+                             "what is next to": _next_to, "is there": _is_there}
