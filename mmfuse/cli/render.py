@@ -47,14 +47,7 @@ def print_report(report: dict[str, Any], show: int, worst: int) -> None:
     from mmfuse.evaluate.scoring import worst as worst_images
     from mmfuse.ui import console
 
-    if "run" in report:
-        decode = from_dict(DecodeConfig, report["decode"], "report")
-        console().print(f"[bold]{report['run']}[/] on {report['data']}/{report['split']}: {report['num_images']} images, "
-                        f"{decode.describe()}, {report['checkpoint']} weights (epoch {report['epoch']})"
-                        f"{ablation_note(report)}")
-    else:
-        console().print(f"{report['predictions']} against {report['references']}: {report['num_images']} images",
-                        markup=False)
+    _print_heading(report, f"{report['num_images']} images")
     table = Table()
     names = [k for k in _METRIC_NAMES if k in report["metrics"]]
     for name in names:
@@ -69,18 +62,22 @@ def print_report(report: dict[str, Any], show: int, worst: int) -> None:
         print_images(f"{worst} lowest CIDEr-D", worst_images(report, worst), with_score=True)
 
 
-def print_answers(report: dict[str, Any], show: int, worst: int) -> None:
-    """VQA accuracy and exact match overall, per answer type and per question type; examples."""
+def _print_heading(report: dict[str, Any], scored: str) -> None:
+    """What was scored: a run on a split with its decoding settings, or a results file against references."""
     from mmfuse.ui import console
 
     if "run" in report:
         decode = from_dict(DecodeConfig, report["decode"], "report")
-        console().print(f"[bold]{report['run']}[/] on {report['data']}/{report['split']}: {report['num_questions']} "
-                        f"questions, {decode.describe()}, {report['checkpoint']} weights (epoch {report['epoch']})"
+        console().print(f"[bold]{report['run']}[/] on {report['data']}/{report['split']}: {scored}, "
+                        f"{decode.describe()}, {report['checkpoint']} weights (epoch {report['epoch']})"
                         f"{ablation_note(report)}")
     else:
-        console().print(f"{report['predictions']} against {report['references']}: {report['num_questions']} "
-                        f"questions", markup=False)
+        console().print(f"{report['predictions']} against {report['references']}: {scored}", markup=False)
+
+
+def print_answers(report: dict[str, Any], show: int, worst: int) -> None:
+    """VQA accuracy and exact match overall, per answer type and per question type; examples."""
+    _print_heading(report, f"{report['num_questions']} questions")
     rows = {"all": {**report["metrics"], "questions": report["num_questions"]}}
     if "prior" in report:  # the answer priors: the most frequent training answer per question type, and overall
         rows["prior: per question type"] = {**report["prior"]["metrics"], "questions": report["num_questions"]}
