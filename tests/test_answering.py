@@ -214,3 +214,20 @@ def test_compare_ranks_answering_fusions_beside_the_answer_prior_with_ablations(
     report = json.loads((workspace / "runs" / row["run"] / "eval-test.json").read_text())
     assert row["vqa_accuracy"] == report["metrics"]["vqa_accuracy"] and row["answer_prior"] == \
         report["prior"]["metrics"]["vqa_accuracy"]
+
+
+@pytest.mark.slow
+def test_ls_pipe_into_ask_into_head(trained_vqa: Path) -> None:
+    """The README's pipeline, for real: ls | mmfuse ask - | head; head closing the pipe early is fine."""
+    import os
+    import subprocess
+    import sys
+
+    folder = trained_vqa / "datasets" / "vqa" / "images"
+    script = (f"set -o pipefail; ls {folder}/*/*.png | {sys.executable} -m mmfuse ask - --question "
+              f"'how many circles are there ?' --run v -w {trained_vqa} --format jsonl --batch-size 4 | head -n 2")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MMFUSE_WORKSPACE": str(trained_vqa)})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    answered = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(answered) == 2 and all(a["question"] == "how many circles are there ?" for a in answered)
