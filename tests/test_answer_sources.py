@@ -51,15 +51,22 @@ def test_vqa_files_keep_ten_answers_and_types_and_split_held_out_images_whole(tm
     root = workspace / "datasets" / "vqa"
     assert load_manifest(root)["task"] == "answer"
     records = {split: load_answer_split(root, split) for split in SPLITS}
-    assert len(records["train"]) == 14 and all(r.id.startswith("q2") for r in records["train"])  # ids 2000-2013
+    assert len(records["train"]) == 14 and all(r.id.startswith("2") for r in records["train"])  # ids 2000-2013
     held_out = records["val"] + records["test"]
-    assert sorted(r.id for r in held_out) == [f"q{i}" for i in range(1000, 1014)]
+    assert sorted(r.id for r in held_out) == [str(i) for i in range(1000, 1014)]  # VQA's question ids
     val_images, test_images = ({r.image for r in records[s]} for s in ("val", "test"))
     assert val_images and test_images and not val_images & test_images  # an image's questions stay together
-    first = next(r for r in held_out if r.id == "q1000")
+    first = next(r for r in held_out if r.id == "1000")
     assert first.question == "How many dogs are there?" and first.answers == ("2",) * 10
     assert (first.question_type, first.answer_type) == ("how many", "number")
     assert first.image.name == "COCO_val2014_000000000042.jpg"
+    # results name questions by VQA's numeric ids, against the data set and the official file alike
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"question_id": int(r.id), "answer": r.answers[0]} for r in records["test"]]))
+    for references in ("vqa", str(VQA / "v2_mscoco_val2014_annotations.json")):
+        out = invoke("evaluate", "--predictions", str(results), "--references", references, "--json")
+        assert out.exit_code == 0, out.stderr
+        assert json.loads(out.stdout)["num_questions"] == len(records["test"])
 
 
 def test_vqa_refuses_unpaired_files_and_foreign_annotations(tmp_path: Path) -> None:

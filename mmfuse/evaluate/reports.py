@@ -23,7 +23,7 @@ from mmfuse.data.records import AnswerRecord, load_answer_split, load_labelled_s
 from mmfuse.data.vocab import Vocab
 from mmfuse.device import resolve_device
 from mmfuse.errors import Interrupted, MmfuseError
-from mmfuse.evaluate.results import HumanAnswers
+from mmfuse.evaluate.results import HumanAnswers, question_id
 from mmfuse.evaluate.scoring import answer_report, score_report
 from mmfuse.generate.answers import answer_files
 from mmfuse.generate.inference import caption_files, predict_probabilities
@@ -169,12 +169,12 @@ def _answer_split(loaded: LoadedRun, data_dir: Path, split: str, decode_options:
     answers = [" ".join(words) for words in answer_files(loaded.model, text, paths, prompts,
                                                           loaded.config.model.image_size, decode, batch_size, blank)]
     references = [HumanAnswers(r.answers, r.question_type, r.answer_type, r.question) for r in records]
-    report = answer_report([r.id for r in records], answers, references)
+    report = answer_report([question_id(r.id) for r in records], answers, references)
     report["prior"] = answer_prior(load_answer_split(data_dir, "train"), records)
     report["decode"] = to_dict(decode)
     for item, path in zip(report["questions"], paths):
         item["image"] = str(path)
-    return report, [{"question_id": r.id, "answer": a} for r, a in zip(records, answers)]
+    return report, [{"question_id": question_id(r.id), "answer": a} for r, a in zip(records, answers)]
 
 
 def answer_prior(train: list[AnswerRecord], records: list[AnswerRecord]) -> dict[str, Any]:

@@ -94,9 +94,15 @@ def read_answer_references(source: str, workspace: Workspace, split: str) -> dic
     if _is_name(source) and workspace.dataset_dir(source).is_dir():
         from mmfuse.data.records import load_answer_split
 
-        return {r.id: HumanAnswers(r.answers, r.question_type, r.answer_type, r.question)
+        return {question_id(r.id): HumanAnswers(r.answers, r.question_type, r.answer_type, r.question)
                 for r in load_answer_split(workspace.existing_dataset(source), split)}
     raise MmfuseError(f"references {source!r} is neither a file nor a data set in workspace {workspace.root}")
+
+
+def question_id(sample_id: str) -> int | str:
+    """A data set sample's id as a VQA results file names its question: a number where it is one
+    (VQA v2's question ids), so that results files work with the official tools."""
+    return int(sample_id) if sample_id.isdigit() else sample_id
 
 
 def _vqa_references(path: Path) -> dict[Hashable, HumanAnswers]:

@@ -101,7 +101,7 @@ def _sample(annotation: dict, asked: dict, subtype: str, images: Path, path: Pat
     question = asked[question_id]
     image_id = int(question["image_id"])
     answers = [text_value(a["answer"], where, "answer") for a in annotation["answers"]]
-    return RawSample(split="train", id=f"q{question_id}", image=_find(images, subtype, image_id),
+    return RawSample(split="train", id=str(question_id), image=_find(images, subtype, image_id),
                      image_id=str(image_id), question=text_value(question["question"], where, "question"),
                      answers=answers, question_type=text_value(annotation.get("question_type", ""), where,
                                                                "question_type"),
