@@ -552,7 +552,7 @@ STATES_2: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
     "run path is a link loop": (lambda ws: (shutil.rmtree(ws / "runs/r"), os.symlink(ws / "runs/r", ws / "runs/r")),
                                 ["evaluate", "--run", "r"], "is a symbolic link loop, not a run directory"),
     "manifest task of the wrong type": (lambda ws: _edit_json(ws / "datasets/tiny/manifest.json", task=5),
-                                        ["train", "--data", "tiny", "--run", "n"], "'task' must be \"caption\" or \"classify\", got 5"),
+                                        ["train", "--data", "tiny", "--run", "n"], "'task' must be one of caption, classify, answer, got 5"),
     "manifest image size of the wrong type": (lambda ws: _edit_json(ws / "datasets/tiny/manifest.json", image_size="big"),
                                               ["train", "--data", "tiny", "--run", "n"], "'image_size' must be null or"),
     "absurd size in a run config": (lambda ws: _edit_json(ws / "runs/r/config.json", model={

@@ -82,9 +82,9 @@ def prepare_data_cmd(
       mmfuse prepare-data shapes --train-images 12000 --seed 0
       mmfuse prepare-data karpathy --json dataset_coco.json --images coco/
       mmfuse prepare-data folder --images photos/ --captions captions.csv
-      mmfuse prepare-data vqa --questions v2_OpenEnded_mscoco_val2014_questions.json \\
-          --annotations v2_mscoco_val2014_annotations.json --images coco/
-      mmfuse prepare-data llava --json llava_instruct_150k.json --images coco/train2017
+      mmfuse prepare-data vqa --questions v2_questions.json \\
+          --annotations v2_annotations.json --images coco/
+      mmfuse prepare-data llava --json llava_instruct.json --images coco/
     """
     from mmfuse.data.prepare import prepare_data
     from mmfuse.ui import LazyProgress

@@ -280,8 +280,9 @@ def predict_run(workspace: Workspace, run: str, paths: list[Path], texts: list[s
     """
     loaded = load_run(workspace.existing_run(run), checkpoint, resolve_device(device))
     if loaded.labels is None:
-        use = "ask' (it answers questions)" if loaded.config.model.task == "answer" else "caption'"
-        raise MmfuseError(f"run {run!r} is not a classifier; use 'mmfuse {use} (predict is for classification runs)")
+        kind = "answers questions; use 'mmfuse ask'" if loaded.config.model.task == "answer" else \
+            "is a captioner; use 'mmfuse caption'"
+        raise MmfuseError(f"run {run!r} {kind} (predict is for classification runs)")
     check_images(paths)
     tokens = list(tokenize_many(texts))
     token_ids = [loaded.vocab.encode(t) for t in tokens]
