@@ -187,6 +187,20 @@ def test_ask_answers_in_input_order_from_arguments_stdin_and_pairs(trained_vqa: 
 
 
 @pytest.mark.slow
+def test_ask_tokenizes_each_question_text_once(trained_vqa: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmfuse.generate import inference
+
+    inference._question_tokens.cache_clear()
+    seen: list[str] = []
+    monkeypatch.setattr(inference, "tokenize", lambda text: seen.append(text) or text.split())
+    images = sorted((trained_vqa / "datasets" / "vqa" / "images" / "test").glob("*.png"))[:5]
+    out = invoke("ask", *map(str, images), "--question", "what color is the zebra ?", "--batch-size", "2", "--run", "v",
+                 "-w", str(trained_vqa))
+    assert out.exit_code == 0 and len(out.stdout.splitlines()) == 5, out.stderr
+    assert seen == ["what color is the zebra ?"] and "'zebra'" in out.stderr  # read once: warning and 3 batches
+
+
+@pytest.mark.slow
 def test_ask_and_caption_refuse_each_others_runs_and_bad_input(trained_vqa: Path, trained: Path, tmp_path: Path) -> None:
     image = str(next((trained_vqa / "datasets" / "vqa" / "images" / "test").glob("*.png")))
     _fails(invoke("ask", image, "--run", "v", "-w", str(trained_vqa)), "give --question")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -162,7 +163,14 @@ def question_record(question: str) -> AnswerRecord:
     """A question asked of an image, as the record an answerer's text codec reads (tokenized as
     prepare-data tokenizes, for mmfuse's own vocabulary)."""
     return AnswerRecord(id="asked", image=Path(), question=question, answers=(),
-                        question_tokens=tuple(tokenize(question)), answer_tokens=())
+                        question_tokens=_question_tokens(question), answer_tokens=())
+
+
+@lru_cache(maxsize=4096)
+def _question_tokens(question: str) -> tuple[str, ...]:
+    """spaCy's tokens of ``question``, once per text: ``ask`` usually puts one question to many
+    images, and both the unknown-word check and every batch's prompts read it."""
+    return tuple(tokenize(question))
 
 
 def _writable_directory(path: Path) -> None:
