@@ -1,6 +1,7 @@
 """The feature cache: the frozen backbone's outputs for every image, equal (to fp16) to running the
 backbone; an interrupted build resumes to the same bytes; training with the same frozen encoder
-reads it, and says so; what cannot be cached is refused."""
+reads it, and says so; what cannot be cached is refused. And the in-memory cache of decoded pixels
+that the training data sets share."""
 
 from __future__ import annotations
 
@@ -108,3 +109,27 @@ def test_what_cannot_be_cached_is_refused(args: list[str], message: str, tiny: P
     res = invoke("cache-features", "--data", "tiny", *args)
     assert res.exit_code == 1 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert not (tiny / "features").exists() or not any((tiny / "features").iterdir())
+
+
+def test_decoded_pixels_are_kept_once_per_image_while_the_split_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from mmfuse.data import dataset
+
+    paths = []
+    for i, colour in enumerate(["red", "blue"]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (20, 12), colour).save(paths[-1])
+    reads: list[Path] = []
+    monkeypatch.setattr(dataset, "load_rgb", lambda p: reads.append(p) or load_rgb(p))
+    samples = [paths[0], paths[1], paths[0], paths[0]]  # three questions about one image, one about another
+    answers = dataset.AnswerDataset(samples, [[1]] * 4, [[[1, 2]]] * 4, 8)
+    first = [answers[i][0] for i in range(4)] + [answers[i][0] for i in range(4)]  # two epochs
+    assert reads == paths and torch.equal(first[0], first[2]) and not torch.equal(first[0], first[1])
+    assert torch.equal(first[0], image_transform(8)(load_rgb(paths[0])))  # as inference transforms it
+    monkeypatch.setattr(dataset, "CACHE_LIMIT_BYTES", 3 * 8 * 8)  # room for one image: the split does not fit
+    reads.clear()
+    labelled = dataset.LabelledDataset(samples, [[1]] * 4, [0] * 4, 8)
+    for i in range(4):
+        labelled[i]
+    assert reads == samples  # nothing kept: decoded at every use

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch.utils.data import Dataset, RandomSampler, Sampler
@@ -32,6 +32,25 @@ def load_vocab(root: Path) -> Vocab:
     return Vocab.from_json(read_json(root / "vocab.json", "data set vocabulary"), str(root / "vocab.json"))
 
 
+class PixelCache:
+    """Images by path, decoded and resized (uint8 (3, S, S)); each is kept in memory after its first
+    use when every distinct image of the split fits in :data:`CACHE_LIMIT_BYTES` (and ``keep``), so
+    later epochs skip PNG decoding, once per image however many samples share it."""
+
+    def __init__(self, paths: Iterable[Path], image_size: int, keep: bool = True):
+        self.resize = resize_transform(image_size)
+        fits = keep and len(set(paths)) * 3 * image_size**2 <= CACHE_LIMIT_BYTES
+        self.kept: dict[Path, torch.Tensor] | None = {} if fits else None
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        if self.kept is None:
+            return self.resize(load_rgb(path))
+        pixels = self.kept.get(path)
+        if pixels is None:
+            pixels = self.kept[path] = self.resize(load_rgb(path))
+        return pixels
+
+
 class CaptionDataset(Dataset):
     """Images with all their encoded references; ``collate`` samples K references per image.
 
@@ -54,10 +73,8 @@ class CaptionDataset(Dataset):
         self.features = features  # a FeatureCache: give cached backbone outputs instead of pixels
         self.encoded = encoded
         self.pad_value = pad_value
-        self.resize = resize_transform(image_size)
+        self.pixels = PixelCache((r.image for r in records), image_size, keep=features is None)
         self.normalize = normalize_transform()
-        fits = len(records) * 3 * image_size**2 <= CACHE_LIMIT_BYTES and features is None
-        self.cache: list[torch.Tensor | None] | None = [None] * len(records) if fits else None
         self.k = captions_per_image
         self.seed = seed
         self.epoch = 0
@@ -75,16 +92,7 @@ class CaptionDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, list[list[int]], int]:
         if self.features is not None:
             return CachedFeatures(*self.features.features(self.records[i].image)), self.encoded[i], i
-        return self.normalize(self._pixels(i)), self.encoded[i], i
-
-    def _pixels(self, i: int) -> torch.Tensor:
-        """uint8 (3, S, S), from the cache when possible."""
-        if self.cache is not None and self.cache[i] is not None:
-            return self.cache[i]
-        pixels = self.resize(load_rgb(self.records[i].image))
-        if self.cache is not None:
-            self.cache[i] = pixels
-        return pixels
+        return self.normalize(self.pixels(self.records[i].image)), self.encoded[i], i
 
     def collate(self, batch: list[tuple[torch.Tensor, list[list[int]], int]]) -> dict[str, torch.Tensor]:
         """-> images (B, 3, S, S), tokens (M, T) padded, image_index (M,), records (B,) (positions in the split)."""
@@ -112,10 +120,8 @@ class LabelledDataset(Dataset):
                  blank: bool = False, features: Any = None):
         self.paths, self.token_ids, self.labels, self.blank = paths, token_ids, labels, blank
         self.features = features  # a FeatureCache: give cached backbone outputs instead of pixels
-        self.resize = resize_transform(image_size)
+        self.pixels = PixelCache(paths, image_size, keep=not blank)
         self.normalize = normalize_transform()
-        fits = len(set(paths)) * 3 * image_size**2 <= CACHE_LIMIT_BYTES
-        self.cache: dict[Path, torch.Tensor] | None = {} if fits else None
         mean = torch.tensor(MEAN).mul(255).round().to(torch.uint8)
         self.blank_pixels = mean.view(3, 1, 1).expand(3, image_size, image_size)
 
@@ -130,17 +136,9 @@ class LabelledDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, list[int], int]:
         if self.features is not None and not self.blank:
             return CachedFeatures(*self.features.features(self.paths[i])), self.token_ids[i], self.labels[i]
-        return self.normalize(self._pixels(self.paths[i])), self.token_ids[i], self.labels[i]
-
-    def _pixels(self, path: Path) -> torch.Tensor:
-        if self.blank:  # the image ablation: a mean-colour image (zeros once normalised)
-            return self.blank_pixels
-        if self.cache is not None and path in self.cache:
-            return self.cache[path]
-        pixels = self.resize(load_rgb(path))
-        if self.cache is not None:
-            self.cache[path] = pixels
-        return pixels
+        # the image ablation (blank): a mean-colour image, zeros once normalised
+        pixels = self.blank_pixels if self.blank else self.pixels(self.paths[i])
+        return self.normalize(pixels), self.token_ids[i], self.labels[i]
 
     @staticmethod
     def collate(batch: list[tuple[torch.Tensor, list[int], int]]) -> dict[str, torch.Tensor]:
@@ -166,10 +164,8 @@ class AnswerDataset(Dataset):
                  seed: int = 0, features: Any = None, pad_value: int = PAD_ID):
         self.paths, self.prompts, self.answers = paths, prompts, answers
         self.features, self.seed, self.pad_value, self.epoch = features, seed, pad_value, 0
-        self.resize = resize_transform(image_size)
+        self.pixels = PixelCache(paths, image_size, keep=features is None)
         self.normalize = normalize_transform()
-        fits = len(set(paths)) * 3 * image_size**2 <= CACHE_LIMIT_BYTES
-        self.cache: dict[Path, torch.Tensor] | None = {} if fits else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -185,12 +181,7 @@ class AnswerDataset(Dataset):
         path = self.paths[i]
         if self.features is not None:
             return CachedFeatures(*self.features.features(path)), i
-        if self.cache is not None and path in self.cache:
-            return self.normalize(self.cache[path]), i
-        pixels = self.resize(load_rgb(path))
-        if self.cache is not None:
-            self.cache[path] = pixels
-        return self.normalize(pixels), i
+        return self.normalize(self.pixels(path)), i
 
     def collate(self, batch: list[tuple[Any, int]]) -> dict[str, torch.Tensor]:
         """-> images (B, 3, S, S), tokens (B, T): prompt + one drawn answer, padded; prompt_lengths (B,);
