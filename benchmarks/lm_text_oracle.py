@@ -4,8 +4,10 @@ A connector on a frozen language model can only write embeddings before the capt
 gives the frozen model the best such context a connector could hope to produce, as real word
 embeddings: a reference caption of the test image itself, then ``</s> <s>``, and decodes greedily
 (Hugging Face ``generate``). It repeats that with the caption's words shuffled (what a connector
-that says *which* attributes are present, but not which belongs to which shape, can convey), and
-with no context at all (the text-only level). Scores are test BLEU-4 against the references.
+that says *which* attributes are present, but not which belongs to which shape, can convey), with
+the objects alone, in order (``a large red circle a small blue square``: everything the image
+shows, bound and ordered, without the caption's other words), and with no context at all (the
+text-only level). Scores are test BLEU-4 against the references.
 
     python benchmarks/lm_text_oracle.py [--lm DIR] [--images 300]
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -27,9 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmfuse.data.records import load_split  # noqa: E402
+from mmfuse.data.sources.shapes import COLOURS, SHAPES, SIZES  # noqa: E402
 from mmfuse.metrics.captions import score_texts  # noqa: E402
 from mmfuse.train.language_model import LMTrainSettings, train_language_model  # noqa: E402
 from mmfuse.workspace import Workspace  # noqa: E402
+
+OBJECT = re.compile(rf"({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})")
 
 
 def _build(root: Path) -> tuple[Path, Path]:
@@ -70,10 +76,14 @@ def oracle(lm: Path, data: Path, images: int) -> dict[str, float]:
         rnd.shuffle(w)
         return " ".join(w)
 
+    def objects(text: str) -> str:  # the first caption names the objects left to right
+        return " ".join(f"a {' '.join(o)}" for o in OBJECT.findall(text))
+
     bos, eos = tok.bos_token_id, tok.eos_token_id
     layouts: dict[str, Callable[[str], list[int]]] = {
         "no context (text-only level)": lambda c: [bos],
         "its caption's words, shuffled": lambda c: [bos, *words(shuffled(c)), eos, bos],
+        "its objects, in order": lambda c: [bos, *words(objects(c)), eos, bos],
         "its caption, in order": lambda c: [bos, *words(c), eos, bos],
     }
     with torch.no_grad():

@@ -168,6 +168,19 @@ def test_xattn_leaves_the_frozen_language_model_unchanged_at_initialisation(tiny
     assert not torch.allclose(opened, gated)
 
 
+def test_a_gated_block_updates_the_hidden_state_at_its_own_scale() -> None:
+    from mmfuse.models.connectors import GatedCrossAttention
+
+    torch.manual_seed(0)
+    block = GatedCrossAttention(16, 8, 0.0).eval()
+    block.attn_gate.data.fill_(0.7)
+    block.ff_gate.data.fill_(0.4)
+    x, media = torch.randn(2, 5, 16), torch.randn(2, 3, 8)  # hidden states (B, T, Dt), media (B, K, Dm)
+    with torch.no_grad():
+        small, large = block(x, media) - x, block(30 * x, media) - 30 * x
+    assert small.abs().max() > 0.1 and torch.allclose(large, 30 * small, atol=1e-4)
+
+
 def _one_step(model: LMCaptioner, lr: float = 1e-2) -> None:
     model.train()
     tokens = torch.tensor([[5, 6, 7, 2], [8, 9, 2, -100]])

