@@ -111,6 +111,9 @@ class ModelConfig:
     shuffle: int = setting(2, "pixel-shuffle: fold s x s grid cells into one token.", panel=LLM)
     xattn_every: int = setting(1, "xattn: a gated cross-attention block before every k-th language-model block.",
                                panel=LLM)
+    xattn_scaled: bool = setting(True, "xattn: each gated update scaled by the RMS of the hidden state it joins "
+                                       "(off in runs written before mmfuse did this: they keep Flamingo's block).",
+                                 flag=None)
     decoder_revision: str = setting("", "hf: decoders: the revision of the language model the run was trained on "
                                         "(recorded by train).", flag=None)
     decoder_config_sha256: str = setting("", "hf: decoders: sha256 of that model's config.json (recorded by train).",
@@ -437,11 +440,20 @@ def _names(kinds: tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in kinds)
 
 
+# Fields added after runs were first written, with the value that keeps an older run computing what it
+# was trained to compute when its config.json lacks them (today's default would change it silently).
+ABSENT_IN_OLDER_RUNS = {"model": {"xattn_scaled": False}}
+
+
 def read_run_config(run_dir: Path) -> RunConfig:
     """The config a run was trained with (its ``config.json``), checked against today's fields."""
     from mmfuse.workspace import RunDir, read_json
 
-    return from_dict(RunConfig, read_json(RunDir(run_dir).config, "run config"), "run config")
+    data = read_json(RunDir(run_dir).config, "run config")
+    for section, absent in ABSENT_IN_OLDER_RUNS.items():
+        if isinstance(data, dict) and isinstance(data.get(section), dict):
+            data[section] = {**absent, **data[section]}
+    return from_dict(RunConfig, data, "run config")
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

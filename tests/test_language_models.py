@@ -178,7 +178,27 @@ def test_a_gated_block_updates_the_hidden_state_at_its_own_scale() -> None:
     x, media = torch.randn(2, 5, 16), torch.randn(2, 3, 8)  # hidden states (B, T, Dt), media (B, K, Dm)
     with torch.no_grad():
         small, large = block(x, media) - x, block(30 * x, media) - 30 * x
-    assert small.abs().max() > 0.1 and torch.allclose(large, 30 * small, atol=1e-4)
+        assert small.abs().max() > 0.1 and torch.allclose(large, 30 * small, atol=1e-4)
+        block.scaled = False  # Flamingo's block: the same attention update whatever the scale of x
+        block.ff_gate.data.zero_()
+        small, large = block(x, media) - x, block(30 * x, media) - 30 * x
+    assert small.abs().max() > 0.1 and torch.allclose(large, small, atol=1e-4)
+
+
+def test_an_xattn_run_written_before_the_scaled_updates_keeps_flamingos_block(tmp_path: Path) -> None:
+    import json
+
+    from mmfuse.config import RunConfig, read_run_config, to_dict
+    from mmfuse.models.connectors import connector_options
+
+    written = to_dict(RunConfig())
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    today = read_run_config(tmp_path).model
+    del written["model"]["xattn_scaled"]  # as mmfuse wrote it before
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    older = read_run_config(tmp_path).model
+    assert today.xattn_scaled and not older.xattn_scaled
+    assert not connector_options("xattn", older)["shape"].scaled and connector_options("xattn", today)["shape"].scaled
 
 
 def _one_step(model: LMCaptioner, lr: float = 1e-2) -> None:
