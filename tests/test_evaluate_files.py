@@ -204,3 +204,10 @@ def test_unanswered_questions_are_named_in_a_warning(tmp_path: Path) -> None:
     out = invoke("evaluate", "--predictions", str(part), "--references", str(VQA / "v2_mscoco_val2014_annotations.json"))
     assert out.exit_code == 0, out.stderr
     assert "13 question(s) of the references have no answer" in out.stderr
+
+
+def test_a_sample_id_is_a_question_number_only_when_it_is_ascii_digits() -> None:
+    from mmfuse.evaluate.results import question_id
+
+    assert question_id("262148000") == 262148000 and question_id("test-000001-2") == "test-000001-2"
+    assert question_id("²") == "²" and question_id("٣") == "٣"  # str.isdigit, but no question number

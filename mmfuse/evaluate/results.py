@@ -102,7 +102,7 @@ def read_answer_references(source: str, workspace: Workspace, split: str) -> dic
 def question_id(sample_id: str) -> int | str:
     """A data set sample's id as a VQA results file names its question: a number where it is one
     (VQA v2's question ids), so that results files work with the official tools."""
-    return int(sample_id) if sample_id.isdigit() else sample_id
+    return int(sample_id) if sample_id.isascii() and sample_id.isdigit() else sample_id  # not int('²')
 
 
 def _vqa_references(path: Path) -> dict[Hashable, HumanAnswers]:
