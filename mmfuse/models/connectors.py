@@ -283,7 +283,7 @@ class GatedCrossAttention(nn.Module):
         """x (B, T, Dt), media (B, K, Dm) -> (B, T, Dt)."""
         dtype = x.dtype
         x = x.float()
-        scale = x.pow(2).mean(-1, keepdim=True).sqrt() if self.scaled else torch.ones_like(x[..., :1])  # (B, T, 1)
+        scale = x.pow(2).mean(-1, keepdim=True).sqrt() if self.scaled else 1.0  # (B, T, 1)
         x = x + scale * torch.tanh(self.attn_gate) * self.attn(self.norm(x), media, media, need_weights=False)[0]
         return (x + scale * torch.tanh(self.ff_gate) * self.ff(x)).to(dtype)
 
