@@ -93,3 +93,36 @@ def test_compare_ranks_connectors_on_a_language_model_with_the_image_ablated(wor
     assert set(rows) == {"pixel-shuffle", "xattn"}
     for row in rows.values():
         assert row["sequence_model"] == f"hf:{lm}" and "cider_d_without_image" in row
+
+
+def _is_subsequence(short: list[int], long: list[int]) -> bool:
+    rest = iter(long)
+    return all(word in rest for word in short)
+
+
+def test_train_lm_documents_put_a_noisy_paraphrase_before_a_share_of_captions_and_never_train_on_it() -> None:
+    import random
+
+    from mmfuse.train.language_model import Specials, documents, pack
+
+    special = Specials(bos=1, eos=2, unk=3)
+    images = [[[10 * i + 4, 10 * i + 5, 10 * i + 6], [10 * i + 7, 10 * i + 5, 10 * i + 6, 10 * i + 8]] for i in range(300)]
+    sequences = documents(images, 0.8, random.Random(0), special)
+    targets = [labels[labels.index(1):] for _, labels in sequences]  # the part trained on: <s> caption </s>
+    assert sorted(targets) == sorted([1, *c, 2] for caps in images for c in caps)  # each caption once, whole
+    read = [(ids[: len(ids) - len(t)], t) for (ids, _), t in zip(sequences, targets)]
+    with_context = [(r, t) for r, t in read if r]
+    assert 0.75 < len(with_context) / len(read) < 0.85
+    for context, target in with_context:
+        assert context[0] == 1 and context[-1] == 2
+        words = [w for w in context[1:-1] if w != special.unk]
+        image = images[(target[1] - 4) // 10]
+        other = next(c for c in image if c != target[1:-1])
+        assert _is_subsequence(words, other)  # another caption of the same image, words dropped, in order
+    dropped = sum(len([w for w in r[1:-1] if w != 3]) for r, _ in with_context) / sum(len(t) - 2 for _, t in with_context)
+    assert 0.6 < dropped < 0.9  # about three words in four survive
+    assert any(3 in r for r, _ in with_context)
+    assert all(labels == ids for ids, labels in documents(images, 0.0, random.Random(0), special))
+    blocks = pack(sequences, 64)
+    assert all(len(ids) == len(labels) <= 64 for ids, labels in blocks)
+    assert [t for ids, _ in blocks for t in ids] == [t for ids, _ in sequences for t in ids]

@@ -180,6 +180,9 @@ def train_lm_cmd(
     batch_size: Annotated[int, typer.Option(help="Blocks of packed captions (128 tokens) per step.")] = 16,
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate (cosine decay).")] = 3e-3,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    context: Annotated[float, typer.Option(help="Share of captions the model reads after a noisy paraphrase "
+                                                "(which it is not trained to write): what lets image tokens "
+                                                "steer it once frozen. 0: captions only.")] = 0.8,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing directory.")] = False,
     workspace: Workspace_ = None,
 ) -> None:
@@ -199,7 +202,8 @@ def train_lm_cmd(
     target = out if out is not None else ws.root / "language-models" / f"{data}-{architecture}"
     from mmfuse.train.language_model import LMTrainSettings, train_language_model
 
-    settings = LMTrainSettings(architecture, width, layers, heads, epochs, batch_size, lr, seed)
+    settings = LMTrainSettings(architecture, width, layers, heads, epochs, batch_size, lr, seed,
+                              context=context)
     result = train_language_model(ws, data, target, settings, overwrite, render.print_lm_epoch)
     render.print_trained_lm(result)
 
