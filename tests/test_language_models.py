@@ -279,3 +279,26 @@ def test_pairings_a_language_model_cannot_take_are_refused(flags: dict, message:
 def test_language_model_options_with_a_from_scratch_decoder_are_refused(flags: dict, message: str) -> None:
     with pytest.raises(MmfuseError, match=message):
         resolve_parts(ModelConfig(decoder="lstm", **{"fusion": "concat", **flags}), "caption")
+
+
+def _mean_similarity(tokens: torch.Tensor) -> float:
+    """Mean cosine similarity between the distinct tokens of each row of (B, K, D)."""
+    unit = torch.nn.functional.normalize(tokens, dim=-1)
+    k = tokens.size(1)
+    return float(((unit @ unit.transpose(1, 2)).sum((1, 2)) - k).mean() / (k * (k - 1)))
+
+
+@pytest.mark.parametrize("fusion", ["resampler", "qformer", "xattn"])
+def test_learned_queries_give_distinct_image_tokens_at_initialisation(fusion: str) -> None:
+    from mmfuse.models.connectors import ConnectorShape
+    from mmfuse.models.encoders import ImageFeatures
+    from mmfuse.models.fusion import FUSIONS
+
+    torch.manual_seed(0)
+    connector = FUSIONS.get(fusion)(256, 128, shape=ConnectorShape(tokens=32, layers=2)).eval()
+    image = ImageFeatures(torch.randn(4, 64, 256), torch.randn(4, 256))
+    with torch.no_grad():
+        tokens = connector.media(image) if fusion == "xattn" else connector.prefix(image)  # (B, K, D)
+    # queries at BERT's range (0.02) are swamped by the first attention's average: 0.68 (resampler),
+    # 0.95 (qformer), 0.72 (xattn's media tokens), and every token then reads the image alike
+    assert _mean_similarity(tokens) < 0.1
