@@ -117,6 +117,8 @@ def _encode(tokenizer: Any, captions: list[str]) -> list[list[int]]:
 
 @dataclass(frozen=True)
 class Specials:
+    """The tokenizer's ids of ``<s>``, ``</s>`` and ``<unk>``."""
+
     bos: int
     eos: int
     unk: int
