@@ -5,6 +5,7 @@ a tiny random one written with ``save_pretrained`` (tests/lm_models.py): nothing
 from __future__ import annotations
 
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,17 @@ def test_lora_changes_only_the_adapters_and_a_checkpoint_holds_only_what_trained
     saved = model.saved_state()
     assert {k for k in saved if k.startswith("lm.")} == {k for k in after if k.startswith("lm.") and "lora_" in k}
     assert any(k.startswith("fusion.") for k in saved) and any(k.startswith("encoder.") for k in saved)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_lora_wraps_the_model_without_a_dependency_warning(tiny_lms: dict[str, Path], architecture: str) -> None:
+    # every LoRA run printed peft's FutureWarning (it reads transformers' deprecated is_gradient_checkpointing),
+    # and GPT-2's a UserWarning that fan_in_fan_out was wrong for its Conv1D projections and had been corrected
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = _captioner(tiny_lms[architecture], lora=4)
+    assert model.lm.settings.training == LMTraining.LORA
+    assert [str(w.message) for w in caught if "peft" in w.filename or "transformers" in w.filename] == []
 
 
 def test_a_frozen_model_saves_no_language_model_tensors_and_full_fine_tuning_saves_them_all(tiny_lms: dict[str, Path]) -> None:

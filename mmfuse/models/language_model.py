@@ -12,6 +12,7 @@ Shape legend: B rows, T positions, D the model's width, V its vocabulary.
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -22,6 +23,12 @@ from torch import nn
 from mmfuse.errors import MmfuseError
 from mmfuse.models.hub import BaseModel
 
+
+def _stores_fan_in_first(model: nn.Module) -> bool:
+    """GPT-2's projections are ``Conv1D`` (weight ``(in, out)``): peft's ``fan_in_fan_out`` must say so."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
 
 
 class LMTraining(Enum):
@@ -129,8 +136,10 @@ class LanguageModel(nn.Module):
 
         targets: Any = s.lora_targets if s.lora_targets == "all-linear" else [t.strip() for t in s.lora_targets.split(",")]
         try:
-            return get_peft_model(model, LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, target_modules=targets,
-                                                    lora_dropout=0.0))
+            with warnings.catch_warnings():  # peft reads transformers' deprecated alias; not the user's to act on
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                return get_peft_model(model, LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, target_modules=targets,
+                                                        lora_dropout=0.0, fan_in_fan_out=_stores_fan_in_first(model)))
         except ValueError as exc:
             raise MmfuseError(f"--lora-targets {s.lora_targets!r}: {str(exc).splitlines()[0]}") from None
 
