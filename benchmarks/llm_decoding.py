@@ -4,10 +4,13 @@ Both decode the same 64 images with the same model (a language model trained by 
 ``shapes`` captions, joined by an ``mlp`` connector to the small CNN), from the same context
 embeddings, under the settings where the two searches are defined the same (no length
 normalisation: mmfuse's GNMT alpha 0, Hugging Face's length_penalty 0; one caption per image; the
-same maximum length). The script checks that the captions are identical, then prints captions/s of
-each and the ratio (target: mmfuse >= 1.5x).
+same maximum length, and the same minimum: the end token masked for the first ``--min-length`` steps,
+mmfuse's ``min_length`` and Hugging Face's ``min_new_tokens``). The minimum makes the work a caption's
+length: without it, the untrained connector's random images make the trained host end at once
+(2 tokens), and both sides would time their setup alone. The script checks that the captions are
+identical, prints their lengths, then captions/s of each and the ratio (target: mmfuse >= 1.5x).
 
-    python benchmarks/llm_decoding.py [--images 64] [--beams 5] [--repeats 3]
+    python benchmarks/llm_decoding.py [--images 64] [--beams 5] [--min-length 10] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--beams", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=24)
+    parser.add_argument("--min-length", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -57,7 +61,7 @@ def main() -> None:
         cfg = resolve_parts(ModelConfig(decoder=f"hf:{folder}", fusion="mlp", image_size=64, dropout=0.0), "caption")
         model = build_lm_captioner(cfg, locate(str(folder))).eval()
         images = torch.randn(args.images, 3, 64, 64)
-        decode = DecodeConfig(beam_size=args.beams, max_length=args.max_length)
+        decode = DecodeConfig(beam_size=args.beams, max_length=args.max_length, min_length=args.min_length)
         eos = model.special.end
         with torch.inference_mode():
             features = model.encode(images)
@@ -69,13 +73,14 @@ def main() -> None:
                 context, _ = model.context(features)
                 out = model.lm.hf.generate(inputs_embeds=context, attention_mask=torch.ones(context.shape[:2], dtype=torch.long),
                                            do_sample=False, num_beams=args.beams, length_penalty=0.0, early_stopping=False,
-                                           max_new_tokens=args.max_length, eos_token_id=eos,
+                                           max_new_tokens=args.max_length, min_new_tokens=args.min_length, eos_token_id=eos,
                                            pad_token_id=model.text.tokenizer.pad_token_id)
                 return [row[: row.index(eos)] if eos in row else row for row in out.tolist()]
 
             a, b = ours(), theirs()
             same = sum(x == y for x, y in zip(a, b))
-            print(f"identical captions: {same} of {len(a)}")
+            print(f"identical captions: {same} of {len(a)}; {sum(map(len, a)) / len(a):.1f} tokens per caption "
+                  f"(shortest {min(map(len, a))}, longest {max(map(len, a))})")
             times = {}
             for name, fn in (("mmfuse", ours), ("generate", theirs)):
                 best = float("inf")
