@@ -66,7 +66,7 @@ def test_scst_raises_test_cider_d_over_the_cross_entropy_checkpoint(learned: Pat
 def test_classifier_answers_shapes_qa_only_with_both_modalities(workspace: Path) -> None:
     res = invoke("prepare-data", "shapes-qa", "--train-images", "1500", "--val-images", "60", "--test-images", "200")
     assert res.exit_code == 0, res.stderr
-    res = invoke("train", "--data", "shapes-qa", "--fusion", "transformer", "--epochs", "6", "--lr", "5e-4", "--run", "qa", "--seed", "0")
+    res = invoke("train", "--data", "shapes-qa", "--fusion", "transformer", "--epochs", "4", "--lr", "7e-4", "--run", "qa", "--seed", "0")
     assert res.exit_code == 0, res.stderr
     accuracy = {}
     for ablate in (None, "image", "text"):
