@@ -205,3 +205,26 @@ def test_ngram_paths_for_keys_too_large_for_64_bits_give_the_same_scores(limit: 
     assert got["corpus"] == pytest.approx(expected["corpus"], abs=1e-12)
     assert [g["cider_d"] for g in got["per_image"]] == pytest.approx([e["cider_d"] for e in expected["per_image"]], abs=1e-12)
     assert [g["bleu4"] for g in got["per_image"]] == pytest.approx([e["bleu4"] for e in expected["per_image"]], abs=1e-12)
+
+
+def test_two_processes_score_the_same_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`evaluate --predictions` scores a large set in two processes (the child tokenizes half of the
+    images and builds the trigram and 4-gram statistics): the same scores, and the same tokens, as
+    one process. Images with an empty hypothesis or words only one half has are in the set."""
+    from mmfuse import beside
+    from mmfuse.metrics import captions
+    from tests.caption_corpus import caption_set
+
+    monkeypatch.setattr(beside, "usable_cpus", lambda: 2)
+    hyps, refs = caption_set(captions.TWO_PROCESSES_FROM + 1, seed=3)
+    hyps[0], hyps[-1] = "", "zzyzx qwerty only in the second half"
+    refs[-1] = [*refs[-1][:4], "A PLAIN? (bracketed) \u201cquote\u201d no. 5"]
+    one_timings: dict[str, float] = {}
+    one, one_tokens = captions.scored_texts(hyps, refs, one_timings)
+    timings: dict[str, float] = {}
+    two, two_tokens = captions.scored_texts(hyps, refs, timings, two_processes=True)
+    assert "merge" in timings and "merge" not in one_timings  # it did split
+    assert two["corpus"] == pytest.approx(one["corpus"], abs=1e-12)
+    for metric in captions.METRICS:
+        assert [s[metric] for s in two["per_image"]] == pytest.approx([s[metric] for s in one["per_image"]], abs=1e-12)
+    assert two_tokens.sentences() == one_tokens.sentences()

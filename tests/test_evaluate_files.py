@@ -153,6 +153,21 @@ def test_report_says_what_each_step_took(tmp_path: Path) -> None:
     assert all(isinstance(v, float) and 0 <= v < 60 for v in report["timings"].values())
 
 
+def test_json_report_has_one_ascii_line_per_image_that_reads_back_the_same(tmp_path: Path) -> None:
+    """The lines are written by orjson (UTF-8) and escaped to ASCII as json.dumps escapes."""
+    _, refs = _coco_files(tmp_path)
+    captions = {1: "caf\u00e9 \U0001f600 dog", 2: "a \u201ccat\u201d", 3: 'a "man" \\ bike'}
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps([{"image_id": i, "caption": c} for i, c in captions.items()]))
+    out = invoke("evaluate", "--predictions", str(res), "--references", str(refs), "--json", "--no-meteor")
+    assert out.exit_code == 0, out.stderr
+    assert out.stdout.isascii() and "\\ud83d\\ude00" in out.stdout  # the emoji as a surrogate pair
+    report = json.loads(out.stdout)
+    assert {i["id"]: i["caption"] for i in report["images"]} == captions
+    lines = [line for line in out.stdout.splitlines() if line.startswith('    {"id":')]
+    assert [json.loads(line.rstrip(","))["id"] for line in lines] == [1, 2, 3]
+
+
 # Hand-computed from the official rules (tests/fixtures/vqa, question ids 1000-1013, in order): the
 # number word, article, final period, decimal point, digit comma, contraction, tab/newline and
 # space-beside-comma cases agree with all ten humans (1.0); "t-shirt" against ten equal "t-shirt"

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Iterable, Iterator, Optional
 
 import typer
 
@@ -32,8 +32,10 @@ from mmfuse.cli.options import (
     run_option,
 )
 from mmfuse.errors import MmfuseError
-from mmfuse.generate.inputs import InputItem
 from mmfuse.workspace import Workspace, json_path, printable
+
+if TYPE_CHECKING:  # (8 ms to import: every command would pay it)
+    from mmfuse.generate.inputs import InputItem
 
 MODEL_CHOICES = ("model.task", "model.encoder", "model.decoder", "model.text_encoder")
 SHARED_TRAINING = (  # what train and compare both take (compare: the same for every fusion)

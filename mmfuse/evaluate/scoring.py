@@ -20,7 +20,7 @@ from mmfuse.evaluate.results import (
     read_predictions,
     read_references,
 )
-from mmfuse.metrics.captions import Timings, reference_counts, scores_of_ids, timed, tokenize_texts
+from mmfuse.metrics.captions import Timings, scored_texts, timed
 from mmfuse.metrics.meteor import MeteorUnavailable, meteor
 from mmfuse.metrics.vqa import vqa_scores
 from mmfuse.workspace import Workspace
@@ -46,7 +46,8 @@ def evaluate_files(workspace: Workspace, predictions: Path, references: str, spl
         refs = timed(timings, "read", lambda: read_references(references, workspace, split))
         _check_covered(preds, refs, predictions, references)
         ids = list(preds.by_id)
-        report = score_report(ids, list(preds.by_id.values()), [refs[i] for i in ids], with_meteor, timings)
+        report = score_report(ids, list(preds.by_id.values()), [refs[i] for i in ids], with_meteor, timings,
+                              two_processes=True)  # this process holds no torch state a fork would copy
     report.update({"predictions": str(predictions), "references": references})
     return report
 
@@ -75,11 +76,11 @@ def answer_report(ids: list[Any], answers: list[str], references: list[HumanAnsw
 
 
 def score_report(ids: list[Any], hypotheses: list[str], references: list[list[str]], with_meteor: bool,
-                 timings: Timings | None = None) -> dict[str, Any]:
-    """Corpus and per-image scores of raw-text captions, as a report dict with the time of each step."""
+                 timings: Timings | None = None, two_processes: bool = False) -> dict[str, Any]:
+    """Corpus and per-image scores of raw-text captions, as a report dict with the time of each step;
+    ``two_processes``: a large set is scored in two (:mod:`mmfuse.metrics.captions`)."""
     timings = {} if timings is None else timings
-    tokens = tokenize_texts(hypotheses, references, timings)  # once, for every metric
-    scores = scores_of_ids(tokens, reference_counts(references), timings)
+    scores, tokens = scored_texts(hypotheses, references, timings, two_processes)  # tokenized once, for every metric
     corpus, per_image = scores["corpus"], scores["per_image"]
     meteor_note = "not requested"
     if with_meteor:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mmfuse.metrics.ngrams import MAX_N, NgramTable, Order, Tokens, build_table
+from mmfuse.metrics.ngrams import MAX_N, ORDERS, NgramTable, Order, Tokens, build_table
 from mmfuse.metrics.ptb import intern
 
 TINY, SMALL = 1e-15, 1e-9
@@ -38,17 +38,24 @@ def bleu(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -
 def bleu_of_table(table: NgramTable) -> tuple[list[float], list[list[float]]]:
     """:func:`bleu` of the captions an n-gram table holds."""
     n = table.images
-    hyp_len, ref_len = table.lengths[:n], table.lengths[n:]
-    correct = np.stack([_clipped_matches(order, n) for order in table.orders[:MAX_N]], 1)  # (N, K)
+    correct = np.stack([clipped_matches(table.orders[k], n) for k in ORDERS], 1)  # (N, K)
+    return bleu_of_matches(correct, table.lengths, table.ref_image)
+
+
+def bleu_of_matches(correct: np.ndarray, lengths: np.ndarray, ref_image: np.ndarray) -> tuple[list[float], list[list[float]]]:
+    """Corpus and per-image BLEU-1..4 from each image's clipped matches of every order (N, K) and the
+    token counts of the N hypotheses and then the references (N + R,)."""
+    n = len(correct)
+    hyp_len, ref_len = lengths[:n], lengths[n:]
     guess = np.maximum(hyp_len[:, None] - np.arange(MAX_N)[None, :], 0)  # (N, K)
-    closest = _closest_lengths(hyp_len, ref_len, table.ref_image, n)  # (N,)
+    closest = _closest_lengths(hyp_len, ref_len, ref_image, n)  # (N,)
     per_image = _scores(correct, guess, hyp_len, closest)
     corpus = _scores(correct.sum(0, keepdims=True), guess.sum(0, keepdims=True),
                      hyp_len.sum(keepdims=True), closest.sum(keepdims=True))[0]
     return corpus.tolist(), per_image.tolist()
 
 
-def _clipped_matches(order: Order, n: int) -> np.ndarray:
+def clipped_matches(order: Order, n: int) -> np.ndarray:
     """Per image, sum over hypothesis n-grams of min(count, max count in one reference) -> (N,)."""
     if not len(order.count):
         return np.zeros(n)

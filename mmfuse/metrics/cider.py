@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mmfuse.metrics.ngrams import MAX_N, NgramTable, Order, Tokens, build_table
+from mmfuse.metrics.ngrams import MAX_N, ORDERS, NgramTable, Order, Tokens, build_table
 from mmfuse.metrics.ptb import intern
 
 SIGMA = 6.0
@@ -32,15 +32,22 @@ def cider_d(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]
 def cider_d_of_table(table: NgramTable) -> tuple[float, list[float]]:
     """:func:`cider_d` of the captions an n-gram table holds."""
     n, ref_image = table.images, table.ref_image
+    return cider_d_of_cosines(sum(cosines(table.orders[k], n, ref_image) for k in ORDERS), table.lengths, ref_image)
+
+
+def cider_d_of_cosines(cosine: np.ndarray, lengths: np.ndarray, ref_image: np.ndarray) -> tuple[float, list[float]]:
+    """Corpus and per-image CIDEr-D from each reference's clipped cosines summed over the orders (R,)
+    and the token counts of the N hypotheses and then the references (N + R,)."""
+    n = len(lengths) - len(ref_image)
     refs_per_image = np.bincount(ref_image, minlength=n)
-    bigrams = np.maximum(table.lengths - 1, 0)
+    bigrams = np.maximum(lengths - 1, 0)
     penalty = np.exp(-((bigrams[:n][ref_image] - bigrams[n:]) ** 2) / (2 * SIGMA**2))  # (R,)
-    similarity = sum(_cosine(order, n, ref_image) for order in table.orders[:MAX_N]) * penalty  # (R,)
+    similarity = cosine * penalty  # (R,)
     per_image = np.bincount(ref_image, weights=similarity, minlength=n) / MAX_N / refs_per_image * 10.0
     return float(per_image.mean()), per_image.tolist()
 
 
-def _cosine(order: Order, n: int, ref_image: np.ndarray) -> np.ndarray:
+def cosines(order: Order, n: int, ref_image: np.ndarray) -> np.ndarray:
     """Clipped cosine similarity of each reference with its image's hypothesis, one order -> (R,)."""
     sentences = n + len(ref_image)
     weights = order.count * _idf(order, n)[order.gram]  # (E,)

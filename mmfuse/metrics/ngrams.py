@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -31,6 +31,7 @@ from mmfuse.metrics.ptb import TokenIds
 
 Tokens = Sequence[str]
 MAX_N = 4
+ORDERS = tuple(range(1, MAX_N + 1))
 KEY_LIMIT = 2**62  # a composite sort key (n-gram key, slot) must stay below this
 
 
@@ -64,41 +65,52 @@ class Order:
 class NgramTable:
     lengths: np.ndarray  # (S,) tokens per sentence
     ref_image: np.ndarray  # (R,) the image of each reference
-    orders: list[Order]  # orders[k] holds the (k+1)-grams
+    orders: dict[int, Order]  # orders[k] holds the k-grams (the orders asked for)
 
     @property
     def images(self) -> int:
         return len(self.lengths) - len(self.ref_image)
 
 
-def build_table(tokens: TokenIds, refs_per_image: np.ndarray, max_n: int = MAX_N) -> NgramTable:
+def build_table(tokens: TokenIds, refs_per_image: np.ndarray, orders: Sequence[int] = ORDERS) -> NgramTable:
     """The n-gram table of ``tokens``: N hypotheses, then the references, ``refs_per_image[i]`` of them
-    for image i, in image order."""
-    n = len(refs_per_image)
-    ref_image = np.repeat(np.arange(n, dtype=np.int64), refs_per_image)  # (R,)
+    for image i, in image order; only the ``orders`` asked for."""
+    ref_image = np.repeat(np.arange(len(refs_per_image), dtype=np.int64), refs_per_image)  # (R,)
+    return NgramTable(tokens.lengths, ref_image, dict(ngram_orders(tokens, refs_per_image, orders)))
+
+
+def ngram_orders(tokens: TokenIds, refs_per_image: np.ndarray, orders: Sequence[int] = ORDERS) -> Iterator[tuple[int, Order]]:
+    """Each order asked for, (k, its table), as it is built, in increasing k. Trigrams and 4-grams number
+    the bigrams first, whether or not the bigram order is asked for. A caller that drops each order
+    before taking the next lets the next reuse its memory."""
     layout = _Layout.of(refs_per_image)
     lengths = tokens.lengths
     sent_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # (T,)
     remaining = np.repeat(np.cumsum(lengths), lengths) - np.arange(len(sent_of))  # (T,) tokens left, this one too
     slot_at = layout.slot_of_sent[sent_of]  # (T,)
-    flat, vocab = tokens.ids, max(len(tokens.words), 1)
-    orders: list[Order] = []
+    del sent_of
+    flat, vocab, wanted = tokens.ids, max(len(tokens.words), 1), sorted(orders)
     bigram_at: np.ndarray | None = None  # (T,) bigram id at each position
     gram_at = flat  # the generic path: (T,) id of the (k-1)-gram at each position
-    for k in range(1, max_n + 1):
+    for k in range(1, wanted[-1] + 1):
         pos = np.flatnonzero(remaining >= k)  # (P,)
         keys, size = _token_keys(k, pos, flat, vocab, bigram_at)
         if keys is None or size * layout.slots >= KEY_LIMIT:  # generic: number this order's n-grams
             keys = gram_at[pos] if k == 1 else gram_at[pos] * vocab + flat[pos + k - 1]
             order, gram_at = _numbered_order(keys, pos, slot_at[pos], layout, len(flat))
             bigram_at = gram_at if k == 2 else bigram_at
-        elif k == 2:
+        elif k == 2 and k in wanted:
             order, bigram_at = _numbered_order(keys, pos, slot_at[pos], layout, len(flat))
             gram_at = bigram_at
+        elif k == 2:
+            order, bigram_at = None, _numbers(keys, pos, len(flat))
+            gram_at = bigram_at
         else:
-            order = _sorted_order(keys * layout.slots + slot_at[pos], layout)
-        orders.append(order)
-    return NgramTable(lengths, ref_image, orders)
+            order = _sorted_order(keys * layout.slots + slot_at[pos], layout) if k in wanted else None
+        del keys, pos
+        if k in wanted:
+            yield k, order
+        del order
 
 
 def _token_keys(k: int, pos: np.ndarray, flat: np.ndarray, vocab: int,
@@ -127,6 +139,7 @@ class _Layout:
     slot_of_sent: np.ndarray  # (S,)
     sent_of_slot: np.ndarray  # (N * per,) -1 where no sentence
     image_of_slot: np.ndarray  # (N * per,)
+    hyp_slot: np.ndarray  # (N * per,) bool: a hypothesis's slot (a lookup: int64 modulo is slower)
 
     @classmethod
     def of(cls, refs_per_image: np.ndarray) -> "_Layout":
@@ -138,7 +151,8 @@ class _Layout:
         slot_of_sent = np.concatenate((np.arange(n, dtype=np.int64) * per, ref_image * per + rank))
         sent_of_slot = np.full(n * per, -1, dtype=np.int64)
         sent_of_slot[slot_of_sent] = np.arange(len(slot_of_sent))
-        return cls(per, slot_of_sent, sent_of_slot, np.repeat(np.arange(n, dtype=np.int64), per))
+        slots = np.arange(n * per, dtype=np.int64)
+        return cls(per, slot_of_sent, sent_of_slot, slots // per, slots % per == 0)
 
     @property
     def slots(self) -> int:
@@ -148,7 +162,7 @@ class _Layout:
               size: int) -> Order:
         """An order from its entries (E,): dense k-gram ids, where a new k-gram starts, slots, counts."""
         image = self.image_of_slot[slot]
-        return Order(gram=gram_of_entry, image=image, sent=self.sent_of_slot[slot], is_hyp=slot % self.per == 0,
+        return Order(gram=gram_of_entry, image=image, sent=self.sent_of_slot[slot], is_hyp=self.hyp_slot[slot],
                      count=count, starts=np.flatnonzero(new_gram | _changes(image)), size=size)
 
 
@@ -159,7 +173,7 @@ def _sorted_order(composite: np.ndarray, layout: _Layout) -> Order:
     values = ranked[first]
     gram_key = values // layout.slots
     new_gram = _changes(gram_key)
-    dense = np.cumsum(new_gram) - 1
+    dense = _ranks(new_gram)
     return layout.order(dense, new_gram, values - gram_key * layout.slots, np.diff(np.append(first, len(ranked))),
                         int(dense[-1]) + 1 if len(dense) else 0)
 
@@ -179,13 +193,30 @@ def _numbered_order(keys: np.ndarray, pos: np.ndarray, slot: np.ndarray, layout:
         sort = np.lexsort((slot, keys))
         new_gram = _changes(keys[sort])
         new_entry = new_gram | _changes(slot[sort])
-    dense = np.cumsum(new_gram) - 1  # (P,) k-gram id, in sorted order
+    dense = _ranks(new_gram)  # (P,) k-gram id, in sorted order
     gram_at = np.zeros(total, dtype=np.int64)
     gram_at[pos[sort]] = dense
     first = np.flatnonzero(new_entry)  # (E,)
     order = layout.order(dense[first], new_gram[first], slot[sort[first]], np.diff(np.append(first, len(sort))),
                          int(dense[-1]) + 1 if len(dense) else 0)
     return order, gram_at
+
+
+def _numbers(keys: np.ndarray, pos: np.ndarray, total: int) -> np.ndarray:
+    """The dense id of the k-gram at every position (T,) from its positions' keys (P,), without the order."""
+    sort = np.argsort(keys)
+    dense = _ranks(_changes(keys[sort]))
+    gram_at = np.zeros(total, dtype=np.int64)
+    gram_at[pos[sort]] = dense
+    return gram_at
+
+
+def _ranks(new: np.ndarray) -> np.ndarray:
+    """0-based number of each sorted entry's value from where each new value starts (E,) bool ->
+    (E,) int32 (a bool cumsum into int32 takes a third of the time of one into int64)."""
+    ranks = np.cumsum(new, dtype=np.int32)
+    ranks -= 1
+    return ranks
 
 
 def _changes(values: np.ndarray) -> np.ndarray:

@@ -75,6 +75,12 @@ def rouge_l(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]
 
 def rouge_l_of_ids(tokens: TokenIds, refs_per_image: np.ndarray) -> tuple[float, list[float]]:
     """:func:`rouge_l` of N hypotheses followed by their references (``refs_per_image[i]`` for image i)."""
+    scores = rouge_l_scores(tokens, refs_per_image)
+    return float(scores.mean()), scores.tolist()
+
+
+def rouge_l_scores(tokens: TokenIds, refs_per_image: np.ndarray) -> np.ndarray:
+    """Per-image ROUGE-L of N hypotheses followed by their references -> (N,)."""
     n = len(refs_per_image)
     ref_image = np.repeat(np.arange(n), refs_per_image)  # (R,)
     hyp_len, ref_len = tokens.lengths[:n], tokens.lengths[n:]
@@ -90,7 +96,7 @@ def rouge_l_of_ids(tokens: TokenIds, refs_per_image: np.ndarray) -> tuple[float,
         sentences = tokens.sentences()
         for i in np.flatnonzero(wide).tolist():
             scores[i] = rouge_l_image(sentences[i], sentences[n + first[i]: n + first[i] + refs_per_image[i]])
-    return float(scores.mean()), scores.tolist()
+    return scores
 
 
 WORD_BITS = 64
