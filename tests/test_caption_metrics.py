@@ -198,10 +198,19 @@ def test_ngram_paths_for_keys_too_large_for_64_bits_give_the_same_scores(limit: 
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from mmfuse.metrics import ngrams
 
+    from mmfuse.metrics.captions import order_scores, reference_counts
+    from mmfuse.metrics.ptb import intern
+
     hyps, refs = corpus
     expected = caption_scores(hyps[:300], refs[:300])
+    tokens = intern([*hyps[:300], *(r for rs in refs[:300] for r in rs)])
+    all_orders = order_scores(tokens, reference_counts(refs[:300]), ngrams.ORDERS)
     monkeypatch.setattr(ngrams, "KEY_LIMIT", limit)
     got = caption_scores(hyps[:300], refs[:300])
+    high = order_scores(tokens, reference_counts(refs[:300]), (3, 4))  # what the second process builds
+    for k in (3, 4):
+        assert high[k].matches.tolist() == all_orders[k].matches.tolist()
+        assert high[k].cosine == pytest.approx(all_orders[k].cosine, abs=1e-12)
     assert got["corpus"] == pytest.approx(expected["corpus"], abs=1e-12)
     assert [g["cider_d"] for g in got["per_image"]] == pytest.approx([e["cider_d"] for e in expected["per_image"]], abs=1e-12)
     assert [g["bleu4"] for g in got["per_image"]] == pytest.approx([e["bleu4"] for e in expected["per_image"]], abs=1e-12)
