@@ -44,3 +44,15 @@ def test_with_one_cpu_the_work_runs_here_when_its_result_is_asked(monkeypatch: p
     pending = beside.beside(lambda: ran.append(os.getpid()) or "done")
     assert ran == []  # not yet
     assert pending.result() == "done" and ran == [os.getpid()]
+
+
+def test_leaving_the_block_before_the_result_stops_the_child(two_cpus: None) -> None:
+    """An error (or Ctrl-C) in the parent while the child works: no process outlives the block."""
+    import time
+
+    with pytest.raises(RuntimeError, match="parent failed"):
+        with beside.beside(lambda: time.sleep(60)) as pending:
+            pid = pending.pid
+            raise RuntimeError("parent failed")
+    with pytest.raises(ChildProcessError):  # stopped and reaped: it is no child of ours any more
+        os.waitpid(pid, os.WNOHANG)

@@ -68,9 +68,9 @@ def scored_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
         tokens = tokenize_texts(hypotheses, references, timings)
         return scores_of_ids(tokens, counts, timings), tokens
     cut = len(hypotheses) // 2
-    other = beside(lambda: _tokens_and_rouge(hypotheses[cut:], references[cut:], counts[cut:], None))
-    mine = _tokens_and_rouge(hypotheses[:cut], references[:cut], counts[:cut], timings)
-    tokens, rouge = timed(timings, "merge", lambda: _join(mine, other.result()))
+    with beside(lambda: _tokens_and_rouge(hypotheses[cut:], references[cut:], counts[cut:], None)) as other:
+        mine = _tokens_and_rouge(hypotheses[:cut], references[:cut], counts[:cut], timings)
+        tokens, rouge = timed(timings, "merge", lambda: _join(mine, other.result()))
     return scores_of_ids(tokens, counts, timings, rouge, two_processes), tokens
 
 
@@ -86,9 +86,9 @@ def scores_of_ids(tokens: TokenIds, refs_per_image: np.ndarray, timings: Timings
     """Every metric of N hypotheses followed by their references (``refs_per_image[i]`` for image i);
     ``rouge``: the per-image ROUGE-L when it is already known (N,)."""
     if _split(two_processes, len(refs_per_image)):  # the child: trigrams and 4-grams; this process: the rest
-        other = beside(lambda: order_scores(tokens, refs_per_image, ORDERS[2:]))
-        orders = order_scores(tokens, refs_per_image, ORDERS[:2], timings)
-        orders |= timed(timings, "merge", other.result)
+        with beside(lambda: order_scores(tokens, refs_per_image, ORDERS[2:])) as other:
+            orders = order_scores(tokens, refs_per_image, ORDERS[:2], timings)
+            orders |= timed(timings, "merge", other.result)
     else:
         orders = order_scores(tokens, refs_per_image, ORDERS, timings)
     ref_image = np.repeat(np.arange(len(refs_per_image)), refs_per_image)  # (R,)
