@@ -8,6 +8,7 @@ reported as an internal error (``--debug`` shows the traceback).
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -27,6 +28,7 @@ from mmfuse import __version__
 from mmfuse.errors import Interrupted, MmfuseError, Terminated, describe_os_error
 
 _DEBUG = {"on": False}  # set per invocation by --debug or $MMFUSE_DEBUG
+_TEARDOWN = {"skip": False}  # set by a command that leaves nothing for the interpreter's teardown
 
 
 def _fail(message: str, code: int) -> None:
@@ -130,6 +132,36 @@ def _root(
     _DEBUG["on"] = _DEBUG["on"] or debug
 
 
+def skip_teardown() -> None:
+    """Say that this command holds nothing that needs the interpreter's teardown (no open file it has
+    not closed, no thread, no child process, no torch): :func:`main` then ends the process once the
+    exit handlers have run and stdout and stderr are flushed, without freeing every object and module
+    one by one. Measured on ``evaluate --predictions`` with 8,092 images: the teardown took 35-50 ms
+    (numpy, Typer and rich alone 28 ms) of a 0.7 s command, and exiting this way 3 ms. Only the
+    console script does it; ``app`` called in-process (tests) is unaffected."""
+    _TEARDOWN["skip"] = True
+
+
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        if _TEARDOWN["skip"]:
+            _exit_now(done.code)
+        raise
+
+
+def _exit_now(code: object) -> None:
+    """``sys.exit(code)`` without the interpreter's teardown: the exit handlers run, the output is
+    flushed, then the process ends."""
+    if code is not None and not isinstance(code, int):  # sys.exit("message") prints it and exits 1
+        sys.stderr.write(f"{code}\n")
+        code = 1
+    atexit._run_exitfuncs()  # what the interpreter's own exit runs first (logging, weakref.finalize ...)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (| head) or stream: what is left cannot be written
+            pass
+    os._exit(code or 0)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Iterable, Iterator, Optional
 import typer
 
 from mmfuse.cli import render
-from mmfuse.cli.app import app
+from mmfuse.cli.app import app, skip_teardown
 from mmfuse.cli.options import (
     DECODE_FIELDS,
     BatchSize_,
@@ -264,6 +264,7 @@ def evaluate_cmd(
     else:
         from mmfuse.evaluate.scoring import evaluate_files  # no torch: scoring text needs none
 
+        skip_teardown()  # the process holds only the report when the command ends
         report = evaluate_files(ws, predictions, references, split, meteor)
     if report.get("task") == "classify":
         render.print_classification(report, show, worst)

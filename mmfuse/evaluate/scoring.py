@@ -8,8 +8,10 @@ tokenizer, the n-gram table the metrics share, each metric, and METEOR's jar whe
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mmfuse.errors import MmfuseError
 from mmfuse.evaluate.results import (
@@ -34,6 +36,31 @@ def evaluate_files(workspace: Workspace, predictions: Path, references: str, spl
     Only the images (questions) that have a prediction are scored, as coco-caption does; a prediction
     for one that has no reference is an error.
     """
+    with _cyclic_gc_paused():
+        return _evaluate_files(workspace, predictions, references, split, with_meteor)
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block. Scoring files builds a few hundred thousand
+    containers (the parsed files, each text's tokens, each image's scores) and no reference cycles, so
+    the collector's passes free nothing: on 8,092 images they took 56 ms of the scoring process's time
+    (266 young, 24 middle and 2 full collections, timed with ``gc.callbacks``) in a 0.75 s command.
+    The objects made meanwhile then go straight to the oldest generation (``freeze`` + ``unfreeze``):
+    otherwise the first two collections after the block scan them all again (22 ms)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.freeze()
+            gc.unfreeze()
+            gc.enable()
+
+
+def _evaluate_files(workspace: Workspace, predictions: Path, references: str, split: str,
+                    with_meteor: bool) -> dict[str, Any]:
     timings: Timings = {}
     preds = timed(timings, "read", lambda: read_predictions(predictions))
     if preds.kind is ResultKind.ANSWER:
