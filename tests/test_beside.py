@@ -1,10 +1,12 @@
-"""`mmfuse.beside`: work in a forked child process, its result back in the parent, and the parent
-doing the work itself wherever the child cannot."""
+"""`mmfuse.beside`: a generator run in a forked child process, exchanging values with the parent, and
+the parent running it itself wherever the child cannot."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
+from typing import Generator
 
 import pytest
 
@@ -16,43 +18,91 @@ def two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(beside, "usable_cpus", lambda: 2)
 
 
-def test_the_work_runs_in_another_process_and_its_result_comes_back(two_cpus: None) -> None:
+def swap_and_add() -> Generator[tuple[int, list[int]], list[int], tuple[int, int]]:
+    """Yield this process's id and a large list; get a list back; return the process id and the sum."""
+    theirs = yield os.getpid(), list(range(100_000))
+    return os.getpid(), sum(theirs)
+
+
+def test_the_work_runs_in_another_process_and_values_go_both_ways(two_cpus: None) -> None:
     parent = os.getpid()
-    pending = beside.beside(lambda: (os.getpid(), list(range(100_000))))
-    pid, numbers = pending.result()
-    assert pid != parent  # it ran in a child
-    assert numbers == list(range(100_000))  # more than a pipe's buffer comes back whole
+    with beside.beside(swap_and_add) as other:
+        pid, numbers = other.exchange(list(range(200_000)))
+        assert pid != parent  # it ran in a child
+        assert numbers == list(range(100_000))  # more than a pipe's buffer, each way
+        assert other.result() == (pid, sum(range(200_000)))
 
 
+@pytest.mark.parametrize("when", ["before yielding", "after the exchange"])
 @pytest.mark.parametrize("how", ["raises", "killed"])
-def test_a_child_that_fails_leaves_the_work_to_the_parent(two_cpus: None, how: str) -> None:
+def test_a_child_that_fails_leaves_the_work_to_the_parent_with_the_same_answers(two_cpus: None, how: str,
+                                                                                when: str) -> None:
     parent = os.getpid()
 
-    def work() -> int:
+    def fail() -> None:
         if os.getpid() != parent:
             if how == "raises":
                 raise MemoryError("the child ran out")
             os.kill(os.getpid(), signal.SIGKILL)
-        return os.getpid()
 
-    assert beside.beside(work).result() == parent
+    def work() -> Generator[int, int, tuple[int, int]]:
+        if when == "before yielding":
+            fail()
+        answer = yield 7
+        if when == "after the exchange":
+            fail()
+        return os.getpid(), answer * 2
+
+    with beside.beside(work) as other:
+        assert other.exchange(21) == 7
+        assert other.result() == (parent, 42)  # run here, the answer replayed
 
 
-def test_with_one_cpu_the_work_runs_here_when_its_result_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_with_one_cpu_the_work_runs_here_a_step_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(beside, "usable_cpus", lambda: 1)
-    ran: list[int] = []
-    pending = beside.beside(lambda: ran.append(os.getpid()) or "done")
-    assert ran == []  # not yet
-    assert pending.result() == "done" and ran == [os.getpid()]
+    ran: list[str] = []
+
+    def work() -> Generator[str, str, str]:
+        ran.append("first")
+        answer = yield "a"
+        ran.append(answer)
+        return "done"
+
+    with beside.beside(work) as other:
+        assert ran == []  # nothing before it is asked
+        assert other.exchange("b") == "a" and ran == ["first"]
+        assert other.result() == "done" and ran == ["first", "b"]
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_exchanging_more_or_fewer_values_than_the_work_yields_is_an_error(monkeypatch: pytest.MonkeyPatch,
+                                                                       cpus: int) -> None:
+    monkeypatch.setattr(beside, "usable_cpus", lambda: cpus)
+
+    def once() -> Generator[int, int, int]:
+        answer = yield 1
+        return answer
+
+    with beside.beside(once) as other:
+        other.exchange(2)
+        with pytest.raises(beside.WorkMismatch):
+            other.exchange(3)
+    with beside.beside(once) as other:
+        with pytest.raises(beside.WorkMismatch):
+            other.result()
 
 
 def test_leaving_the_block_before_the_result_stops_the_child(two_cpus: None) -> None:
     """An error (or Ctrl-C) in the parent while the child works: no process outlives the block."""
-    import time
+
+    def sleeper() -> Generator[None, None, None]:
+        time.sleep(60)
+        yield
 
     with pytest.raises(RuntimeError, match="parent failed"):
-        with beside.beside(lambda: time.sleep(60)) as pending:
-            pid = pending.pid
+        with beside.beside(sleeper) as other:
+            assert isinstance(other, beside._Forked)
+            pid = other.pid
             raise RuntimeError("parent failed")
     with pytest.raises(ChildProcessError):  # stopped and reaped: it is no child of ours any more
         os.waitpid(pid, os.WNOHANG)

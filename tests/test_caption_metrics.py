@@ -218,13 +218,17 @@ def test_ngram_paths_for_keys_too_large_for_64_bits_give_the_same_scores(limit: 
 
 def test_two_processes_score_the_same_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """`evaluate --predictions` scores a large set in two processes (the child tokenizes half of the
-    images and builds the trigram and 4-gram statistics): the same scores, and the same tokens, as
-    one process. Images with an empty hypothesis or words only one half has are in the set."""
+    images, swaps tokens with this process and builds the trigram and 4-gram statistics): the same
+    scores, and the same tokens, as one process. Images with an empty hypothesis or words only one half has are in the set."""
     from mmfuse import beside
     from mmfuse.metrics import captions
     from tests.caption_corpus import caption_set
 
+    def taken_over(self: beside._Forked) -> None:
+        raise AssertionError("the child failed and this process did its part")
+
     monkeypatch.setattr(beside, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(beside._Forked, "_take_over", taken_over)  # the child's part is the child's
     hyps, refs = caption_set(captions.TWO_PROCESSES_FROM + 1, seed=3)
     hyps[0], hyps[-1] = "", "zzyzx qwerty only in the second half"
     refs[-1] = [*refs[-1][:4], "A PLAIN? (bracketed) \u201cquote\u201d no. 5"]

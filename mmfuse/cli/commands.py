@@ -262,9 +262,10 @@ def evaluate_cmd(
         report = evaluate_run(ws, run, split, given.get("decode", {}), checkpoint, device, batch_size,
                               meteor, ablation)
     else:
-        from mmfuse.evaluate.scoring import evaluate_files  # no torch: scoring text needs none
+        from mmfuse.evaluate.scoring import evaluate_files, keep_freed_memory  # no torch: scoring text needs none
 
         skip_teardown()  # the process holds only the report when the command ends
+        keep_freed_memory()  # a short process: its large arrays come and go
         report = evaluate_files(ws, predictions, references, split, meteor)
     if report.get("task") == "classify":
         render.print_classification(report, show, worst)

@@ -8,6 +8,7 @@ tokenizer, the n-gram table the metrics share, each metric, and METEOR's jar whe
 
 from __future__ import annotations
 
+import ctypes
 import gc
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,26 @@ def evaluate_files(workspace: Workspace, predictions: Path, references: str, spl
     """
     with _cyclic_gc_paused():
         return _evaluate_files(workspace, predictions, references, split, with_meteor)
+
+
+# glibc's mallopt parameters (malloc.h), and the largest block its heap serves that every glibc accepts
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_BLOCKS_UP_TO = 32 << 20  # bytes
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep the memory this process frees for its next allocations, rather than
+    handing it back to the system, and to serve blocks up to 32 MiB from its heap: for a short process
+    whose arrays come and go. Scoring 8,092 images, each large array otherwise took fresh pages from
+    the system, a page fault per 4 KiB (100k faults over the two processes and 0.23 s of system time;
+    65k and 0.15 s this way). Permanent for the process (the command line calls it, not the library);
+    False where the C library has no ``mallopt`` (macOS, musl) or refuses the values."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    # the threshold first: the trim setting alone would pin the mmap threshold at its 128 KiB default
+    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_UP_TO)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 @contextmanager

@@ -2,10 +2,10 @@
 
 With ``two_processes`` (scoring files: ``mmfuse evaluate --predictions``), a large set is scored in
 two processes (:mod:`mmfuse.beside`): a child tokenizes the second half of the images and
-scores their ROUGE-L while this process does the first half; then the child builds the trigram and
-4-gram statistics while this process builds the unigram and bigram ones. Every score is the same
-either way. The time of each step is this process's own; ``merge`` is the wait for the other
-process's half and the joining.
+scores their ROUGE-L while this process does the first half; the two processes swap their halves'
+tokens, and the child builds the trigram and 4-gram statistics while this process builds the unigram
+and bigram ones. Every score is the same either way. The time of each step is this process's own;
+``merge`` is the waits for the other process, the swap and the joining.
 
 Shape legend: N images, R references in all.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Generator, Sequence, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,7 @@ METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d")
 # images: scoring 500 took 29 ms in one process and 32 in two, 1,000 took 74 and 56, 4,000 257 and 213
 TWO_PROCESSES_FROM = 1000
 Timings = dict[str, float]  # step -> seconds
+Half = tuple[TokenIds, np.ndarray]  # some images' tokens (their hypotheses, then their references), their ROUGE-L (N,)
 T = TypeVar("T")
 
 
@@ -68,10 +69,23 @@ def scored_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
         tokens = tokenize_texts(hypotheses, references, timings)
         return scores_of_ids(tokens, counts, timings), tokens
     cut = len(hypotheses) // 2
-    with beside(lambda: _tokens_and_rouge(hypotheses[cut:], references[cut:], counts[cut:], None)) as other:
+    with beside(lambda: _second_half(hypotheses[cut:], references[cut:], counts, cut)) as other:
         mine = _tokens_and_rouge(hypotheses[:cut], references[:cut], counts[:cut], timings)
-        tokens, rouge = timed(timings, "merge", lambda: _join(mine, other.result()))
-    return scores_of_ids(tokens, counts, timings, rouge, two_processes), tokens
+        theirs = timed(timings, "merge", lambda: other.exchange(mine))
+        tokens, rouge = timed(timings, "merge", lambda: _join(mine, theirs))
+        orders = order_scores(tokens, counts, ORDERS[:2], timings)
+        orders |= timed(timings, "merge", other.result)
+    return _scores(tokens, counts, orders, rouge, timings), tokens
+
+
+def _second_half(hypotheses: Sequence[str], references: Sequence[Sequence[str]], counts: np.ndarray,
+                 cut: int) -> Generator[Half, Half, dict[int, OrderScores]]:
+    """The other process's part: the tokens and ROUGE-L of the images from ``cut`` on, sent over for
+    the first half's; then, on every image, the trigram and 4-gram statistics."""
+    mine = _tokens_and_rouge(hypotheses, references, counts[cut:], None)
+    first = yield mine
+    tokens, _ = _join(first, mine)
+    return order_scores(tokens, counts, ORDERS[2:])
 
 
 def tokenize_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
@@ -81,21 +95,19 @@ def tokenize_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]
     return timed(timings, "tokenize", lambda: coco_tokenize_all([*hypotheses, *(r for refs in references for r in refs)]))
 
 
-def scores_of_ids(tokens: TokenIds, refs_per_image: np.ndarray, timings: Timings | None = None,
-                  rouge: np.ndarray | None = None, two_processes: bool = False) -> dict[str, Any]:
-    """Every metric of N hypotheses followed by their references (``refs_per_image[i]`` for image i);
-    ``rouge``: the per-image ROUGE-L when it is already known (N,)."""
-    if _split(two_processes, len(refs_per_image)):  # the child: trigrams and 4-grams; this process: the rest
-        with beside(lambda: order_scores(tokens, refs_per_image, ORDERS[2:])) as other:
-            orders = order_scores(tokens, refs_per_image, ORDERS[:2], timings)
-            orders |= timed(timings, "merge", other.result)
-    else:
-        orders = order_scores(tokens, refs_per_image, ORDERS, timings)
+def scores_of_ids(tokens: TokenIds, refs_per_image: np.ndarray, timings: Timings | None = None) -> dict[str, Any]:
+    """Every metric of N hypotheses followed by their references (``refs_per_image[i]`` for image i)."""
+    orders = order_scores(tokens, refs_per_image, ORDERS, timings)
+    rouge = timed(timings, "rouge_l", lambda: rouge_l_scores(tokens, refs_per_image))
+    return _scores(tokens, refs_per_image, orders, rouge, timings)
+
+
+def _scores(tokens: TokenIds, refs_per_image: np.ndarray, orders: dict[int, OrderScores], rouge: np.ndarray,
+            timings: Timings | None) -> dict[str, Any]:
+    """Corpus and per-image scores from every order's statistics and the per-image ROUGE-L (N,)."""
     ref_image = np.repeat(np.arange(len(refs_per_image)), refs_per_image)  # (R,)
     matches = np.stack([orders[k].matches for k in ORDERS], 1)  # (N, K)
     b_corpus, b_images = timed(timings, "bleu", lambda: bleu_of_matches(matches, tokens.lengths, ref_image))
-    if rouge is None:
-        rouge = timed(timings, "rouge_l", lambda: rouge_l_scores(tokens, refs_per_image))
     cosine = sum(orders[k].cosine for k in ORDERS)  # (R,) in order, as one process adds them
     c_corpus, c_images = timed(timings, "cider_d", lambda: cider_d_of_cosines(cosine, tokens.lengths, ref_image))
     corpus = dict(zip(METRICS, [*b_corpus, float(rouge.mean()), c_corpus]))
@@ -122,13 +134,13 @@ def order_scores(tokens: TokenIds, refs_per_image: np.ndarray, orders: Sequence[
 
 
 def _tokens_and_rouge(hypotheses: Sequence[str], references: Sequence[Sequence[str]], refs_per_image: np.ndarray,
-                      timings: Timings | None) -> tuple[TokenIds, np.ndarray]:
+                      timings: Timings | None) -> Half:
     """The tokens of some images' captions and their per-image ROUGE-L (N,)."""
     tokens = tokenize_texts(hypotheses, references, timings)
     return tokens, timed(timings, "rouge_l", lambda: rouge_l_scores(tokens, refs_per_image))
 
 
-def _join(first: tuple[TokenIds, np.ndarray], second: tuple[TokenIds, np.ndarray]) -> tuple[TokenIds, np.ndarray]:
+def _join(first: Half, second: Half) -> Half:
     """Two halves' tokens (each its hypotheses, then its references) and per-image ROUGE-L as one set:
     every hypothesis, then every reference, in image order, the second half's words numbered on after
     the first's; ROUGE-L (N,)."""
