@@ -19,8 +19,9 @@ comes to this process, which answers with one of its own, and its return value i
 
 One child does every step rather than a child per step: scoring 8,092 images, a second fork for the
 second step made 15k more page faults over the two processes (copy-on-write of the larger heap by
-then), and sending each half's 2.4 MB of tokens through the pipes costs less (whole command, paired
-runs alternating: 35 ms faster, 30 pairs, with freed memory kept for reuse).
+then) than sending each half's 2.4 MB of tokens through the pipes (about 12 ms). In wall time the
+difference is within this machine's noise (alternating runs of the whole command: 35 and 10 ms
+faster, and once 20 ms slower, in three sets of 20-30 pairs).
 
 Written over ``os.fork`` rather than ``concurrent.futures`` or ``multiprocessing``: importing
 ``concurrent.futures.process`` takes 56 ms and ``multiprocessing`` 14 ms (``python -X importtime``, on
