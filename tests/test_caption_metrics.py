@@ -197,7 +197,6 @@ def test_vectorised_rouge_l_equals_the_per_image_path(block: int, monkeypatch: p
 def test_ngram_paths_for_keys_too_large_for_64_bits_give_the_same_scores(limit: int, corpus,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from mmfuse.metrics import ngrams
-
     from mmfuse.metrics.captions import order_scores, reference_counts
     from mmfuse.metrics.ptb import intern
 

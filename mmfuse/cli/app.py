@@ -51,6 +51,7 @@ class MmfuseGroup(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
         _DEBUG["on"] = bool(os.environ.get("MMFUSE_DEBUG"))
+        _TEARDOWN["skip"] = False  # per invocation: only the command that runs now may set it
         warnings.showwarning = _one_line_warning
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _terminate)
