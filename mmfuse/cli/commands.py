@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Iterable, Iterator, Optional
 import typer
 
 from mmfuse.cli import render
-from mmfuse.cli.app import app, skip_teardown
+from mmfuse.cli.app import app, no_blas_threads, skip_teardown
 from mmfuse.cli.options import (
     DECODE_FIELDS,
     BatchSize_,
@@ -262,6 +262,7 @@ def evaluate_cmd(
         report = evaluate_run(ws, run, split, given.get("decode", {}), checkpoint, device, batch_size,
                               meteor, ablation)
     else:
+        no_blas_threads()  # before numpy loads
         from mmfuse.evaluate.scoring import evaluate_files, keep_freed_memory  # no torch: scoring text needs none
 
         skip_teardown()  # the process holds only the report when the command ends
