@@ -43,17 +43,20 @@ def report_json(report: dict[str, Any]) -> str:
         return json.dumps(report, indent=2)
     head = json.dumps({k: v for k, v in report.items() if k != key}, indent=2)
     body = ",\n    ".join(map(_json_line, items))
-    if not body.isascii():  # non-ASCII characters only ever stand inside strings
-        body = body.encode("ascii", _JSON_ESCAPE).decode("ascii")
     return f'{head[:-2]},\n  "{key}": [\n    {body}\n  ]\n}}'
 
 
 def _json_line(item: Any) -> str:
-    """One item as compact JSON."""
+    """One item as compact ASCII JSON, each line escaped alone: joined first, one non-ASCII character
+    makes the whole text 2 or 4 bytes a character, and on 8,092 images (a quarter of them with curly
+    quotes or accents) the report took 24-35 ms to write instead of 17-18."""
     try:
-        return orjson.dumps(item, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
+        line = orjson.dumps(item, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:  # a type orjson does not write (numpy's integers): the standard encoder's rules
         return json.dumps(item, separators=(",", ":"))
+    if line.isascii():
+        return line.decode("ascii")
+    return line.decode("utf-8").encode("ascii", _JSON_ESCAPE).decode("ascii")
 
 
 def _escaped(error: UnicodeError) -> tuple[str, int]:
