@@ -193,23 +193,33 @@ def test_vectorised_rouge_l_equals_the_per_image_path(block: int, monkeypatch: p
     assert corpus == pytest.approx(sum(expected) / len(expected), abs=1e-12)
 
 
-@pytest.mark.parametrize("limit", [10**6, 10**3])  # numbered n-grams for the orders; then two-key sorts too
-def test_ngram_paths_for_keys_too_large_for_64_bits_give_the_same_scores(limit: int, corpus,
+# the 63-bit limit on a sort key, lowered: 4-grams from numbered trigrams while trigrams still come from
+# token ids (the corpus's 57 words cubed fit, its 2,909 bigrams squared do not); trigrams from bigram ids
+# as well; then two-key sorts too
+@pytest.mark.parametrize("limit", ["vocab**3 * slots + 1", 10**6, 10**3])
+def test_ngram_paths_for_keys_too_large_for_64_bits_give_the_same_scores(limit: int | str, corpus,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from mmfuse.metrics import ngrams
-    from mmfuse.metrics.captions import order_scores, reference_counts
+    from mmfuse.metrics.captions import MINE, THEIRS, order_scores, reference_counts
     from mmfuse.metrics.ptb import intern
 
     hyps, refs = corpus
     expected = caption_scores(hyps[:300], refs[:300])
     tokens = intern([*hyps[:300], *(r for rs in refs[:300] for r in rs)])
-    all_orders = order_scores(tokens, reference_counts(refs[:300]), ngrams.ORDERS)
+    counts = reference_counts(refs[:300])
+    all_orders = order_scores(tokens, counts, ngrams.ORDERS)
+    if isinstance(limit, str):
+        vocab, slots = len(tokens.words), len(counts) * (int(counts.max()) + 1)
+        limit = vocab**3 * slots + 1
+        bigrams = next(ngrams.ngram_orders(tokens, counts, (2,)))[1].size
+        assert bigrams**2 * slots > limit  # 4-grams cannot be pairs of bigram ids
     monkeypatch.setattr(ngrams, "KEY_LIMIT", limit)
     got = caption_scores(hyps[:300], refs[:300])
-    high = order_scores(tokens, reference_counts(refs[:300]), (3, 4))  # what the second process builds
-    for k in (3, 4):
-        assert high[k].matches.tolist() == all_orders[k].matches.tolist()
-        assert high[k].cosine == pytest.approx(all_orders[k].cosine, abs=1e-12)
+    for orders in (MINE, THEIRS, (3,), (4,), ngrams.ORDERS):  # what each process builds, and alone
+        some = order_scores(tokens, counts, orders)
+        for k in orders:
+            assert some[k].matches.tolist() == all_orders[k].matches.tolist()
+            assert some[k].cosine == pytest.approx(all_orders[k].cosine, abs=1e-12)
     assert got["corpus"] == pytest.approx(expected["corpus"], abs=1e-12)
     assert [g["cider_d"] for g in got["per_image"]] == pytest.approx([e["cider_d"] for e in expected["per_image"]], abs=1e-12)
     assert [g["bleu4"] for g in got["per_image"]] == pytest.approx([e["bleu4"] for e in expected["per_image"]], abs=1e-12)
@@ -217,7 +227,7 @@ def test_ngram_paths_for_keys_too_large_for_64_bits_give_the_same_scores(limit: 
 
 def test_two_processes_score_the_same_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """`evaluate --predictions` scores a large set in two processes (the child tokenizes half of the
-    images, swaps tokens with this process and builds the trigram and 4-gram statistics): the same
+    images, swaps tokens with this process and builds the bigram and 4-gram statistics): the same
     scores, and the same tokens, as one process. Images with an empty hypothesis or words only one half has are in the set."""
     from mmfuse import beside
     from mmfuse.metrics import captions

@@ -3,8 +3,9 @@
 With ``two_processes`` (scoring files: ``mmfuse evaluate --predictions``), a large set is scored in
 two processes (:mod:`mmfuse.beside`): a child tokenizes the second half of the images and
 scores their ROUGE-L while this process does the first half; the two processes swap their halves'
-tokens, and the child builds the trigram and 4-gram statistics while this process builds the unigram
-and bigram ones. Every score is the same either way. The time of each step is this process's own;
+tokens, and the child builds the bigram and 4-gram statistics (4-grams are keyed by bigram ids) while
+this process builds the unigram and trigram ones, which need no other order, and then the report.
+Every score is the same either way. The time of each step is this process's own;
 ``merge`` is the waits for the other process, the swap and the joining.
 
 Shape legend: N images, R references in all.
@@ -28,6 +29,9 @@ from mmfuse.metrics.rouge import rouge_l_scores
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d")
 # images: scoring 500 took 29 ms in one process and 32 in two, 1,000 took 74 and 56, 4,000 257 and 213
 TWO_PROCESSES_FROM = 1000
+# the n-gram orders each process builds: the child's take longer (a sort with its permutation, to number
+# the bigrams) and this process has the report to write after them
+MINE, THEIRS = (1, 3), (2, 4)
 Timings = dict[str, float]  # step -> seconds
 Half = tuple[TokenIds, np.ndarray]  # some images' tokens (their hypotheses, then their references), their ROUGE-L (N,)
 T = TypeVar("T")
@@ -73,7 +77,7 @@ def scored_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
         mine = _tokens_and_rouge(hypotheses[:cut], references[:cut], counts[:cut], timings)
         theirs = timed(timings, "merge", lambda: other.exchange(mine))
         tokens, rouge = timed(timings, "merge", lambda: _join(mine, theirs))
-        orders = order_scores(tokens, counts, ORDERS[:2], timings)
+        orders = order_scores(tokens, counts, MINE, timings)
         orders |= timed(timings, "merge", other.result)
     return _scores(tokens, counts, orders, rouge, timings), tokens
 
@@ -81,11 +85,11 @@ def scored_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
 def _second_half(hypotheses: Sequence[str], references: Sequence[Sequence[str]], counts: np.ndarray,
                  cut: int) -> Generator[Half, Half, dict[int, OrderScores]]:
     """The other process's part: the tokens and ROUGE-L of the images from ``cut`` on, sent over for
-    the first half's; then, on every image, the trigram and 4-gram statistics."""
+    the first half's; then, on every image, the bigram and 4-gram statistics."""
     mine = _tokens_and_rouge(hypotheses, references, counts[cut:], None)
     first = yield mine
     tokens, _ = _join(first, mine)
-    return order_scores(tokens, counts, ORDERS[2:])
+    return order_scores(tokens, counts, THEIRS)
 
 
 def tokenize_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]],

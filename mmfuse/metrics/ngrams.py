@@ -7,10 +7,12 @@ n-gram, then image, with each image's hypothesis before its references: the entr
 CIDEr-D's document frequencies and its hypothesis-reference products are then reductions over groups.
 
 Each order is one sort of 64-bit keys ``(n-gram key, sentence slot)``. The n-gram keys come from
-token ids: ``t1`` for unigrams, ``t1 t2`` for bigrams, (bigram, ``t3``) for trigrams and (bigram,
+token ids: ``t1`` for unigrams, ``t1 t2`` for bigrams, ``t1 t2 t3`` for trigrams and (bigram,
 bigram) for 4-grams, so only the bigram order needs the sort's permutation (to number the bigrams
-at every position); the others sort values, which is twice as fast (profiled: the sorts were most of
-the time). Where a key would not fit in 63 bits, each order numbers its n-grams for the next.
+at every position), and only for 4-grams; the others sort values, which is twice as fast (profiled:
+the sorts were most of the time). Unigrams and trigrams thus need no other order, bigrams and
+4-grams only the bigram numbering: the split that scoring in two processes uses. Where a key would
+not fit in 63 bits, an order's keys come from the previous order's numbered n-grams.
 
 Sentences: the N hypotheses first (sentence i belongs to image i), then every image's references in
 image order.
@@ -80,55 +82,77 @@ def build_table(tokens: TokenIds, refs_per_image: np.ndarray, orders: Sequence[i
 
 
 def ngram_orders(tokens: TokenIds, refs_per_image: np.ndarray, orders: Sequence[int] = ORDERS) -> Iterator[tuple[int, Order]]:
-    """Each order asked for, (k, its table), as it is built, in increasing k. Trigrams and 4-grams number
-    the bigrams first, whether or not the bigram order is asked for. A caller that drops each order
-    before taking the next lets the next reuse its memory."""
+    """Each order asked for, (k, its table), as it is built, in increasing k. Only what those orders
+    need is built: 4-grams number the bigrams, whether or not the bigram order is asked for; unigrams
+    and trigrams need no other order. A caller that drops each order before taking the next lets the
+    next reuse its memory."""
     layout = _Layout.of(refs_per_image)
     lengths = tokens.lengths
     sent_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # (T,)
     remaining = np.repeat(np.cumsum(lengths), lengths) - np.arange(len(sent_of))  # (T,) tokens left, this one too
     slot_at = layout.slot_of_sent[sent_of]  # (T,)
     del sent_of
-    flat, vocab, wanted = tokens.ids, max(len(tokens.words), 1), sorted(orders)
-    bigram_at: np.ndarray | None = None  # (T,) bigram id at each position
-    gram_at = flat  # the generic path: (T,) id of the (k-1)-gram at each position
-    for k in range(1, wanted[-1] + 1):
-        pos = np.flatnonzero(remaining >= k)  # (P,)
-        keys, size = _token_keys(k, pos, flat, vocab, bigram_at)
-        if keys is None or size * layout.slots >= KEY_LIMIT:  # generic: number this order's n-grams
-            keys = gram_at[pos] if k == 1 else gram_at[pos] * vocab + flat[pos + k - 1]
-            order, gram_at = _numbered_order(keys, pos, slot_at[pos], layout, len(flat))
-            bigram_at = gram_at if k == 2 else bigram_at
-        elif k == 2 and k in wanted:
-            order, bigram_at = _numbered_order(keys, pos, slot_at[pos], layout, len(flat))
-            gram_at = bigram_at
-        elif k == 2:
-            order, bigram_at = None, _numbers(keys, pos, len(flat))
-            gram_at = bigram_at
+    grams = _Grams(tokens.ids, remaining, max(len(tokens.words), 1), layout.slots, {})
+    wanted = sorted(orders)
+    number_bigrams = 4 in wanted or (3 in wanted and not grams.direct_trigrams)  # later keys use bigram ids
+    for k in wanted:
+        pos = grams.starts(k)  # (P,)
+        keys, bound = grams.keys(k, pos)
+        if bound * layout.slots >= KEY_LIMIT or (k == 2 and number_bigrams):
+            order, grams.ids[k] = _numbered_order(keys, pos, slot_at[pos], layout, len(grams.flat))
         else:
-            order = _sorted_order(keys * layout.slots + slot_at[pos], layout) if k in wanted else None
+            order = _sorted_order(keys * layout.slots + slot_at[pos], layout)
         del keys, pos
-        if k in wanted:
-            yield k, order
+        yield k, order
         del order
 
 
-def _token_keys(k: int, pos: np.ndarray, flat: np.ndarray, vocab: int,
-                bigram_at: np.ndarray | None) -> tuple[np.ndarray | None, int]:
-    """The k-gram key of each position (P,) and a bound on the keys, from token and bigram ids; None
-    where the bigram ids are not there."""
-    if k == 1:
-        return flat[pos], vocab
-    if k == 2:
-        return flat[pos] * vocab + flat[pos + 1], vocab * vocab
-    if bigram_at is None:
-        return None, 0
-    bigrams = int(bigram_at.max(initial=0)) + 1
-    if k == 3:
-        return bigram_at[pos] * vocab + flat[pos + 2], bigrams * vocab
-    if k == 4:
-        return bigram_at[pos] * bigrams + bigram_at[pos + 2], bigrams * bigrams
-    return None, 0
+@dataclass
+class _Grams:
+    """The key of the k-gram at each position, from token ids where it fits in 63 bits with the
+    sentence slot: ``t1`` for unigrams, ``t1 t2`` for bigrams, ``t1 t2 t3`` for trigrams, and for
+    4-grams a pair of bigram ids; otherwise from the dense ids of the (k-1)-grams, numbered when first
+    needed."""
+
+    flat: np.ndarray  # (T,) token ids
+    remaining: np.ndarray  # (T,) tokens left in the sentence from each position, that one too
+    vocab: int
+    slots: int
+    ids: dict[int, np.ndarray]  # j -> (T,) dense id of the j-gram at each position where one starts
+
+    @property
+    def direct_trigrams(self) -> bool:
+        return self.vocab**3 * self.slots < KEY_LIMIT
+
+    def starts(self, k: int) -> np.ndarray:
+        """The positions where a k-gram starts (P,)."""
+        return np.flatnonzero(self.remaining >= k)
+
+    def keys(self, k: int, pos: np.ndarray) -> tuple[np.ndarray, int]:
+        """The k-gram key at each position (P,) and a bound on the keys."""
+        flat, vocab = self.flat, self.vocab
+        if k == 1:
+            return flat[pos], vocab
+        if k == 2:
+            return flat[pos] * vocab + flat[pos + 1], vocab * vocab
+        if k == 3 and self.direct_trigrams:
+            return (flat[pos] * vocab + flat[pos + 1]) * vocab + flat[pos + 2], vocab**3
+        if k == 4:
+            bigram_at = self.numbered(2)
+            bigrams = int(bigram_at.max(initial=0)) + 1
+            if bigrams * bigrams * self.slots < KEY_LIMIT:
+                return bigram_at[pos] * bigrams + bigram_at[pos + 2], bigrams * bigrams
+        below = self.numbered(k - 1)  # the generic key: ((k-1)-gram, last token)
+        return below[pos] * vocab + flat[pos + k - 1], (int(below.max(initial=0)) + 1) * vocab
+
+    def numbered(self, j: int) -> np.ndarray:
+        """The dense id of the j-gram at every position (T,) (0 where none starts)."""
+        if j == 1:
+            return self.flat
+        if j not in self.ids:
+            pos = self.starts(j)
+            self.ids[j] = _numbers(self.keys(j, pos)[0], pos, len(self.flat))
+        return self.ids[j]
 
 
 @dataclass(frozen=True)
