@@ -250,3 +250,22 @@ def test_two_processes_score_the_same_as_one(monkeypatch: pytest.MonkeyPatch) ->
     for metric in captions.METRICS:
         assert [s[metric] for s in two["per_image"]] == pytest.approx([s[metric] for s in one["per_image"]], abs=1e-12)
     assert two_tokens.sentences() == one_tokens.sentences()
+
+
+def test_the_callers_work_is_done_while_the_other_process_finishes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`meanwhile` (the command line loads what prints the report) runs once: in two processes before
+    this one waits for the other's result, in one process at the end."""
+    from mmfuse import beside
+    from mmfuse.metrics import captions
+    from tests.caption_corpus import caption_set
+
+    events: list[str] = []
+    waits = beside._Forked.result
+    monkeypatch.setattr(beside, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(beside._Forked, "result", lambda self: (events.append("wait"), waits(self))[1])
+    hyps, refs = caption_set(captions.TWO_PROCESSES_FROM, seed=5)
+    two, _ = captions.scored_texts(hyps, refs, two_processes=True, meanwhile=lambda: events.append("meanwhile"))
+    assert events == ["meanwhile", "wait"]
+    events.clear()
+    one, _ = captions.scored_texts(hyps, refs, meanwhile=lambda: events.append("meanwhile"))
+    assert events == ["meanwhile"] and one["corpus"] == pytest.approx(two["corpus"], abs=1e-12)

@@ -262,6 +262,17 @@ def test_scoring_files_pauses_the_cyclic_garbage_collector(tmp_path: Path, monke
     assert gc.isenabled()
 
 
+def test_scoring_files_gets_the_report_printer_ready_while_it_scores(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmfuse.cli import render
+
+    calls: list[int] = []
+    monkeypatch.setattr(render, "get_ready", lambda: calls.append(1))
+    res, refs = _coco_files(tmp_path)
+    assert invoke("evaluate", "--predictions", str(res), "--references", str(refs), "--no-meteor").exit_code == 0
+    assert calls == [1]
+
+
 def test_report_says_what_each_step_took(tmp_path: Path) -> None:
     res, refs = _coco_files(tmp_path)
     report = json.loads(invoke("evaluate", "--predictions", str(res), "--references", str(refs), "--json", "--no-meteor").stdout)

@@ -267,7 +267,7 @@ def evaluate_cmd(
 
         skip_teardown()  # the process holds only the report when the command ends
         keep_freed_memory()  # a short process: its large arrays come and go
-        report = evaluate_files(ws, predictions, references, split, meteor)
+        report = evaluate_files(ws, predictions, references, split, meteor, meanwhile=render.get_ready)
     if report.get("task") == "classify":
         render.print_classification(report, show, worst)
     elif report.get("task") == "answer":

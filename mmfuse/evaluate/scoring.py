@@ -12,7 +12,7 @@ import ctypes
 import gc
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from mmfuse.errors import MmfuseError
 from mmfuse.evaluate.results import (
@@ -30,15 +30,16 @@ from mmfuse.workspace import Workspace
 
 
 def evaluate_files(workspace: Workspace, predictions: Path, references: str, split: str = "test",
-                   with_meteor: bool = True) -> dict[str, Any]:
+                   with_meteor: bool = True, *, meanwhile: Callable[[], object] | None = None) -> dict[str, Any]:
     """Score a results file against references (a COCO captions or VQA annotation file, or a workspace
     data set name): captions with the caption metrics, answers with VQA accuracy.
 
     Only the images (questions) that have a prediction are scored, as coco-caption does; a prediction
-    for one that has no reference is an error.
+    for one that has no reference is an error. ``meanwhile``: the caller's own work, called once, while
+    a second scoring process finishes its part where there is one (:func:`scored_texts`).
     """
     with _cyclic_gc_paused():
-        return _evaluate_files(workspace, predictions, references, split, with_meteor)
+        return _evaluate_files(workspace, predictions, references, split, with_meteor, meanwhile)
 
 
 # glibc's mallopt parameters (malloc.h), and the largest block its heap serves that every glibc accepts
@@ -81,7 +82,7 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 
 def _evaluate_files(workspace: Workspace, predictions: Path, references: str, split: str,
-                    with_meteor: bool) -> dict[str, Any]:
+                    with_meteor: bool, meanwhile: Callable[[], object] | None) -> dict[str, Any]:
     timings: Timings = {}
     preds = timed(timings, "read", lambda: read_predictions(predictions))
     if preds.kind is ResultKind.ANSWER:
@@ -90,12 +91,14 @@ def _evaluate_files(workspace: Workspace, predictions: Path, references: str, sp
         report = answer_report(list(preds.by_id), list(preds.by_id.values()), [refs[i] for i in preds.by_id])
         report["unanswered"] = len(refs) - len(preds.by_id)
         report["timings"] = {**{k: round(v, 4) for k, v in timings.items()}, **report["timings"]}
+        if meanwhile is not None:
+            meanwhile()
     else:
         refs = timed(timings, "read", lambda: read_references(references, workspace, split))
         _check_covered(preds, refs, predictions, references)
         ids = list(preds.by_id)
         report = score_report(ids, list(preds.by_id.values()), [refs[i] for i in ids], with_meteor, timings,
-                              two_processes=True)  # this process holds no torch state a fork would copy
+                              two_processes=True, meanwhile=meanwhile)  # no torch state here for a fork to copy
     report.update({"predictions": str(predictions), "references": references})
     return report
 
@@ -124,11 +127,14 @@ def answer_report(ids: list[Any], answers: list[str], references: list[HumanAnsw
 
 
 def score_report(ids: list[Any], hypotheses: list[str], references: list[list[str]], with_meteor: bool,
-                 timings: Timings | None = None, two_processes: bool = False) -> dict[str, Any]:
+                 timings: Timings | None = None, two_processes: bool = False, *,
+                 meanwhile: Callable[[], object] | None = None) -> dict[str, Any]:
     """Corpus and per-image scores of raw-text captions, as a report dict with the time of each step;
-    ``two_processes``: a large set is scored in two (:mod:`mmfuse.metrics.captions`)."""
+    ``two_processes``: a large set is scored in two, ``meanwhile`` as :func:`scored_texts` takes it
+    (:mod:`mmfuse.metrics.captions`)."""
     timings = {} if timings is None else timings
-    scores, tokens = scored_texts(hypotheses, references, timings, two_processes)  # tokenized once, for every metric
+    scores, tokens = scored_texts(hypotheses, references, timings, two_processes,  # tokenized once, for every metric
+                                  meanwhile=meanwhile)
     corpus, per_image = scores["corpus"], scores["per_image"]
     meteor_note = "not requested"
     if with_meteor:

@@ -65,19 +65,29 @@ def score_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
 
 
 def scored_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]], timings: Timings | None = None,
-                 two_processes: bool = False) -> tuple[dict[str, Any], TokenIds]:
-    """:func:`score_texts`, and the tokens (the hypotheses, then every image's references)."""
+                 two_processes: bool = False, *, meanwhile: Callable[[], object] | None = None,
+                 ) -> tuple[dict[str, Any], TokenIds]:
+    """:func:`score_texts`, and the tokens (the hypotheses, then every image's references).
+
+    ``meanwhile``: the caller's own work (getting ready to print the report), called once: in two
+    processes, when this one has done its part and the other may still be at its own; else at the end.
+    """
     _check_inputs(hypotheses, references)
     counts = reference_counts(references)
     if not _split(two_processes, len(hypotheses)):
         tokens = tokenize_texts(hypotheses, references, timings)
-        return scores_of_ids(tokens, counts, timings), tokens
+        scores = scores_of_ids(tokens, counts, timings)
+        if meanwhile is not None:
+            meanwhile()
+        return scores, tokens
     cut = len(hypotheses) // 2
     with beside(lambda: _second_half(hypotheses[cut:], references[cut:], counts, cut)) as other:
         mine = _tokens_and_rouge(hypotheses[:cut], references[:cut], counts[:cut], timings)
         theirs = timed(timings, "merge", lambda: other.exchange(mine))
         tokens, rouge = timed(timings, "merge", lambda: _join(mine, theirs))
         orders = order_scores(tokens, counts, MINE, timings)
+        if meanwhile is not None:
+            meanwhile()
         orders |= timed(timings, "merge", other.result)
     return _scores(tokens, counts, orders, rouge, timings), tokens
 
