@@ -66,7 +66,32 @@ def test_evaluate_decodes_as_the_run_says_unless_a_flag_overrides(trained: Path)
 
 
 def _commands() -> dict[str, typer.main.TyperCommand]:
-    return typer.main.get_command(cli.app).commands  # type: ignore[attr-defined]
+    """Every command the group lists, as it gives them (each module imported when asked for)."""
+    group = typer.main.get_command(cli.app)
+    ctx = group.make_context("mmfuse", ["--help"], resilient_parsing=True)
+    return {name: group.get_command(ctx, name) for name in group.list_commands(ctx)}  # type: ignore[attr-defined]
+
+
+def test_each_command_comes_from_the_module_the_table_names() -> None:
+    """The command table (mmfuse.cli.app.COMMANDS) and the modules' own commands agree: a command
+    declared in a module but missing from the table, or listed under another module, fails here."""
+    import importlib
+
+    from mmfuse.cli.app import COMMANDS
+
+    declared = {}
+    for module in set(COMMANDS.values()):
+        group = typer.main.get_group(importlib.import_module(f"mmfuse.cli.commands.{module}").app)
+        declared |= {name: module for name in group.commands}
+    assert declared == COMMANDS
+
+
+def test_a_command_loads_only_its_own_module() -> None:
+    code = ("import sys; from typer.testing import CliRunner; from mmfuse.cli import app; "
+            "CliRunner().invoke(app, ['list', '--help']); "
+            "print(sorted(m for m in sys.modules if m.startswith('mmfuse.cli.commands.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["['mmfuse.cli.commands.inventory']"], done.stderr
 
 
 def test_every_option_is_documented() -> None:

@@ -17,14 +17,17 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 import typer
 from typer.core import TyperCommand
 
+from mmfuse.cli import render
 from mmfuse.config import DecodeConfig, ModelConfig, RunConfig, ShapesConfig, TrainConfig
 from mmfuse.errors import MmfuseError
+from mmfuse.workspace import Workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
 Given = dict[str, dict[str, Any]]  # config section -> {field: value} for the options given on the command line
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "decode": DecodeConfig,
                              "shapes": ShapesConfig}
 DECODE_FIELDS = tuple(f.name for f in dataclasses.fields(DecodeConfig))
+DECODE = tuple(f"decode.{name}" for name in DECODE_FIELDS)  # the decoding options of the commands that decode
 # option (parameter) name -> the registry whose names it takes, listed in --help by HelpCommand
 CHOICES: dict[str, str] = {"source": "source", "fusions": "fusion"}
 AUTO_CHOICE = ("decoder", "text_encoder")  # registries whose options also take "auto"
@@ -65,15 +68,11 @@ def run_option(help: str) -> Any:
 
 def complete_runs(incomplete: str) -> list[str]:
     """Shell completion of run names from the workspace."""
-    from mmfuse.workspace import Workspace
-
     return [n for n in Workspace.open().run_names() if n.startswith(incomplete)]
 
 
 def complete_datasets(incomplete: str) -> list[str]:
     """Shell completion of data set names from the workspace."""
-    from mmfuse.workspace import Workspace
-
     return [n for n in Workspace.open().dataset_names() if n.startswith(incomplete)]
 
 
@@ -168,3 +167,25 @@ def run_config(path: Optional[Path], given: Given) -> RunConfig:
     cfg = from_dict(RunConfig, merged, f"config file {path}" if path else "config")
     cfg.validate()
     return cfg
+
+
+def run_name(ws: Workspace, run: str | None) -> str:
+    """``run``, or the workspace's most recent run (named on stderr)."""
+    if run is not None:
+        return run
+    latest = ws.latest_run()
+    render.note(f"using run {latest!r}, the most recent (choose another with --run; see mmfuse list)")
+    return latest
+
+
+def check_decoding(ws: Workspace, run: str, given: Given) -> None:
+    """The run exists and the decoding options given fit its settings (before torch loads)."""
+    from mmfuse.config import read_run_config
+    from mmfuse.data.vocab import Vocab
+    from mmfuse.workspace import read_json
+
+    files = ws.run(run)
+    config = read_run_config(ws.existing_run(run))
+    decode = config.decode.override(**given.get("decode", {}))
+    if not config.model.decoder.startswith("hf:"):  # a language model's tokenizer is checked once loaded
+        decode.check_reachable(len(Vocab.from_json(read_json(files.vocab, "run vocabulary"), str(files.vocab))))
