@@ -269,3 +269,19 @@ def test_the_callers_work_is_done_while_the_other_process_finishes(monkeypatch: 
     events.clear()
     one, _ = captions.scored_texts(hyps, refs, meanwhile=lambda: events.append("meanwhile"))
     assert events == ["meanwhile"] and one["corpus"] == pytest.approx(two["corpus"], abs=1e-12)
+
+
+@pytest.mark.parametrize("bound", [1000, 2**62])  # value and index packed in 64 bits; too large to pack: argsort
+def test_a_sort_with_its_permutation(bound: int) -> None:
+    import numpy as np
+
+    from mmfuse.metrics.ngrams import _sort_with_permutation
+
+    values = np.random.default_rng(0).integers(0, min(bound, 1000), 5000, dtype=np.int64)
+    ranked, sort = _sort_with_permutation(values, bound)
+    assert ranked.dtype == sort.dtype == np.int64
+    assert ranked.tolist() == sorted(values.tolist()) and values[sort].tolist() == ranked.tolist()
+    assert sorted(sort.tolist()) == list(range(5000))
+    empty = _sort_with_permutation(values[:0], bound)
+    assert len(empty[0]) == len(empty[1]) == 0
+

@@ -207,10 +207,9 @@ def _numbered_order(keys: np.ndarray, pos: np.ndarray, slot: np.ndarray, layout:
     """An order from its positions' k-gram keys and slots (P,), and the dense k-gram id of every
     position (T,): a sort with its permutation."""
     slots = layout.slots
-    if (int(keys.max(initial=0)) + 1) * slots < KEY_LIMIT:
-        composite = keys * slots + slot
-        sort = np.argsort(composite)  # by k-gram, then image, hypothesis first
-        ranked = composite[sort]
+    bound = (int(keys.max(initial=0)) + 1) * slots
+    if bound < KEY_LIMIT:
+        ranked, sort = _sort_with_permutation(keys * slots + slot, bound)  # by k-gram, then image, hypothesis first
         new_gram = _changes(ranked // slots)
         new_entry = _changes(ranked)
     else:  # keys too large to combine in 64 bits: a two-key sort
@@ -228,11 +227,31 @@ def _numbered_order(keys: np.ndarray, pos: np.ndarray, slot: np.ndarray, layout:
 
 def _numbers(keys: np.ndarray, pos: np.ndarray, total: int) -> np.ndarray:
     """The dense id of the k-gram at every position (T,) from its positions' keys (P,), without the order."""
-    sort = np.argsort(keys)
-    dense = _ranks(_changes(keys[sort]))
+    ranked, sort = _sort_with_permutation(keys, int(keys.max(initial=0)) + 1)
+    dense = _ranks(_changes(ranked))
     gram_at = np.zeros(total, dtype=np.int64)
     gram_at[pos[sort]] = dense
     return gram_at
+
+
+def _sort_with_permutation(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` (P,), non-negative and below ``bound``, sorted, and the permutation that sorts them
+    (P,). Where each value and its index fit in 64 unsigned bits together, the index is packed below
+    the value and one sort of values gives both: on 576k bigrams 9.5 ms against 21 ms for ``argsort``
+    and the gather (numpy sorts values with AVX-512 where the machine has it, as this one does).
+    Equal values come in index order when packed, in any order otherwise (the callers' equal values
+    are one n-gram, or one n-gram in one sentence, so the order among them changes nothing)."""
+    n = len(values)
+    if n == 0 or bound * n > 2**64:
+        sort = np.argsort(values)
+        return values[sort], sort
+    packed = values.astype(np.uint64)
+    packed *= np.uint64(n)
+    packed += np.arange(n, dtype=np.uint64)
+    packed.sort()
+    sort = (packed % np.uint64(n)).view(np.int64)
+    packed //= np.uint64(n)
+    return packed.view(np.int64), sort
 
 
 def _ranks(new: np.ndarray) -> np.ndarray:
