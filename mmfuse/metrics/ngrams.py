@@ -96,13 +96,17 @@ def ngram_orders(tokens: TokenIds, refs_per_image: np.ndarray, orders: Sequence[
     wanted = sorted(orders)
     number_bigrams = 4 in wanted or (3 in wanted and not grams.direct_trigrams)  # later keys use bigram ids
     for k in wanted:
-        pos = grams.starts(k)  # (P,)
-        keys, bound = grams.keys(k, pos)
+        keys, bound = grams.keys(k)  # (T-k+1,) at every position, whether a k-gram starts there or not
+        starts = grams.starts(k)
         if bound * layout.slots >= KEY_LIMIT or (k == 2 and number_bigrams):
-            order, grams.ids[k] = _numbered_order(keys, pos, slot_at[pos], layout, len(grams.flat))
+            pos = np.flatnonzero(starts)  # (P,)
+            order, grams.ids[k] = _numbered_order(keys[pos], pos, slot_at[pos], layout, len(grams.flat))
         else:
-            order = _sorted_order(keys * layout.slots + slot_at[pos], layout)
-        del keys, pos
+            composite = keys * layout.slots
+            composite += slot_at[:len(keys)]
+            order = _sorted_order(composite[starts], layout)
+            del composite
+        del keys, starts
         yield k, order
         del order
 
@@ -112,7 +116,9 @@ class _Grams:
     """The key of the k-gram at each position, from token ids where it fits in 63 bits with the
     sentence slot: ``t1`` for unigrams, ``t1 t2`` for bigrams, ``t1 t2 t3`` for trigrams, and for
     4-grams a pair of bigram ids; otherwise from the dense ids of the (k-1)-grams, numbered when first
-    needed."""
+    needed. Keys are computed at every position from shifted views of the token ids and the positions
+    where a k-gram starts picked after: on 576k tokens 0.5-1 ms less per order than gathering the
+    tokens at those positions."""
 
     flat: np.ndarray  # (T,) token ids
     remaining: np.ndarray  # (T,) tokens left in the sentence from each position, that one too
@@ -125,33 +131,47 @@ class _Grams:
         return self.vocab**3 * self.slots < KEY_LIMIT
 
     def starts(self, k: int) -> np.ndarray:
-        """The positions where a k-gram starts (P,)."""
-        return np.flatnonzero(self.remaining >= k)
+        """Whether a k-gram starts at each position that could start one (T-k+1,) bool."""
+        return self.remaining[:self._positions(k)] >= k
 
-    def keys(self, k: int, pos: np.ndarray) -> tuple[np.ndarray, int]:
-        """The k-gram key at each position (P,) and a bound on the keys."""
-        flat, vocab = self.flat, self.vocab
+    def _positions(self, k: int) -> int:
+        return max(len(self.flat) - k + 1, 0)
+
+    def keys(self, k: int) -> tuple[np.ndarray, int]:
+        """The k-gram key at each position that could start one (T-k+1,), whether one starts there or
+        not, and a bound on the keys."""
+        flat, vocab, m = self.flat, self.vocab, self._positions(k)
         if k == 1:
-            return flat[pos], vocab
+            return flat, vocab
         if k == 2:
-            return flat[pos] * vocab + flat[pos + 1], vocab * vocab
+            keys = flat[:m] * vocab
+            keys += flat[1:m + 1]
+            return keys, vocab * vocab
         if k == 3 and self.direct_trigrams:
-            return (flat[pos] * vocab + flat[pos + 1]) * vocab + flat[pos + 2], vocab**3
+            keys = flat[:m] * vocab
+            keys += flat[1:m + 1]
+            keys *= vocab
+            keys += flat[2:m + 2]
+            return keys, vocab**3
         if k == 4:
             bigram_at = self.numbered(2)
             bigrams = int(bigram_at.max(initial=0)) + 1
             if bigrams * bigrams * self.slots < KEY_LIMIT:
-                return bigram_at[pos] * bigrams + bigram_at[pos + 2], bigrams * bigrams
+                keys = bigram_at[:m] * bigrams
+                keys += bigram_at[2:m + 2]
+                return keys, bigrams * bigrams
         below = self.numbered(k - 1)  # the generic key: ((k-1)-gram, last token)
-        return below[pos] * vocab + flat[pos + k - 1], (int(below.max(initial=0)) + 1) * vocab
+        keys = below[:m] * vocab
+        keys += flat[k - 1:m + k - 1]
+        return keys, (int(below.max(initial=0)) + 1) * vocab
 
     def numbered(self, j: int) -> np.ndarray:
         """The dense id of the j-gram at every position (T,) (0 where none starts)."""
         if j == 1:
             return self.flat
         if j not in self.ids:
-            pos = self.starts(j)
-            self.ids[j] = _numbers(self.keys(j, pos)[0], pos, len(self.flat))
+            pos = np.flatnonzero(self.starts(j))
+            self.ids[j] = _numbers(self.keys(j)[0][pos], pos, len(self.flat))
         return self.ids[j]
 
 
