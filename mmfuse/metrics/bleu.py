@@ -59,10 +59,13 @@ def clipped_matches(order: Order, n: int) -> np.ndarray:
     """Per image, sum over hypothesis n-grams of min(count, max count in one reference) -> (N,)."""
     if not len(order.count):
         return np.zeros(n)
-    ref_counts = np.where(order.is_hyp, 0, order.count)  # (E,)
-    most = np.maximum.reduceat(ref_counts, order.starts)  # (Q,) the most one reference of the image holds
+    entries, which = order.beside_hyp  # (M,) the reference entries that share an n-gram with the hypothesis
     hyp = order.hyp_entries
-    clipped = np.minimum(order.count[hyp], most[order.hyp_groups])
+    most = np.zeros(len(hyp), dtype=order.count.dtype)  # (H,) the most one reference of the image holds
+    shared = np.flatnonzero(np.diff(which, prepend=-1))  # (H',) first of each hypothesis entry's run
+    if len(shared):
+        most[which[shared]] = np.maximum.reduceat(order.count[entries], shared)
+    clipped = np.minimum(order.count[hyp], most)
     return np.bincount(order.image[hyp], weights=clipped, minlength=n)
 
 

@@ -52,10 +52,10 @@ def cosines(order: Order, n: int, ref_image: np.ndarray) -> np.ndarray:
     sentences = n + len(ref_image)
     weights = order.count * _idf(order, n)[order.gram]  # (E,)
     norms = np.sqrt(np.bincount(order.sent, weights=weights**2, minlength=sentences))  # (S,)
-    hyp_weight = np.zeros(len(order.starts))  # (Q,) the hypothesis's weight in each group (0: none)
-    hyp_weight[order.hyp_groups] = weights[order.hyp_entries]
-    products = np.minimum(np.repeat(hyp_weight, order.sizes), weights) * weights  # (E,)
-    dot = np.bincount(order.sent, weights=products, minlength=sentences)[n:].astype(float)  # (R,) hypotheses' own sums dropped
+    entries, which = order.beside_hyp  # (M,) the reference entries that share an n-gram with the hypothesis
+    ref_weight = weights[entries]
+    products = np.minimum(weights[order.hyp_entries][which], ref_weight) * ref_weight  # (M,)
+    dot = np.bincount(order.sent[entries], weights=products, minlength=sentences)[n:].astype(float)  # (R,) (int when M is 0)
     denom = norms[:n][ref_image] * norms[n:]
     return np.divide(dot, denom, out=dot.copy(), where=denom != 0)
 

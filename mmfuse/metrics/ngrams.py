@@ -62,6 +62,18 @@ class Order:
     def hyp_entries(self) -> np.ndarray:  # (H,) those entries, in the same order
         return self.starts[self.hyp_groups]
 
+    @cached_property
+    def beside_hyp(self) -> tuple[np.ndarray, np.ndarray]:
+        """The reference entries that share their group with a hypothesis entry (M,), in entry order,
+        and which hypothesis entry each one's is (M,), an index into :attr:`hyp_entries`. BLEU's
+        clipping and CIDEr-D's products need only these: on 8,092 images M is 16k-130k of an order's
+        430k-530k entries."""
+        beside = self.sizes[self.hyp_groups] - 1  # (H,) reference entries in each hypothesis's group
+        which = np.repeat(np.arange(len(beside)), beside)  # (M,)
+        before = np.cumsum(beside) - beside  # (H,) entries of the groups before
+        entries = np.arange(len(which)) + np.repeat(self.hyp_entries + 1 - before, beside)
+        return entries, which
+
 
 @dataclass(frozen=True)
 class NgramTable:
