@@ -31,6 +31,7 @@ from mmfuse.workspace import Workspace, json_path, printable
 
 if TYPE_CHECKING:  # (8 ms to import: every command would pay it)
     from mmfuse.generate.inputs import InputItem
+    from mmfuse.generate.outputs import Summary
 
 app = command_app()
 
@@ -77,13 +78,8 @@ def caption_cmd(
     decode, results = caption_run(ws, chosen, items, given.get("decode", {}), checkpoint, device, batch_size,
                                   attention_map)
     failed = write_results(results, decode, output_format, sys.stdout, render.warn)
-    if failed.total == 0:
-        raise MmfuseError("no images given (pass image files, directories, patterns, or - to read paths from stdin)")
-    if failed.total == 1 and failed.problems:
-        raise MmfuseError(failed.problems[0])
-    if failed.paths:
-        shown = ", ".join(str(p) for p in failed.paths[:5]) + (", ..." if len(failed.paths) > 5 else "")
-        raise MmfuseError(f"{len(failed.paths)} of {failed.total} inputs could not be captioned: {shown}")
+    _check_written(failed, "no images given (pass image files, directories, patterns, or - to read paths from stdin)",
+                   "captioned")
 
 
 @app.command(cls=HelpCommand, name="ask", short_help="Answer questions about images with a run.")
@@ -136,14 +132,8 @@ def ask_cmd(
     decode, results = ask_run(ws, chosen, items, given.get("decode", {}), checkpoint, device, batch_size,
                               render.warn)
     failed = write_results(results, decode, output_format, sys.stdout, render.warn, "ask")
-    if failed.total == 0:
-        raise MmfuseError("no images given (pass image files, directories, patterns, - to read paths from stdin, or "
-                          "--pairs FILE)")
-    if failed.total == 1 and failed.problems:
-        raise MmfuseError(failed.problems[0])
-    if failed.paths:
-        shown = ", ".join(str(p) for p in failed.paths[:5]) + (", ..." if len(failed.paths) > 5 else "")
-        raise MmfuseError(f"{len(failed.paths)} of {failed.total} inputs could not be answered: {shown}")
+    _check_written(failed, "no images given (pass image files, directories, patterns, - to read paths from stdin, or "
+                   "--pairs FILE)", "answered")
 
 
 @app.command(cls=HelpCommand, name="predict", short_help="Classify (image, text) pairs with a run.")
@@ -190,6 +180,18 @@ def predict_cmd(
             typer.echo(json.dumps({**json_path(path), "text": question, "label": label, "probabilities": probs}))
         else:
             typer.echo(f"{printable(str(path))}\t{printable(question)}\t{label}\t{probs[label]:.4f}")
+
+
+def _check_written(failed: Summary, none_given: str, done: str) -> None:
+    """What could not be written, as one error: no inputs at all, the one input's problem, or how many
+    of the inputs failed (each was named on stderr as it was skipped)."""
+    if failed.total == 0:
+        raise MmfuseError(none_given)
+    if failed.total == 1 and failed.problems:
+        raise MmfuseError(failed.problems[0])
+    if failed.paths:
+        shown = ", ".join(str(p) for p in failed.paths[:5]) + (", ..." if len(failed.paths) > 5 else "")
+        raise MmfuseError(f"{len(failed.paths)} of {failed.total} inputs could not be {done}: {shown}")
 
 
 def _first_checked(items: Iterator[InputItem], peek: bool) -> Iterator[InputItem]:
