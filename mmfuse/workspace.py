@@ -10,13 +10,11 @@ Layout under the workspace root (``--workspace``, else ``$MMFUSE_WORKSPACE``, el
 
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import os
 import re
 import shutil
-import socket
 import stat
 import tempfile
 import time
@@ -422,6 +420,8 @@ def json_path(path: str | os.PathLike[str], key: str = "path") -> dict[str, str]
         return {key: text}
     except UnicodeEncodeError:
         raw = os.fsencode(text)
+        import base64  # (rarely needed: every command would pay its import)
+
         return {key: raw.decode("utf-8", "replace"), f"{key}_bytes": base64.b64encode(raw).decode("ascii")}
 
 
@@ -520,6 +520,8 @@ def _same_file(fd: int, lock: Path) -> bool:
 
 
 def _record_holder(fd: int) -> None:
+    import socket  # (only a writer needs it: a command that writes nothing would pay its import)
+
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
           "command": _command_line(os.getpid())}
     data = json.dumps(me).encode("utf-8")

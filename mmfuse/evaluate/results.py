@@ -20,7 +20,6 @@ from typing import Any, Callable, Hashable
 
 import orjson
 
-from mmfuse.data.records import load_split
 from mmfuse.errors import MmfuseError
 from mmfuse.workspace import Workspace, open_regular
 
@@ -84,6 +83,8 @@ def read_references(source: str, workspace: Workspace, split: str) -> dict[Hasha
     if path.is_file():
         return _coco_references(path)
     if _is_name(source) and workspace.dataset_dir(source).is_dir():
+        from mmfuse.data.records import load_split  # (a data set's records: 3 ms to import, files need none)
+
         return {r.id: list(r.captions) for r in load_split(workspace.existing_dataset(source), split)}
     raise MmfuseError(f"references {source!r} is neither a file nor a data set in workspace {workspace.root}")
 
