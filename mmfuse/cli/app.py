@@ -30,8 +30,8 @@ from mmfuse.errors import Interrupted, MmfuseError, Terminated, describe_os_erro
 
 # command -> its module in mmfuse.cli.commands, in the order --help lists them. A command's module is
 # imported when the command runs (--help imports them all), so a command builds its own options alone:
-# Typer building all eleven commands' 250 options, and declaring them, took 30 ms of every start
-# (measured on `evaluate --predictions`, alternating runs), a twentieth of scoring 8,092 images.
+# declaring all eleven commands' 250 options took 12 ms of every start and Typer converting them 17 ms
+# (a twentieth of scoring 8,092 images with `evaluate --predictions`).
 COMMANDS = {
     "prepare-data": "data",
     "cache-features": "data",
@@ -182,8 +182,8 @@ def no_blas_threads() -> None:
     ``$OPENBLAS_NUM_THREADS`` says otherwise: for a command that multiplies no matrices, called before
     numpy loads. The pool's threads start when numpy loads and spin a while waiting for work: on the
     2-core machine, loading numpy took 55-61 ms instead of 67-84, and ``evaluate --predictions`` on
-    8,092 images used 110 ms less CPU and ended 20 ms sooner (medians of 25 alternating runs). The
-    setting goes to this process's children too (METEOR's Java ignores it)."""
+    8,092 images used 110 ms less CPU (medians of 25 alternating runs). The setting goes to this
+    process's children too (METEOR's Java ignores it)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 

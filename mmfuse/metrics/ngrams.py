@@ -65,7 +65,7 @@ class Order:
     @cached_property
     def beside_hyp(self) -> tuple[np.ndarray, np.ndarray]:
         """The reference entries that share their group with a hypothesis entry (M,), in entry order,
-        and which hypothesis entry each one's is (M,), an index into :attr:`hyp_entries`. BLEU's
+        and for each, that hypothesis entry (M,), as an index into :attr:`hyp_entries`. BLEU's
         clipping and CIDEr-D's products need only these: on 8,092 images M is 16k-130k of an order's
         430k-530k entries."""
         beside = self.sizes[self.hyp_groups] - 1  # (H,) reference entries in each hypothesis's group
