@@ -18,9 +18,9 @@ import typer
 from typer.core import TyperCommand
 
 from mmfuse.cli import render
-from mmfuse.config import DecodeConfig, ModelConfig, RunConfig, ShapesConfig, TrainConfig
+from mmfuse.config import DecodeConfig, ModelConfig, RunConfig, ShapesConfig, TrainConfig, read_run_config
 from mmfuse.errors import MmfuseError
-from mmfuse.workspace import Workspace
+from mmfuse.workspace import Workspace, read_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 Given = dict[str, dict[str, Any]]  # config section -> {field: value} for the options given on the command line
@@ -180,9 +180,7 @@ def run_name(ws: Workspace, run: str | None) -> str:
 
 def check_decoding(ws: Workspace, run: str, given: Given) -> None:
     """The run exists and the decoding options given fit its settings (before torch loads)."""
-    from mmfuse.config import read_run_config
     from mmfuse.data.vocab import Vocab
-    from mmfuse.workspace import read_json
 
     files = ws.run(run)
     config = read_run_config(ws.existing_run(run))

@@ -74,7 +74,6 @@ def evaluate_cmd(
     run = run_name(ws, run) if predictions is None else None
     if run is not None:
         check_decoding(ws, run, given)
-    if run is not None:
         from mmfuse.evaluate.reports import Ablation, evaluate_run  # torch: after the checks
 
         ablation = Ablation(ablate, ablate_mode) if ablate is not None else None
