@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Generator
 
@@ -105,4 +106,27 @@ def test_leaving_the_block_before_the_result_stops_the_child(two_cpus: None) -> 
             pid = other.pid
             raise RuntimeError("parent failed")
     with pytest.raises(ChildProcessError):  # stopped and reaped: it is no child of ours any more
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_child_that_has_returned_its_result_is_reaped_without_holding_the_parent(
+        two_cpus: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child's exit is waited for by a thread: result() returns before, and no zombie is left."""
+    real_waitpid = os.waitpid
+
+    def slow_waitpid(pid: int, options: int) -> tuple[int, int]:
+        time.sleep(0.5)  # a slow exit
+        return real_waitpid(pid, options)
+
+    monkeypatch.setattr(beside.os, "waitpid", slow_waitpid)
+    with beside.beside(swap_and_add) as other:
+        pid, _ = other.exchange([1])
+        start = time.perf_counter()
+        assert other.result() == (pid, 1)
+        assert time.perf_counter() - start < 0.4  # not held up by the wait
+    reapers = [t for t in threading.enumerate() if t.name == f"reap {pid}"]
+    assert len(reapers) == 1
+    reapers[0].join(10)
+    monkeypatch.undo()
+    with pytest.raises(ChildProcessError):  # reaped: no child of ours any more
         os.waitpid(pid, os.WNOHANG)
