@@ -247,6 +247,7 @@ def test_two_processes_score_the_same_as_one(monkeypatch: pytest.MonkeyPatch) ->
     two, two_tokens = captions.scored_texts(hyps, refs, timings, two_processes=True)
     assert "merge" in timings and "merge" not in one_timings  # it did split
     assert two["corpus"] == pytest.approx(one["corpus"], abs=1e-12)
+    assert [list(s) for s in (two["corpus"], one["per_image"][0], two["per_image"][-1])] == [list(captions.METRICS)] * 3
     for metric in captions.METRICS:
         assert [s[metric] for s in two["per_image"]] == pytest.approx([s[metric] for s in one["per_image"]], abs=1e-12)
     assert two_tokens.sentences() == one_tokens.sentences()
