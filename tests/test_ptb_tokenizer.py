@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from mmfuse.metrics import ptb
 from mmfuse.metrics.ptb import (
     ABBREVIATIONS,
     CAPITAL_ABBREVIATIONS,
@@ -64,7 +65,7 @@ def test_abbreviations_equal_stanford_in_every_case() -> None:
     assert not mismatches, mismatches[:5]
 
 
-def test_tokenizing_many_at_once_equals_one_by_one() -> None:
+def test_tokenizing_many_at_once_equals_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """The corpus path (texts split as one string, distinct chunks tokenized once) changes nothing,
     including at the edges: empty texts, "no." before a number in the next text, NULs, case."""
     hyps, refs = caption_set(300, seed=4)
@@ -73,6 +74,11 @@ def test_tokenizing_many_at_once_equals_one_by_one() -> None:
     got = coco_tokenize_all(texts)
     assert got.sentences() == [coco_tokenize(t) for t in texts]
     assert len(got.lengths) == len(texts) and len(set(got.words)) == len(got.words)
+    split_apart = ["no.", "5 apples", "", "No.", "7", "no. 8 no.", "9", ""]  # every text its own batch too
+    monkeypatch.setattr(ptb, "BATCH", 1)
+    assert coco_tokenize_all(split_apart).sentences() == [coco_tokenize(t) for t in split_apart]
+    monkeypatch.setattr(ptb, "BATCH", 3)
+    assert coco_tokenize_all(split_apart + texts[:50]).sentences() == [coco_tokenize(t) for t in split_apart + texts[:50]]
     with_nul = ["a b", "c\0d e", "no."]
     assert coco_tokenize_all(with_nul).sentences() == [coco_tokenize(t) for t in with_nul]
     assert coco_tokenize_all([]).sentences() == []
