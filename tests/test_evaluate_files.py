@@ -120,7 +120,15 @@ def test_malformed_references_and_flags(tmp_path: Path) -> None:
     refs.write_text('{"images": []}')
     _fails(invoke("evaluate", "--predictions", str(res), "--references", str(refs)), "no 'annotations' list")
     (tmp_path / "latin1.json").write_bytes("[{\"image_id\": 1, \"caption\": \"caf\xe9\"}]".encode("latin-1"))
-    _fails(invoke("evaluate", "--predictions", str(tmp_path / "latin1.json"), "--references", str(refs)), "not UTF-8")
+    _fails(invoke("evaluate", "--predictions", str(tmp_path / "latin1.json"), "--references", str(refs)),
+           "latin1.json: not UTF-8 text (invalid continuation byte at byte 32)")
+    (tmp_path / "latin1.jsonl").write_bytes('{"image_id": 1, "caption": "a"}\n{"image_id": 2, "caption": "caf\xe9"}\n'
+                                            .encode("latin-1"))  # the byte's place in the file, not its line
+    _fails(invoke("evaluate", "--predictions", str(tmp_path / "latin1.jsonl"), "--references", str(refs)),
+           "latin1.jsonl: not UTF-8 text (invalid continuation byte at byte 63)")
+    (tmp_path / "lines.jsonl").write_text('{"image_id": 1, "caption": "a\u2028b"}\n{"image_id": 2, "caption": "c"', "utf-8")
+    _fails(invoke("evaluate", "--predictions", str(tmp_path / "lines.jsonl"), "--references", str(refs)),
+           "lines.jsonl:2: invalid JSON")  # a line separator inside a string does not end the line
     _fails(invoke("evaluate", "--predictions", str(res)), "--references")
     _fails(invoke("evaluate"), "no runs in workspace")  # --run defaults to the most recent run: there is none
     _fails(invoke("evaluate", "--predictions", str(res), "--references", "nothing-here"), "neither a file nor a data set")
