@@ -288,6 +288,17 @@ def test_report_says_what_each_step_took(tmp_path: Path) -> None:
     assert all(isinstance(v, float) and 0 <= v < 60 for v in report["timings"].values())
 
 
+def test_captions_are_shown_as_written(tmp_path: Path) -> None:
+    """No emoji codes, no markup: a caption's ':dog:' and '[bold]' are printed as they are."""
+    _, refs = _coco_files(tmp_path)
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps([{"image_id": 1, "caption": "a :dog: on [bold]grass"}, {"image_id": 2, "caption": "x"},
+                               {"image_id": 3, "caption": "y"}]))
+    out = invoke("evaluate", "--predictions", str(res), "--references", str(refs), "--no-meteor", "--show", "1")
+    assert out.exit_code == 0, out.stderr
+    assert "a :dog: on [bold]grass" in out.stderr
+
+
 def test_json_report_has_one_ascii_line_per_image_that_reads_back_the_same(tmp_path: Path) -> None:
     """The lines are written by orjson (UTF-8) and escaped to ASCII as json.dumps escapes."""
     _, refs = _coco_files(tmp_path)
