@@ -137,14 +137,16 @@ def test_malformed_references_and_flags(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["captions", "answers"])
 def test_scoring_files_imports_no_model_library(tmp_path: Path, kind: str) -> None:
     """The whole `evaluate --predictions` process: torch, spaCy and the model libraries never load
-    (torch alone was 2 s of a 4 s command)."""
+    (torch alone was 2 s of a 4 s command), nor the progress bars and rich's emoji codes (5 ms)."""
     import subprocess
 
     res, refs = _coco_files(tmp_path) if kind == "captions" else \
         (VQA / "results.json", VQA / "v2_mscoco_val2014_annotations.json")
     probe = ("import atexit, runpy, sys\n"
              "heavy = {'torch', 'torchvision', 'spacy', 'transformers', 'timm', 'peft', 'PIL'}\n"
-             "atexit.register(lambda: print(sorted({m.split('.')[0] for m in sys.modules} & heavy), file=sys.stderr))\n"
+             "unused = {'rich.progress', 'rich._emoji_codes', 'mmfuse.progress'}\n"
+             "atexit.register(lambda: print(sorted({m.split('.')[0] for m in sys.modules} & heavy | set(sys.modules) & unused),"
+             " file=sys.stderr))\n"
              f"sys.argv = ['mmfuse', 'evaluate', '--predictions', {str(res)!r}, '--references', {str(refs)!r},"
              f" '--no-meteor', '--json', '-w', {str(tmp_path / 'ws')!r}]\n"
              "runpy.run_module('mmfuse', run_name='__main__')\n")

@@ -65,11 +65,12 @@ from mmfuse.models.encoders import check_weights_available
 from mmfuse.models.hub import hf_id, is_hf, locate
 from mmfuse.models.parts import resolve_parts
 from mmfuse.models.vision_towers import is_tower, tower_image_size
+from mmfuse.progress import progress
 from mmfuse.train.answering import AnswerObjective
 from mmfuse.train.distributed import ShardedBatches, World, start, stop, world_from_env
 from mmfuse.train.logs import RunLogs, check_tensorboard
 from mmfuse.train.state import Progress, load_checkpoint, save_checkpoint
-from mmfuse.ui import console, progress
+from mmfuse.ui import console
 from mmfuse.workspace import (
     RunDir,
     Workspace,

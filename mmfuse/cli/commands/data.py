@@ -51,7 +51,7 @@ def prepare_data_cmd(
       mmfuse prepare-data llava --json llava_instruct.json --images coco/
     """
     from mmfuse.data.prepare import prepare_data
-    from mmfuse.ui import LazyProgress
+    from mmfuse.progress import LazyProgress
 
     options = {**given.get("shapes", {}), **{k: v for k, v in (
         ("images", images), ("annotations", annotations), ("questions", questions), ("json", json_file),
@@ -85,7 +85,7 @@ def cache_features_cmd(
     """
     from mmfuse.config import ModelConfig
     from mmfuse.data.features import cache_dataset_features
-    from mmfuse.ui import LazyProgress
+    from mmfuse.progress import LazyProgress
 
     if data is None or "encoder" not in given.get("model", {}):
         raise MmfuseError("cache-features needs --data NAME and --encoder NAME (a torchvision encoder)")
