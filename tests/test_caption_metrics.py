@@ -177,15 +177,19 @@ def test_cider_reward_on_token_ids_equals_cider_d_with_the_same_references() -> 
 @pytest.mark.parametrize("block", [1 << 22, 7])  # 7: many blocks of references, longest first
 def test_vectorised_rouge_l_equals_the_per_image_path(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """uint64 bit sets for hypotheses of 1..64 tokens, Python integers for empty and longer ones; empty
-    references count as one empty token, as in coco-caption."""
+    references count as one empty token, as in coco-caption. The words: 8 to 10 letters, then 300
+    (more than the 64 bits of the filter that spares most reference tokens their lookup), an empty
+    hypothesis last."""
     from mmfuse.metrics import rouge
 
     monkeypatch.setattr(rouge, "BLOCK", block)
     rng = random.Random(5)
     hyps, refs = [], []
-    for length in [0, 1, 2, 63, 64, 65, 100] * 6 + [rng.randint(0, 30) for _ in range(200)]:
-        hyps.append([rng.choice("abcdefgh") for _ in range(length)])
-        refs.append([[rng.choice("abcdefghij") for _ in range(rng.choice([0, 1, 5, 20, 70, 130]))]
+    lengths = [0, 1, 2, 63, 64, 65, 100] * 6 + [rng.randint(0, 30) for _ in range(400)] + [0]
+    for n, length in enumerate(lengths):
+        words = ("abcdefgh", "abcdefghij") if n < 242 else ([f"w{i}" for i in range(300)], [f"w{i}" for i in range(300)])
+        hyps.append([rng.choice(words[0]) for _ in range(length)])
+        refs.append([[rng.choice(words[1]) for _ in range(rng.choice([0, 1, 5, 20, 70, 130]))]
                      for _ in range(rng.randint(1, 6))])
     corpus, per_image = rouge.rouge_l(hyps, refs)
     expected = [rouge.rouge_l_image(h, r) for h, r in zip(hyps, refs)]
