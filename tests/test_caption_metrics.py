@@ -276,17 +276,23 @@ def test_the_callers_work_is_done_while_the_other_process_finishes(monkeypatch: 
     assert events == ["meanwhile"] and one["corpus"] == pytest.approx(two["corpus"], abs=1e-12)
 
 
-@pytest.mark.parametrize("bound", [1000, 2**62])  # value and index packed in 64 bits; too large to pack: argsort
-def test_a_sort_with_its_permutation(bound: int) -> None:
+@pytest.mark.parametrize("bound", [1000, 2**40, 2**62])  # value and position packed in 64 bits; too large to pack: argsort
+def test_a_sort_that_carries_the_positions_along(bound: int) -> None:
     import numpy as np
 
-    from mmfuse.metrics.ngrams import _sort_with_permutation
+    from mmfuse.metrics.ngrams import _sort_carrying
 
-    values = np.random.default_rng(0).integers(0, min(bound, 1000), 5000, dtype=np.int64)
-    ranked, sort = _sort_with_permutation(values, bound)
-    assert ranked.dtype == sort.dtype == np.int64
-    assert ranked.tolist() == sorted(values.tolist()) and values[sort].tolist() == ranked.tolist()
-    assert sorted(sort.tolist()) == list(range(5000))
-    empty = _sort_with_permutation(values[:0], bound)
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, min(bound, 1000), 5000, dtype=np.int64) * (bound // min(bound, 1000))
+    positions = np.sort(rng.choice(2**22, 5000, replace=False)).astype(np.int64)  # increasing, below 2**22
+    ranked, carried = _sort_carrying(values, bound, positions, 2**22)
+    assert ranked.dtype == carried.dtype == np.int64
+    assert ranked.tolist() == sorted(values.tolist())
+    by_position = dict(zip(positions.tolist(), values.tolist()))
+    assert sorted(carried.tolist()) == positions.tolist() and [by_position[p] for p in carried.tolist()] == ranked.tolist()
+    if bound < 2**42:  # packed: equal values keep the order of their positions
+        assert all(a < b for a, b, x, y in zip(carried, carried[1:], ranked, ranked[1:]) if x == y)
+    empty = _sort_carrying(values[:0], bound, positions[:0], 2**22)
     assert len(empty[0]) == len(empty[1]) == 0
+
 
