@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -288,6 +287,8 @@ UMASK = _umask()  # read once (os.umask can only be read by setting it)
 def _temporary_beside(path: Path) -> tuple[int, str]:
     """A new hidden temporary file in ``path``'s directory, with the permissions any new file gets
     under the umask (mkstemp's are 0600; an error names ``path``, not the temporary)."""
+    import tempfile  # here: 1.3 ms of every command's start otherwise (with random), and scoring files writes none
+
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -624,6 +625,8 @@ def staged_directory(final: Path, clear_leftovers: bool = False) -> Iterator[Pat
         for pattern in (f".{final.name}.staging-*", f".{final.name}.old-*"):
             for leftover in final.parent.glob(pattern):
                 shutil.rmtree(leftover, ignore_errors=True)
+    import tempfile
+
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
     staging.chmod(0o777 & ~UMASK)  # it becomes the directory: the permissions of any new one (mkdtemp's are 0700)
     try:
@@ -639,6 +642,8 @@ def replace_directory(new: Path, final: Path) -> None:
     if not final.exists():
         os.replace(new, final)
         return
+    import tempfile
+
     trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
     os.replace(final, trash / final.name)
     os.replace(new, final)
