@@ -37,7 +37,7 @@ Half = tuple[TokenIds, np.ndarray]  # some images' tokens (their hypotheses, the
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: no field-wise ==
 class OrderScores:
     """What BLEU and CIDEr-D take from one n-gram order."""
 

@@ -37,7 +37,7 @@ ORDERS = tuple(range(1, MAX_N + 1))
 KEY_LIMIT = 2**62  # a composite sort key (n-gram key, slot) must stay below this
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: no field-wise ==
 class Order:
     """The distinct (sentence, k-gram) entries of one order, grouped by (k-gram, image); a hypothesis's
     entry, when its group has one, is the group's first."""
@@ -75,7 +75,7 @@ class Order:
         return entries, which
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: no field-wise ==
 class NgramTable:
     lengths: np.ndarray  # (S,) tokens per sentence
     ref_image: np.ndarray  # (R,) the image of each reference
@@ -123,7 +123,7 @@ def ngram_orders(tokens: TokenIds, refs_per_image: np.ndarray, orders: Sequence[
         del order
 
 
-@dataclass
+@dataclass(eq=False)  # arrays: no field-wise ==
 class _Grams:
     """The key of the k-gram at each position, from token ids where it fits in 63 bits with the
     sentence slot: ``t1`` for unigrams, ``t1 t2`` for bigrams, ``t1 t2 t3`` for trigrams, and for
@@ -187,7 +187,7 @@ class _Grams:
         return self.ids[j]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: no field-wise ==
 class _Layout:
     """Sentence slots: image i's hypothesis is slot i * per, its j-th reference i * per + j + 1."""
 

@@ -68,7 +68,7 @@ _SYMBOL_SPLIT = re.compile(r"([$%+*^~|\\]|[#<>](?=\d))")
 _TIME_SUFFIX = re.compile(r"^(\d+:\d+)(am|pm)$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: no field-wise ==
 class TokenIds:
     """Tokenized sentences as one integer array: sentence ``s`` is ``ids[starts[s]:starts[s] + lengths[s]]``
     and token id ``t`` is the word ``words[t]``.
