@@ -374,3 +374,14 @@ def test_a_sample_id_is_a_question_number_only_when_it_is_ascii_digits() -> None
 
     assert question_id("262148000") == 262148000 and question_id("test-000001-2") == "test-000001-2"
     assert question_id("²") == "²" and question_id("٣") == "٣"  # str.isdigit, but no question number
+
+
+def test_json_lines_of_items_orjson_cannot_write_alone_read_as_the_standard_encoder_writes_them() -> None:
+    """Keys that are not strings (a confusion row by class index) and numpy's floats take the slower ways."""
+    import numpy as np
+
+    from mmfuse.cli.render import _json_line
+
+    for item in ({"id": 1, "row": {0: 3, 1: 2}}, {"id": 2, "score": np.float64(0.25), "caption": "caf\u00e9"},
+                 {"id": 3, "x": "\U0001f600"}):
+        assert _json_line(item) == json.dumps(item, separators=(",", ":"))

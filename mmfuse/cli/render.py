@@ -50,10 +50,13 @@ def _json_line(item: Any) -> str:
     """One item as compact ASCII JSON, each line escaped alone: joined first, one non-ASCII character
     makes the whole text 2 or 4 bytes a character, and on 8,092 images (a quarter of them with curly
     quotes or accents) the report took 24-35 ms to write instead of 17-18."""
-    try:
-        line = orjson.dumps(item, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:  # a type orjson does not write (numpy's integers): the standard encoder's rules
-        return json.dumps(item, separators=(",", ":"))
+    try:  # string keys, as every item has: the option for other keys cost 1.4 ms of 15 on 8,092 images
+        line = orjson.dumps(item)
+    except TypeError:
+        try:
+            line = orjson.dumps(item, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:  # a type orjson does not write (numpy's floats): the standard encoder's rules
+            return json.dumps(item, separators=(",", ":"))
     if line.isascii():
         return line.decode("ascii")
     return line.decode("utf-8").encode("ascii", _JSON_ESCAPE).decode("ascii")
