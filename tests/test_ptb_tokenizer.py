@@ -82,3 +82,19 @@ def test_tokenizing_many_at_once_equals_one_by_one(monkeypatch: pytest.MonkeyPat
     with_nul = ["a b", "c\0d e", "no."]
     assert coco_tokenize_all(with_nul).sentences() == [coco_tokenize(t) for t in with_nul]
     assert coco_tokenize_all([]).sentences() == []
+
+
+def test_the_trailing_punctuation_is_found_where_the_regular_expression_finds_it() -> None:
+    """Every chunk of up to four characters over letters and the marks that can end a token."""
+    import itertools
+    import re
+
+    from mmfuse.metrics.ptb import _trailing_start
+
+    pattern = re.compile(r"([!?]+|\.{2,}|[)\]}\",;:'`-]|(?<=.)/)$")
+    alphabet = "a1.!?-/')]}\"`,;:("
+    for length in range(1, 5):
+        for chars in itertools.product(alphabet, repeat=length):
+            chunk = "".join(chars)
+            m = pattern.search(chunk)
+            assert _trailing_start(chunk) == (m.start() if m else None), chunk
