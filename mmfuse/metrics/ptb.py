@@ -160,7 +160,7 @@ def _coco_chunk(chunk: str, before_digit: bool) -> tuple[str, ...] | list[str]:
     word = lower[:-1]
     if lower[-1] in ".," and len(word) > 1 and word.isalnum() and word not in PERIOD_WORDS:
         return SPLIT_WORDS.get(word) or (word,)
-    case = _case(chunk) if _CASED.search(lower) else Case.LOWER
+    case = _case(chunk) if "." in lower and _CASED.search(lower) else Case.LOWER
     return [t for t in _chunk(lower, before_digit, case) if t not in COCO_PUNCTUATION]
 
 
