@@ -175,9 +175,10 @@ def _before_numbers(at: np.ndarray, distinct: list[str], tokens: list[list[int]]
             tokens.append([vocab.setdefault(t, len(vocab)) for t in _coco_chunk(chunk, True)])
     if not variant:
         return at
-    pos = np.flatnonzero(np.isin(at[:-1], list(variant)))  # (V,) such a chunk, followed by another
-    digit = np.array([chunk[:1].isdigit() for chunk in distinct], dtype=bool)  # (D,)
-    pos = pos[digit[at[pos + 1]]]
+    has_variant = np.zeros(len(distinct), dtype=bool)
+    has_variant[list(variant)] = True
+    pos = np.flatnonzero(has_variant[at[:-1]])  # (V,) such a chunk, followed by another
+    pos = pos[[distinct[i][:1].isdigit() for i in at[pos + 1].tolist()]]  # ... by a number
     at[pos] = [variant[i] for i in at[pos].tolist()]
     return at
 
