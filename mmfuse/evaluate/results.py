@@ -61,18 +61,18 @@ class HumanAnswers:
 
 def read_predictions(path: Path) -> Predictions:
     """Captions or answers by id, in file order; bad JSON, missing keys and duplicate ids are errors."""
-    entries = _read_entries(path)
+    entries, where = _read_entries(path)
     if not entries:
         raise MmfuseError(f"{path}: no predictions")
-    first = entries[0][1]
+    first = entries[0]
     kind = ResultKind.ANSWER if isinstance(first, dict) and "question_id" in first else ResultKind.CAPTION
-    pairs = _pairs([e for _, e in entries], path, lambda n: entries[n][0], kind)
+    pairs = _pairs(entries, path, where, kind)
     preds = dict(pairs)
     if len(preds) < len(pairs):
         seen: set[Hashable] = set()
-        for (where, _), (key, _) in zip(entries, pairs):
+        for n, (key, _) in enumerate(pairs):
             if key in seen:
-                raise MmfuseError(f"{path}{where}: {kind.noun} {key!r} has a second prediction")
+                raise MmfuseError(f"{path}{where(n)}: {kind.noun} {key!r} has a second prediction")
             seen.add(key)
     return Predictions(kind, preds)
 
@@ -167,16 +167,18 @@ def _coco_references(path: Path) -> dict[Hashable, list[str]]:
     return refs
 
 
-def _read_entries(path: Path) -> list[tuple[str, Any]]:
-    """(location for messages, parsed object) for a JSON list or JSON Lines file."""
+def _read_entries(path: Path) -> tuple[list[Any], Callable[[int], str]]:
+    """The parsed objects of a JSON list or JSON Lines file, and where entry n is, for messages (made
+    only for a message: 8,092 of them took 1.5 ms)."""
     data = _read_bytes(path)
     if data.lstrip().startswith(b"["):
-        return [(f": entry {n}", e) for n, e in enumerate(_parse(data, path))]
-    entries = []
+        return _parse(data, path), lambda n: f": entry {n}"
+    entries, linenos = [], []
     for lineno, line in enumerate(data.splitlines(), 1):  # at \n and \r only, as JSON Lines are
         if line.strip():
-            entries.append((f":{lineno}", _parse(line, path, f":{lineno}", data)))
-    return entries
+            entries.append(_parse(line, path, f":{lineno}", data))
+            linenos.append(lineno)
+    return entries, lambda n: f":{linenos[n]}"
 
 
 def _pairs(entries: list[Any], path: Path, where: Callable[[int], str],
