@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Callable, Generator, Sequence, TypeVar
 
 import numpy as np
@@ -106,7 +107,7 @@ def tokenize_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]
                    timings: Timings | None = None) -> TokenIds:
     """The hypotheses, then every image's references, tokenized as coco-caption does."""
     _check_inputs(hypotheses, references)
-    return timed(timings, "tokenize", lambda: coco_tokenize_all([*hypotheses, *(r for refs in references for r in refs)]))
+    return timed(timings, "tokenize", lambda: coco_tokenize_all([*hypotheses, *chain.from_iterable(references)]))
 
 
 def scores_of_ids(tokens: TokenIds, refs_per_image: np.ndarray, timings: Timings | None = None) -> dict[str, Any]:
@@ -202,5 +203,5 @@ def _check_inputs(hypotheses: Sequence[Any], references: Sequence[Sequence[Any]]
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
     if not hypotheses:
         raise ValueError("no hypotheses to score")
-    if any(len(refs) == 0 for refs in references):
+    if not all(references):  # an empty list
         raise ValueError("every image needs at least one reference")
