@@ -296,3 +296,14 @@ def test_a_sort_that_carries_the_positions_along(bound: int) -> None:
     assert len(empty[0]) == len(empty[1]) == 0
 
 
+
+
+def test_inputs_that_cannot_be_scored_are_errors() -> None:
+    from mmfuse.metrics import captions
+
+    with pytest.raises(ValueError, match="at least one reference"):
+        captions.score_texts(["a dog", "a cat"], [["a dog"], []])
+    with pytest.raises(ValueError, match="2 hypotheses but 1 reference lists"):
+        captions.score_texts(["a dog", "a cat"], [["a dog"]])
+    with pytest.raises(ValueError, match="no hypotheses"):
+        captions.score_texts([], [])
