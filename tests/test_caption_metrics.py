@@ -285,7 +285,7 @@ def test_a_sort_that_carries_the_positions_along(bound: int) -> None:
     rng = np.random.default_rng(0)
     values = rng.integers(0, min(bound, 1000), 5000, dtype=np.int64) * (bound // min(bound, 1000))
     positions = np.sort(rng.choice(2**22, 5000, replace=False)).astype(np.int64)  # increasing, below 2**22
-    ranked, carried = _sort_carrying(values, bound, positions, 2**22)
+    ranked, carried = _sort_carrying(values.copy(), bound, positions, 2**22)  # (it sorts in place)
     assert ranked.dtype == carried.dtype == np.int64
     assert ranked.tolist() == sorted(values.tolist())
     by_position = dict(zip(positions.tolist(), values.tolist()))
