@@ -287,7 +287,7 @@ UMASK = _umask()  # read once (os.umask can only be read by setting it)
 def _temporary_beside(path: Path) -> tuple[int, str]:
     """A new hidden temporary file in ``path``'s directory, with the permissions any new file gets
     under the umask (mkstemp's are 0600; an error names ``path``, not the temporary)."""
-    import tempfile  # here: 1.3 ms of every command's start otherwise (with random), and scoring files writes none
+    import tempfile  # here: 1.6 ms of every command's start otherwise (with random), and scoring files makes none
 
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
