@@ -186,13 +186,13 @@ def _before_numbers(at: np.ndarray, distinct: list[str], tokens: list[list[int]]
 def _lay_out(at: np.ndarray, tokens: list[list[int]], bounds: np.ndarray, words: list[str]) -> TokenIds:
     """Token ids of every position's chunk, concatenated, and the token count of each text, whose
     chunks lie between consecutive ``bounds`` (a NUL separator has no tokens). Positions and indexes
-    are int32 (half the memory of int64: 900 fewer page faults, 3.6 MB, for 24,000 captions); a set of
-    captions stays far below 2**31 tokens."""
+    are int32 (half the memory of int64: 1,300 fewer page faults, 5 MB, tokenizing 24,000 captions in
+    a fresh process); a set of captions stays far below 2**31 tokens."""
     count = np.fromiter(map(len, tokens), dtype=np.int32, count=len(tokens))  # tokens per distinct chunk
     flat = np.fromiter(itertools.chain.from_iterable(tokens), dtype=np.int64, count=int(count.sum()))
     n = count[at]  # (C,) tokens per position
     cum = np.concatenate(([0], np.cumsum(n, dtype=np.int64)))  # tokens before each position
-    shift = (np.cumsum(count) - count)[at]  # (C,) where each position's chunk's tokens start in flat
+    shift = (np.cumsum(count, dtype=np.int32) - count)[at]  # (C,) where each position's chunk's tokens start in flat
     shift -= cum[:-1].astype(np.int32)  # ... less where its own tokens start
     where = np.repeat(shift, n)
     where += np.arange(len(where), dtype=np.int32)
