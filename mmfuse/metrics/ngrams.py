@@ -52,7 +52,7 @@ class Order:
 
     @cached_property
     def sizes(self) -> np.ndarray:  # (Q,) entries per group
-        return np.diff(np.append(self.starts, len(self.gram)))
+        return _run_lengths(self.starts, len(self.gram))
 
     @cached_property
     def hyp_groups(self) -> np.ndarray:  # (H,) the groups that hold a hypothesis entry
