@@ -17,6 +17,20 @@ comes to this process, which answers with one of its own, and its return value i
         ...
         result = other.result()
 
+The child can be started before the work's input exists: it gets ready (imports what it needs, say)
+while this process reads the input, which it then hands over with :meth:`Pending.give`, without waiting
+for the child to read it::
+
+    def second_half():
+        import numpy  # meanwhile, in the child
+        texts = yield None  # given
+        ...
+
+    with beside(second_half) as other:
+        texts = read_files()
+        other.give(texts[cut:])
+        ...
+
 One child does every step rather than a child per step: scoring 8,092 images, a second fork for the
 second step made 15k more page faults over the two processes (copy-on-write of the larger heap by
 then) than sending each half's 2.4 MB of tokens through the pipes (about 12 ms). In wall time the
@@ -54,7 +68,7 @@ T_co = TypeVar("T_co", covariant=True)
 Work = Callable[[], Generator[Y, S, T]]
 
 _HEADER = struct.Struct("<cQ")  # message kind, payload length
-_YIELDED, _RETURNED = b"y", b"r"
+_YIELDED, _RETURNED, _SHELVED = b"y", b"r", b"s"  # _SHELVED: a given answer, its payload in the shared file
 
 
 class Pending(Protocol[Y_co, S_contra, T_co]):
@@ -63,6 +77,12 @@ class Pending(Protocol[Y_co, S_contra, T_co]):
 
     def exchange(self, answer: S_contra) -> Y_co:
         """The work's next yielded value (waits for it); ``answer`` becomes the value of that ``yield``."""
+        ...
+
+    def give(self, answer: S_contra) -> None:
+        """Answer the work's next ``yield`` without waiting, neither for the value it yields there (which
+        is dropped) nor for the child to take the answer, however large: it waits in a file both
+        processes hold, where a pipe holds 64 KiB."""
         ...
 
     def result(self) -> T_co:
@@ -99,6 +119,7 @@ def beside(work: Work[Y, S, T]) -> Pending[Y, S, T]:
         return _Here(work)
     child_reads, parent_writes = os.pipe()  # (read end, write end)
     parent_reads, child_writes = os.pipe()
+    shelf = _Shelf(_shared_file())
     with warnings.catch_warnings():  # Python >= 3.12 warns when numpy's BLAS threads exist; the child uses none
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
@@ -106,15 +127,52 @@ def beside(work: Work[Y, S, T]) -> Pending[Y, S, T]:
         try:
             os.close(parent_writes)
             os.close(parent_reads)
-            _child(work, os.fdopen(child_reads, "rb"), os.fdopen(child_writes, "wb"))
+            _child(work, os.fdopen(child_reads, "rb"), os.fdopen(child_writes, "wb"), shelf)
         finally:
             os._exit(1)
     os.close(child_reads)
     os.close(child_writes)
-    return _Forked(work, pid, os.fdopen(parent_writes, "wb"), os.fdopen(parent_reads, "rb"))
+    return _Forked(work, pid, os.fdopen(parent_writes, "wb"), os.fdopen(parent_reads, "rb"), shelf)
 
 
-def _child(work: Work[Any, Any, Any], answers: IO[bytes], out: IO[bytes]) -> None:
+def _shared_file() -> int:
+    """A file descriptor of an anonymous file, in memory where the system has ``memfd_create`` (Linux),
+    else an unlinked temporary file."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("mmfuse-beside", os.MFD_CLOEXEC)
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="mmfuse-beside-")
+    os.unlink(path)
+    return fd
+
+
+class _Shelf:
+    """The file for given answers, opened before the fork: the parent appends each payload, the child
+    reads them in the same order."""
+
+    def __init__(self, fd: int):
+        self.fd, self.at = fd, 0
+
+    def put(self, payload: bytes) -> None:
+        view = memoryview(payload)
+        while view:
+            written = os.pwrite(self.fd, view, self.at)
+            self.at += written
+            view = view[written:]
+
+    def take(self, size: int) -> bytes:
+        payload = os.pread(self.fd, size, self.at)
+        if len(payload) < size:
+            raise EOFError("the given answer is not all there")
+        self.at += size
+        return payload
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _child(work: Work[Any, Any, Any], answers: IO[bytes], out: IO[bytes], shelf: _Shelf) -> None:
     """Run the generator, sending each yielded value and the return value and reading each answer; leave
     without running the parent's exit handlers or flushing its buffers (``os._exit``). A failure ends
     the child, and the parent sees the pipe close before the message it waits for."""
@@ -124,7 +182,7 @@ def _child(work: Work[Any, Any, Any], answers: IO[bytes], out: IO[bytes]) -> Non
         value = next(steps)
         while True:
             _send(out, _YIELDED, value)
-            value = steps.send(_receive(answers, _YIELDED))
+            value = steps.send(_receive(answers, _YIELDED, shelf))
     except StopIteration as done:
         try:
             _send(out, _RETURNED, done.value)
@@ -144,12 +202,15 @@ def _send(out: IO[bytes], kind: bytes, value: object) -> None:
     out.flush()
 
 
-def _receive(pipe: IO[bytes], kind: bytes) -> Any:
-    """The next message's value; EOFError if the other end closed first or sent another kind."""
+def _receive(pipe: IO[bytes], kind: bytes, shelf: _Shelf | None = None) -> Any:
+    """The next message's value; EOFError if the other end closed first or sent another kind. An
+    answer sent as ``_SHELVED`` (the child's end only) is read from the ``shelf``."""
     header = pipe.read(_HEADER.size)
     if len(header) < _HEADER.size:
         raise EOFError("the other process went away")
     got, size = _HEADER.unpack(header)
+    if got == _SHELVED and shelf is not None:
+        return pickle.loads(shelf.take(size))
     payload = pipe.read(size)
     if got != kind or len(payload) < size:
         raise EOFError("the other process went away")
@@ -183,6 +244,9 @@ class _Here(Generic[Y, S, T]):
         self.answer = answer
         return value
 
+    def give(self, answer: S) -> None:
+        self.exchange(answer)
+
     def result(self) -> T:
         try:
             self._step()
@@ -209,16 +273,40 @@ class _Here(Generic[Y, S, T]):
 class _Forked(Generic[Y, S, T]):
     """The work in a child process; after the child fails, in this one (:class:`_Here`), replayed."""
 
-    def __init__(self, work: Work[Y, S, T], pid: int, to_child: IO[bytes], from_child: IO[bytes]):
-        self.work, self.pid, self.to_child, self.from_child = work, pid, to_child, from_child
+    def __init__(self, work: Work[Y, S, T], pid: int, to_child: IO[bytes], from_child: IO[bytes], shelf: _Shelf):
+        self.work, self.pid, self.to_child, self.from_child, self.shelf = work, pid, to_child, from_child, shelf
         self.answers: list[S] = []  # every answer sent, to replay the work here if the child fails
+        self.dropped = 0  # values the child yielded where it was given its answer, not read yet
         self.here: _Here[Y, S, T] | None = None
         self.taken = False
+
+    def give(self, answer: S) -> None:
+        if self.here is None:
+            try:
+                payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+                self.shelf.put(payload)
+                self.to_child.write(_HEADER.pack(_SHELVED, len(payload)))
+                self.to_child.flush()
+                self.answers.append(answer)
+                self.dropped += 1
+                return
+            except OSError:  # the child is gone (or the file could not grow): the work is done here
+                self._take_over()
+        assert self.here is not None
+        self.answers.append(answer)
+        self.here.give(answer)
+
+    def _next(self, kind: bytes) -> Any:
+        """The child's next message of ``kind``, after the values it yielded where it was given answers."""
+        while self.dropped:
+            _receive(self.from_child, _YIELDED)
+            self.dropped -= 1
+        return _receive(self.from_child, kind)
 
     def exchange(self, answer: S) -> Y:
         if self.here is None:
             try:
-                value = _receive(self.from_child, _YIELDED)
+                value = self._next(_YIELDED)
                 _send(self.to_child, _YIELDED, answer)
                 self.answers.append(answer)
                 return value
@@ -231,7 +319,7 @@ class _Forked(Generic[Y, S, T]):
     def result(self) -> T:
         if self.here is None:
             try:
-                value = _receive(self.from_child, _RETURNED)
+                value = self._next(_RETURNED)
                 self._end_child(kill=False)  # it is exiting: reaped meanwhile
                 return value
             except (EOFError, OSError):
@@ -262,6 +350,7 @@ class _Forked(Generic[Y, S, T]):
                 pipe.close()
             except OSError:  # the child's end is gone: nothing buffered matters
                 pass
+        self.shelf.close()
         if kill:
             os.waitpid(self.pid, 0)
         else:

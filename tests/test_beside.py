@@ -130,3 +130,61 @@ def test_a_child_that_has_returned_its_result_is_reaped_without_holding_the_pare
     monkeypatch.undo()
     with pytest.raises(ChildProcessError):  # reaped: no child of ours any more
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_given_answer_waits_for_the_child_without_holding_the_parent(two_cpus: None) -> None:
+    """give(): the parent hands over an answer far larger than a pipe's buffer while the child is still
+    busy (here: until the parent lets it go on), and goes on at once; the child takes it when it asks,
+    and the value it yielded there is dropped."""
+    go_read, go_write = os.pipe()
+
+    def work() -> Generator[str, bytes, tuple[int, int]]:
+        os.read(go_read, 1)  # busy until the parent has given
+        data = yield "dropped"
+        answer = yield f"got {len(data)}"
+        return len(data), answer
+
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("give() waited for the child"))
+    try:
+        with beside.beside(work) as other:
+            assert isinstance(other, beside._Forked)
+            signal.alarm(10)
+            other.give(b"x" * 4_000_000)
+            signal.alarm(0)
+            os.write(go_write, b"g")
+            assert other.exchange(7) == "got 4000000"
+            assert other.result() == (4_000_000, 7)
+    finally:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        os.close(go_read)
+        os.close(go_write)
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_given_answers_reach_the_work_here_and_in_a_child_that_fails(monkeypatch: pytest.MonkeyPatch,
+                                                                     cpus: int) -> None:
+    """With one CPU the work runs here, given answers and all; a child that fails after it took a given
+    answer leaves the work to the parent, which replays it."""
+    monkeypatch.setattr(beside, "usable_cpus", lambda: cpus)
+    parent = os.getpid()
+
+    def work() -> Generator[int, list[int], tuple[int, int]]:
+        first = yield 0
+        second = yield 1
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return os.getpid(), sum(first) + sum(second)
+
+    with beside.beside(work) as other:
+        other.give(list(range(100_000)))
+        other.give([1, 2])
+        assert other.result() == (parent, sum(range(100_000)) + 3)
+
+
+def test_the_shared_file_is_closed_with_the_child(two_cpus: None) -> None:
+    before = len(os.listdir("/dev/fd"))
+    with beside.beside(swap_and_add) as other:
+        other.give([1])
+        assert len(os.listdir("/dev/fd")) == before + 3  # two pipe ends and the shared file
+        other.result()
+    assert len(os.listdir("/dev/fd")) == before

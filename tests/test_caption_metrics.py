@@ -234,7 +234,7 @@ def test_two_processes_score_the_same_as_one(monkeypatch: pytest.MonkeyPatch) ->
     images, swaps tokens with this process and builds the bigram and 4-gram statistics): the same
     scores, and the same tokens, as one process. Images with an empty hypothesis or words only one half has are in the set."""
     from mmfuse import beside
-    from mmfuse.metrics import captions
+    from mmfuse.metrics import captions, halves
     from tests.caption_corpus import caption_set
 
     def taken_over(self: beside._Forked) -> None:
@@ -242,7 +242,7 @@ def test_two_processes_score_the_same_as_one(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(beside, "usable_cpus", lambda: 2)
     monkeypatch.setattr(beside._Forked, "_take_over", taken_over)  # the child's part is the child's
-    hyps, refs = caption_set(captions.TWO_PROCESSES_FROM + 1, seed=3)
+    hyps, refs = caption_set(halves.TWO_PROCESSES_FROM + 1, seed=3)
     hyps[0], hyps[-1] = "", "zzyzx qwerty only in the second half"
     refs[-1] = [*refs[-1][:4], "A PLAIN? (bracketed) \u201cquote\u201d no. 5"]
     one_timings: dict[str, float] = {}
@@ -261,14 +261,14 @@ def test_the_callers_work_is_done_while_the_other_process_finishes(monkeypatch: 
     """`meanwhile` (the command line loads what prints the report) runs once: in two processes before
     this one waits for the other's result, in one process at the end."""
     from mmfuse import beside
-    from mmfuse.metrics import captions
+    from mmfuse.metrics import captions, halves
     from tests.caption_corpus import caption_set
 
     events: list[str] = []
     waits = beside._Forked.result
     monkeypatch.setattr(beside, "usable_cpus", lambda: 2)
     monkeypatch.setattr(beside._Forked, "result", lambda self: (events.append("wait"), waits(self))[1])
-    hyps, refs = caption_set(captions.TWO_PROCESSES_FROM, seed=5)
+    hyps, refs = caption_set(halves.TWO_PROCESSES_FROM, seed=5)
     two, _ = captions.scored_texts(hyps, refs, two_processes=True, meanwhile=lambda: events.append("meanwhile"))
     assert events == ["meanwhile", "wait"]
     events.clear()

@@ -156,6 +156,102 @@ def test_scoring_files_imports_no_model_library(tmp_path: Path, kind: str) -> No
     assert done.returncode == 0 and done.stderr.strip().splitlines()[-1] == "[]", done.stderr
 
 
+EARLY_PROBE = """
+import json, sys
+from pathlib import Path
+events = []
+def hook(event, args):
+    if event == "os.fork":
+        events.append("fork")
+    elif event == "import" and args[0] == "numpy":
+        events.append("numpy")
+    elif event == "open" and str(args[0]) == sys.argv[1]:
+        events.append("read")
+sys.addaudithook(hook)
+from mmfuse import beside
+beside.usable_cpus = lambda: 2
+from mmfuse.evaluate.scoring import evaluate_files
+from mmfuse.workspace import Workspace
+report = evaluate_files(Workspace(Path(sys.argv[3])), Path(sys.argv[1]), sys.argv[2], with_meteor=False)
+print(json.dumps({"events": events, "steps": sorted(report["timings"]), "metrics": report["metrics"]}))
+"""
+
+
+def _large_coco_files(tmp_path: Path, images: int) -> tuple[Path, Path, list[str], list[list[str]]]:
+    from tests.caption_corpus import caption_set
+
+    hyps, refs = caption_set(images, seed=11)
+    res, annotations = tmp_path / "res.json", tmp_path / "refs.json"
+    res.write_text(json.dumps([{"image_id": i, "caption": h} for i, h in enumerate(hyps)]))
+    annotations.write_text(json.dumps({"annotations": [{"image_id": i, "id": 10 * i + k, "caption": c}
+                                                       for i, cs in enumerate(refs) for k, c in enumerate(cs)]}))
+    return res, annotations, hyps, refs
+
+
+def test_a_large_results_file_is_read_while_the_second_process_loads_the_metrics(tmp_path: Path) -> None:
+    """Scoring a large set in two processes, the second is started before the results file is read
+    and before this process imports numpy (which it does meanwhile); the scores are one process's."""
+    import subprocess
+
+    from mmfuse.metrics.halves import TWO_PROCESSES_FROM
+
+    res, annotations, hyps, refs = _large_coco_files(tmp_path, TWO_PROCESSES_FROM)
+    done = subprocess.run([sys.executable, "-c", EARLY_PROBE, str(res), str(annotations), str(tmp_path / "ws")],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["events"] == ["fork", "read", "numpy"]
+    assert "merge" in seen["steps"]  # scored in two processes
+    assert seen["metrics"] == pytest.approx(score_texts(hyps, refs)["corpus"], abs=1e-12)
+
+
+def test_a_small_results_file_starts_no_second_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmfuse import beside
+    from mmfuse.evaluate import scoring
+    from mmfuse.metrics.halves import TWO_PROCESSES_FROM
+    from mmfuse.workspace import Workspace
+
+    def no_fork() -> int:
+        raise AssertionError("forked")
+
+    monkeypatch.setattr(beside, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(os, "fork", no_fork)
+    res, annotations, hyps, refs = _large_coco_files(tmp_path, 200)
+    assert res.stat().st_size < TWO_PROCESSES_FROM * scoring.SHORTEST_ENTRY
+    report = scoring.evaluate_files(Workspace(tmp_path / "ws"), res, str(annotations), with_meteor=False)
+    assert report["metrics"] == pytest.approx(score_texts(hyps, refs)["corpus"], abs=1e-12)
+
+
+def test_answers_stop_the_second_process_before_they_are_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A results file of answers large enough for a second process: the process is stopped (and
+    reaped) as soon as the file reads as answers, which one process scores."""
+    from mmfuse import beside
+    from mmfuse.evaluate import scoring
+    from mmfuse.metrics import halves
+    from mmfuse.workspace import Workspace
+
+    started: list[beside.Pending] = []
+    real_start, real_report = halves.start, scoring.answer_report
+
+    def scored(*args: object) -> dict:
+        assert isinstance(started[0], beside._Forked)
+        with pytest.raises(ChildProcessError):  # stopped and reaped already
+            os.waitpid(started[0].pid, os.WNOHANG)
+        return real_report(*args)
+
+    monkeypatch.setattr(beside, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(halves, "start", lambda: started.append(real_start()) or started[-1])
+    monkeypatch.setattr(scoring, "answer_report", scored)
+    questions = range(1, 1001)
+    res, annotations = tmp_path / "res.json", tmp_path / "ann.json"
+    res.write_text(json.dumps([{"question_id": q, "answer": "yes" if q % 2 else "two"} for q in questions]))
+    annotations.write_text(json.dumps({"annotations": [{"question_id": q, "answers": [{"answer": "yes"}] * 10}
+                                                       for q in questions]}))
+    report = scoring.evaluate_files(Workspace(tmp_path / "ws"), res, str(annotations), with_meteor=False)
+    assert len(started) == 1 and report["num_questions"] == 1000
+    assert report["metrics"]["vqa_accuracy"] == pytest.approx(0.5)
+
+
 THREADS_PROBE = """
 import atexit, os, runpy, sys
 atexit.register(lambda: print(len(os.listdir("/proc/self/task")), "numpy" in sys.modules, file=sys.stderr))

@@ -1,6 +1,7 @@
 """Scoring captions that are already written: anyone's results file against references, and the report
 that every caption evaluation shares. Imports neither torch nor spaCy (a test holds it to that), so
-``mmfuse evaluate --predictions`` costs what the metrics cost.
+``mmfuse evaluate --predictions`` costs what the metrics cost; nor numpy and the metrics until the
+files are read, so that a second scoring process can import them meanwhile (:mod:`mmfuse.metrics.halves`).
 
 The report says how long each step took (``timings``, seconds): reading the files, the PTB
 tokenizer, the n-gram table the metrics share, each metric, and METEOR's jar when asked.
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
+from mmfuse.beside import Pending
 from mmfuse.errors import MmfuseError
 from mmfuse.evaluate.results import (
     HumanAnswers,
@@ -23,10 +25,13 @@ from mmfuse.evaluate.results import (
     read_predictions,
     read_references,
 )
-from mmfuse.metrics.captions import Timings, scored_texts, timed
-from mmfuse.metrics.meteor import MeteorUnavailable, meteor
-from mmfuse.metrics.vqa import vqa_scores
+from mmfuse.metrics import halves
+from mmfuse.metrics.timings import Timings, timed
 from mmfuse.workspace import Workspace
+
+# the shortest entry of a caption results file: a file smaller than TWO_PROCESSES_FROM of them is scored
+# in one process, and needs no second one started
+SHORTEST_ENTRY = len('{"image_id":0,"caption":""}')
 
 
 def evaluate_files(workspace: Workspace, predictions: Path, references: str, split: str = "test",
@@ -38,8 +43,18 @@ def evaluate_files(workspace: Workspace, predictions: Path, references: str, spl
     for one that has no reference is an error. ``meanwhile``: the caller's own work, called once, while
     a second scoring process finishes its part where there is one (:func:`scored_texts`).
     """
-    with _cyclic_gc_paused():
-        return _evaluate_files(workspace, predictions, references, split, with_meteor, meanwhile)
+    with _cyclic_gc_paused(), _second_process(predictions) as second:
+        return _evaluate_files(workspace, predictions, references, split, with_meteor, meanwhile, second)
+
+
+def _second_process(predictions: Path) -> ContextManager[Pending[Any, Any, Any] | None]:
+    """A second scoring process, started before the files are read, where the predictions file is large
+    enough to hold a set that two processes score (:mod:`mmfuse.metrics.halves`); else none."""
+    try:
+        size = predictions.stat().st_size
+    except OSError:  # reading it says what is wrong
+        return nullcontext()
+    return halves.start() if size >= halves.TWO_PROCESSES_FROM * SHORTEST_ENTRY else nullcontext()
 
 
 # glibc's mallopt parameters (malloc.h), and the largest block its heap serves that every glibc accepts
@@ -81,11 +96,13 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _evaluate_files(workspace: Workspace, predictions: Path, references: str, split: str,
-                    with_meteor: bool, meanwhile: Callable[[], object] | None) -> dict[str, Any]:
+def _evaluate_files(workspace: Workspace, predictions: Path, references: str, split: str, with_meteor: bool,
+                    meanwhile: Callable[[], object] | None, second: Pending[Any, Any, Any] | None) -> dict[str, Any]:
     timings: Timings = {}
     preds = timed(timings, "read", lambda: read_predictions(predictions))
     if preds.kind is ResultKind.ANSWER:
+        if second is not None:
+            second.cancel()  # answers are scored in one process
         refs = timed(timings, "read", lambda: read_answer_references(references, workspace, split))
         _check_covered(preds, refs, predictions, references)
         report = answer_report(list(preds.by_id), list(preds.by_id.values()), [refs[i] for i in preds.by_id])
@@ -97,8 +114,10 @@ def _evaluate_files(workspace: Workspace, predictions: Path, references: str, sp
         refs = timed(timings, "read", lambda: read_references(references, workspace, split))
         _check_covered(preds, refs, predictions, references)
         ids = list(preds.by_id)
-        report = score_report(ids, list(preds.by_id.values()), [refs[i] for i in ids], with_meteor, timings,
-                              two_processes=True, meanwhile=meanwhile)  # no torch state here for a fork to copy
+        hypotheses, references_of = list(preds.by_id.values()), [refs[i] for i in ids]
+        # before this process loads the metrics, which the second process has done meanwhile
+        half = halves.hand_over(second, hypotheses, references_of, halves.STARTED_EARLY) if second is not None else None
+        report = score_report(ids, hypotheses, references_of, with_meteor, timings, second=half, meanwhile=meanwhile)
     report.update({"predictions": str(predictions), "references": references})
     return report
 
@@ -114,6 +133,8 @@ def _check_covered(preds: Predictions, refs: dict, predictions: Path, references
 def answer_report(ids: list[Any], answers: list[str], references: list[HumanAnswers]) -> dict[str, Any]:
     """VQA accuracy and exact match of predicted answers, overall, per answer type and per question
     type, with every question's figures, as a report dict."""
+    from mmfuse.metrics.vqa import vqa_scores
+
     timings: Timings = {}
     scores = timed(timings, "vqa_accuracy", lambda: vqa_scores(
         answers, [r.answers for r in references], [r.question_type for r in references],
@@ -127,14 +148,16 @@ def answer_report(ids: list[Any], answers: list[str], references: list[HumanAnsw
 
 
 def score_report(ids: list[Any], hypotheses: list[str], references: list[list[str]], with_meteor: bool,
-                 timings: Timings | None = None, two_processes: bool = False, *,
+                 timings: Timings | None = None, *, second: halves.SecondHalf | None = None,
                  meanwhile: Callable[[], object] | None = None) -> dict[str, Any]:
     """Corpus and per-image scores of raw-text captions, as a report dict with the time of each step;
-    ``two_processes``: a large set is scored in two, ``meanwhile`` as :func:`scored_texts` takes it
-    (:mod:`mmfuse.metrics.captions`)."""
+    ``second``: a second process given the images from its cut on, and ``meanwhile``, as
+    :func:`mmfuse.metrics.captions.scored_texts` takes them."""
+    from mmfuse.metrics.captions import scored_texts
+
     timings = {} if timings is None else timings
-    scores, tokens = scored_texts(hypotheses, references, timings, two_processes,  # tokenized once, for every metric
-                                  meanwhile=meanwhile)
+    scores, tokens = scored_texts(hypotheses, references, timings,  # tokenized once, for every metric
+                                  second=second, meanwhile=meanwhile)
     corpus, per_image = scores["corpus"], scores["per_image"]
     meteor_note = "not requested"
     if with_meteor:
@@ -158,6 +181,8 @@ def worst(report: dict[str, Any], n: int, metric: str = "cider_d") -> list[dict[
 def _add_meteor(hypotheses: list[list[str]], references: list[list[list[str]]], corpus: dict,
                 per_image: list[dict]) -> str:
     """Add METEOR of tokenized captions to the scores when the jar runs; return 'computed' or why not."""
+    from mmfuse.metrics.meteor import MeteorUnavailable, meteor
+
     try:
         score, images = meteor(hypotheses, references)
     except MeteorUnavailable as exc:

@@ -1,10 +1,10 @@
 """All caption metrics of one evaluation in one call: corpus and per-image scores, and what each took.
 
-With ``two_processes`` (scoring files: ``mmfuse evaluate --predictions``), a large set is scored in
-two processes (:mod:`mmfuse.beside`): a child tokenizes the second half of the images and
-scores their ROUGE-L while this process does the first half; the two processes swap their halves'
-tokens, and the child builds the bigram and 4-gram statistics (4-grams are keyed by bigram ids) while
-this process builds the unigram and trigram ones, which need no other order, and then the report.
+In two processes (scoring files: ``mmfuse evaluate --predictions``; :mod:`mmfuse.metrics.halves`), a
+large set is scored by this process and a child (:mod:`mmfuse.beside`): the child tokenizes the images
+from a cut on and scores their ROUGE-L while this process does the ones before; the two processes swap
+their tokens, and the child builds the bigram and 4-gram statistics (4-grams are keyed by bigram ids)
+while this process builds the unigram and trigram ones, which need no other order, and then the report.
 Every score is the same either way. The time of each step is this process's own;
 ``merge`` is the waits for the other process, the swap and the joining.
 
@@ -13,29 +13,25 @@ Shape legend: N images, R references in all.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Callable, Generator, Sequence, TypeVar
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
-from mmfuse.beside import beside
+from mmfuse.metrics import halves
 from mmfuse.metrics.bleu import bleu_of_matches, clipped_matches
 from mmfuse.metrics.cider import cider_d_of_cosines, cosines
 from mmfuse.metrics.ngrams import ORDERS, Tokens, ngram_orders
 from mmfuse.metrics.ptb import TokenIds, coco_tokenize_all, intern
 from mmfuse.metrics.rouge import rouge_l_scores
+from mmfuse.metrics.timings import Timings, timed
 
 METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d")
-# images: scoring 500 took 29 ms in one process and 32 in two, 1,000 took 74 and 56, 4,000 257 and 213
-TWO_PROCESSES_FROM = 1000
 # the n-gram orders each process builds: the child's take longer (a sort with its permutation, to number
 # the bigrams) and this process has the report to write after them
 MINE, THEIRS = (1, 3), (2, 4)
-Timings = dict[str, float]  # step -> seconds
 Half = tuple[TokenIds, np.ndarray]  # some images' tokens (their hypotheses, then their references), their ROUGE-L (N,)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, eq=False)  # arrays: no field-wise ==
@@ -67,36 +63,53 @@ def score_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
 
 def scored_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]], timings: Timings | None = None,
                  two_processes: bool = False, *, meanwhile: Callable[[], object] | None = None,
-                 ) -> tuple[dict[str, Any], TokenIds]:
+                 second: halves.SecondHalf | None = None) -> tuple[dict[str, Any], TokenIds]:
     """:func:`score_texts`, and the tokens (the hypotheses, then every image's references).
 
-    ``meanwhile``: the caller's own work (getting ready to print the report), called once: in two
-    processes, when this one has done its part and the other may still be at its own; else at the end.
+    ``second``: a process already given the images from its cut on (:func:`mmfuse.metrics.halves.hand_over`),
+    which scores them with this one; else with ``two_processes``, a large set is split evenly with a
+    process started here. ``meanwhile``: the caller's own work (getting ready to print the report),
+    called once: in two processes, when this one has done its part and the other may still be at its
+    own; else at the end.
     """
     _check_inputs(hypotheses, references)
     counts = reference_counts(references)
-    if not _split(two_processes, len(hypotheses)):
-        tokens = tokenize_texts(hypotheses, references, timings)
-        scores = scores_of_ids(tokens, counts, timings)
-        if meanwhile is not None:
-            meanwhile()
-        return scores, tokens
-    cut = len(hypotheses) // 2
-    with beside(lambda: _second_half(hypotheses[cut:], references[cut:], counts, cut)) as other:
-        mine = _tokens_and_rouge(hypotheses[:cut], references[:cut], counts[:cut], timings)
-        theirs = timed(timings, "merge", lambda: other.exchange(_compact(mine)))
-        tokens, rouge = timed(timings, "merge", lambda: _join(mine, theirs))
-        orders = order_scores(tokens, counts, MINE, timings)
-        if meanwhile is not None:
-            meanwhile()
-        orders |= timed(timings, "merge", other.result)
+    if second is not None:
+        return _in_two(hypotheses, references, counts, second, timings, meanwhile)
+    if two_processes and len(hypotheses) >= halves.TWO_PROCESSES_FROM:
+        with halves.start() as process:
+            second = halves.hand_over(process, hypotheses, references, halves.EVEN)
+            assert second is not None  # (large enough)
+            return _in_two(hypotheses, references, counts, second, timings, meanwhile)
+    tokens = tokenize_texts(hypotheses, references, timings)
+    scores = scores_of_ids(tokens, counts, timings)
+    if meanwhile is not None:
+        meanwhile()
+    return scores, tokens
+
+
+def _in_two(hypotheses: Sequence[str], references: Sequence[Sequence[str]], counts: np.ndarray,
+            second: halves.SecondHalf, timings: Timings | None,
+            meanwhile: Callable[[], object] | None) -> tuple[dict[str, Any], TokenIds]:
+    """This process's part of :func:`scored_texts` in two processes: the images before the cut, the
+    unigram and trigram statistics, the report."""
+    cut, other = second.cut, second.process
+    mine = _tokens_and_rouge(hypotheses[:cut], references[:cut], counts[:cut], timings)
+    theirs = timed(timings, "merge", lambda: other.exchange(_compact(mine)))
+    tokens, rouge = timed(timings, "merge", lambda: _join(mine, theirs))
+    orders = order_scores(tokens, counts, MINE, timings)
+    if meanwhile is not None:
+        meanwhile()
+    orders |= timed(timings, "merge", other.result)
     return _scores(tokens, counts, orders, rouge, timings), tokens
 
 
-def _second_half(hypotheses: Sequence[str], references: Sequence[Sequence[str]], counts: np.ndarray,
-                 cut: int) -> Generator[Half, Half, dict[int, OrderScores]]:
-    """The other process's part: the tokens and ROUGE-L of the images from ``cut`` on, sent over for
-    the first half's; then, on every image, the bigram and 4-gram statistics."""
+def second_half(hypotheses: Sequence[str], references: Sequence[Sequence[str]], refs_per_image: Sequence[int],
+                cut: int) -> Generator[Half, Half, dict[int, OrderScores]]:
+    """The second process's part: the tokens and ROUGE-L of the images from ``cut`` on (``hypotheses``
+    and ``references`` are theirs, ``refs_per_image`` every image's), sent over for the first images';
+    then, on every image, the bigram and 4-gram statistics."""
+    counts = np.asarray(refs_per_image, dtype=np.int64)  # (N,)
     mine = _tokens_and_rouge(hypotheses, references, counts[cut:], None)
     first = yield _compact(mine)
     tokens, _ = _join(first, mine)
@@ -178,19 +191,6 @@ def _join(first: Half, second: Half) -> Half:
     ids = np.concatenate((a.ids[:a_hyp], b_ids[:b_hyp], a.ids[a_hyp:], b_ids[b_hyp:])).astype(np.int64, copy=False)
     lengths = np.concatenate((a.lengths[:na], b.lengths[:nb], a.lengths[na:], b.lengths[nb:])).astype(np.int64, copy=False)
     return TokenIds(ids, lengths, list(vocab)), np.concatenate((rouge_a, rouge_b))
-
-
-def _split(two_processes: bool, images: int) -> bool:
-    return two_processes and images >= TWO_PROCESSES_FROM
-
-
-def timed(timings: Timings | None, step: str, work: Callable[[], T]) -> T:
-    """``work()``, its wall time added to ``timings[step]`` when timings are kept."""
-    start = time.perf_counter()
-    result = work()
-    if timings is not None:
-        timings[step] = timings.get(step, 0.0) + time.perf_counter() - start
-    return result
 
 
 def reference_counts(references: Sequence[Sequence[Any]]) -> np.ndarray:
