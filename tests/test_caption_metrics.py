@@ -248,7 +248,7 @@ def test_two_processes_score_the_same_as_one(monkeypatch: pytest.MonkeyPatch) ->
     one_timings: dict[str, float] = {}
     one, one_tokens = captions.scored_texts(hyps, refs, one_timings)
     timings: dict[str, float] = {}
-    two, two_tokens = captions.scored_texts(hyps, refs, timings, two_processes=True)
+    two, two_tokens = halves.scored_in_two(hyps, refs, timings)
     assert "merge" in timings and "merge" not in one_timings  # it did split
     assert two["corpus"] == pytest.approx(one["corpus"], abs=1e-12)
     assert [list(s) for s in (two["corpus"], one["per_image"][0], two["per_image"][-1])] == [list(captions.METRICS)] * 3
@@ -269,7 +269,7 @@ def test_the_callers_work_is_done_while_the_other_process_finishes(monkeypatch: 
     monkeypatch.setattr(beside, "usable_cpus", lambda: 2)
     monkeypatch.setattr(beside._Forked, "result", lambda self: (events.append("wait"), waits(self))[1])
     hyps, refs = caption_set(halves.TWO_PROCESSES_FROM, seed=5)
-    two, _ = captions.scored_texts(hyps, refs, two_processes=True, meanwhile=lambda: events.append("meanwhile"))
+    two, _ = halves.scored_in_two(hyps, refs, meanwhile=lambda: events.append("meanwhile"))
     assert events == ["meanwhile", "wait"]
     events.clear()
     one, _ = captions.scored_texts(hyps, refs, meanwhile=lambda: events.append("meanwhile"))

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Callable, Generator, Sequence
+from typing import Any, Callable, Generator, Protocol, Sequence
 
 import numpy as np
 
-from mmfuse.metrics import halves
+from mmfuse.beside import Pending
 from mmfuse.metrics.bleu import bleu_of_matches, clipped_matches
 from mmfuse.metrics.cider import cider_d_of_cosines, cosines
 from mmfuse.metrics.ngrams import ORDERS, Tokens, ngram_orders
@@ -32,6 +32,16 @@ METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d")
 # the bigrams) and this process has the report to write after them
 MINE, THEIRS = (1, 3), (2, 4)
 Half = tuple[TokenIds, np.ndarray]  # some images' tokens (their hypotheses, then their references), their ROUGE-L (N,)
+
+
+class SecondHalf(Protocol):
+    """A second process at work on the images from ``cut`` on (:func:`mmfuse.metrics.halves.hand_over`)."""
+
+    @property
+    def process(self) -> Pending[Any, Any, Any]: ...
+
+    @property
+    def cut(self) -> int: ...
 
 
 @dataclass(frozen=True, eq=False)  # arrays: no field-wise ==
@@ -55,32 +65,26 @@ def caption_scores(hypotheses: Sequence[Tokens], references: Sequence[Sequence[T
 
 
 def score_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
-                timings: Timings | None = None, two_processes: bool = False) -> dict[str, Any]:
+                timings: Timings | None = None) -> dict[str, Any]:
     """:func:`caption_scores` of raw caption text, tokenized as coco-caption does (PTB, lower case,
     punctuation removed)."""
-    return scored_texts(hypotheses, references, timings, two_processes)[0]
+    return scored_texts(hypotheses, references, timings)[0]
 
 
 def scored_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]], timings: Timings | None = None,
-                 two_processes: bool = False, *, meanwhile: Callable[[], object] | None = None,
-                 second: halves.SecondHalf | None = None) -> tuple[dict[str, Any], TokenIds]:
+                 *, meanwhile: Callable[[], object] | None = None,
+                 second: SecondHalf | None = None) -> tuple[dict[str, Any], TokenIds]:
     """:func:`score_texts`, and the tokens (the hypotheses, then every image's references).
 
-    ``second``: a process already given the images from its cut on (:func:`mmfuse.metrics.halves.hand_over`),
-    which scores them with this one; else with ``two_processes``, a large set is split evenly with a
-    process started here. ``meanwhile``: the caller's own work (getting ready to print the report),
-    called once: in two processes, when this one has done its part and the other may still be at its
-    own; else at the end.
+    ``second``: a second process already given the images from its cut on
+    (:func:`mmfuse.metrics.halves.hand_over`), which scores them with this one. ``meanwhile``: the
+    caller's own work (getting ready to print the report), called once: in two processes, when this one
+    has done its part and the other may still be at its own; else at the end.
     """
     _check_inputs(hypotheses, references)
     counts = reference_counts(references)
     if second is not None:
         return _in_two(hypotheses, references, counts, second, timings, meanwhile)
-    if two_processes and len(hypotheses) >= halves.TWO_PROCESSES_FROM:
-        with halves.start() as process:
-            second = halves.hand_over(process, hypotheses, references, halves.EVEN)
-            assert second is not None  # (large enough)
-            return _in_two(hypotheses, references, counts, second, timings, meanwhile)
     tokens = tokenize_texts(hypotheses, references, timings)
     scores = scores_of_ids(tokens, counts, timings)
     if meanwhile is not None:
@@ -89,7 +93,7 @@ def scored_texts(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
 
 
 def _in_two(hypotheses: Sequence[str], references: Sequence[Sequence[str]], counts: np.ndarray,
-            second: halves.SecondHalf, timings: Timings | None,
+            second: SecondHalf, timings: Timings | None,
             meanwhile: Callable[[], object] | None) -> tuple[dict[str, Any], TokenIds]:
     """This process's part of :func:`scored_texts` in two processes: the images before the cut, the
     unigram and trigram statistics, the report."""

@@ -11,22 +11,29 @@ and then takes more of the images than this process: this process still has to i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Sequence
 
 from mmfuse.beside import Pending, beside
+from mmfuse.metrics.timings import Timings
+
+if TYPE_CHECKING:
+    from mmfuse.metrics.ptb import TokenIds
 
 # images: scoring 500 took 29 ms in one process and 32 in two, 1,000 took 74 and 56, 4,000 257 and 213
 TWO_PROCESSES_FROM = 1000
 EVEN = 0.5  # this process's share of the images where both start together
-# ... where the second process imported the metrics while this one read the files (8,092 images: about 50
-# ms of imports against 40 ms of reading); alternating runs of the whole command, each against the even
-# split: 0.46 -25 ms, 0.42 -36 ms, 0.39 -37 ms (medians of 30)
+# ... where the second process imported the metrics while this one read the files (8,092 images: its
+# imports 66-75 ms beside this process's 38 ms of reading, 6 ms of handing over and 40 ms of imports).
+# Whole commands, medians of 30 alternating pairs: against forking after the files are read, 0.46 -25 ms,
+# 0.42 -36 ms, 0.39 -37 ms; against 0.42, 0.38 -6 ms, 0.46 +0, 0.34 +4, 0.50 +20 (the machine's noise:
+# about 10 ms)
 STARTED_EARLY = 0.42
 
 
 @dataclass(frozen=True)
 class SecondHalf:
-    """A second process at work on the images from ``cut`` on."""
+    """A second process at work on the images from ``cut`` on (what
+    :func:`mmfuse.metrics.captions.scored_texts` takes)."""
 
     process: Pending[Any, Any, Any]
     cut: int
@@ -39,6 +46,7 @@ def start() -> Pending[Any, Any, Any]:
 
 
 def _second_half() -> Generator[Any, Any, Any]:
+    """The second process's work: ready once it has imported the metrics, then its images' part."""
     from mmfuse.metrics.captions import second_half  # numpy and the metrics, meanwhile
 
     hypotheses, references, refs_per_image, cut = yield None  # given
@@ -56,3 +64,15 @@ def hand_over(process: Pending[Any, Any, Any], hypotheses: Sequence[str], refere
     cut = round(len(hypotheses) * share)
     process.give((hypotheses[cut:], references[cut:], list(map(len, references)), cut))
     return SecondHalf(process, cut)
+
+
+def scored_in_two(hypotheses: Sequence[str], references: Sequence[Sequence[str]], timings: Timings | None = None,
+                  *, meanwhile: Callable[[], object] | None = None) -> tuple[dict[str, Any], TokenIds]:
+    """:func:`mmfuse.metrics.captions.scored_texts`, a large set split evenly with a second process
+    started now (the captions are known already, so neither process starts ahead); a small one in this
+    process alone."""
+    from mmfuse.metrics.captions import scored_texts
+
+    with start() as process:
+        second = hand_over(process, hypotheses, references, EVEN)
+        return scored_texts(hypotheses, references, timings, meanwhile=meanwhile, second=second)
