@@ -109,16 +109,16 @@ def ngram_orders(tokens: TokenIds, refs_per_image: np.ndarray, orders: Sequence[
     number_bigrams = 4 in wanted or (3 in wanted and not grams.direct_trigrams)  # later keys use bigram ids
     for k in wanted:
         keys, bound = grams.keys(k)  # (T-k+1,) at every position, whether a k-gram starts there or not
-        starts = grams.starts(k)
         if bound * layout.slots >= KEY_LIMIT or (k == 2 and number_bigrams):
-            pos = np.flatnonzero(starts)  # (P,)
+            pos = np.flatnonzero(grams.starts(k))  # (P,)
             order, grams.ids[k] = _numbered_order(keys[pos], pos, slot_at[pos], layout, len(grams.flat))
         else:
             composite = keys * layout.slots
             composite += slot_at[:len(keys)]
-            order = _sorted_order(composite[starts], layout)
+            # a unigram starts at every position: no copy through the mask (576k tokens: 4.6 MB, 1-2 ms)
+            order = _sorted_order(composite if k == 1 else composite[grams.starts(k)], layout)
             del composite
-        del keys, starts
+        del keys
         yield k, order
         del order
 
