@@ -40,8 +40,8 @@ faster, and once 20 ms slower, in three sets of 20-30 pairs).
 Written over ``os.fork`` rather than ``concurrent.futures`` or ``multiprocessing``: importing
 ``concurrent.futures.process`` takes 56 ms and ``multiprocessing`` 14 ms (``python -X importtime``, on
 a 2-core machine where the whole scoring command takes about 0.7 s), and both pickle the function's
-inputs to the worker, where a forked child already holds them; only what the work yields and returns
-travels, pickled, through pipes.
+inputs to the worker, where a forked child already holds what existed at the fork; only what the work
+yields and returns, and what it is given, travels, pickled, through pipes (and the shared file).
 
 Where ``os.fork`` is missing (Windows) or one CPU is all this process may use, the generator runs in
 this process, a step each time this process asks for the next value. If the child fails in any way (an

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 TWO_PROCESSES_FROM = 1000
 EVEN = 0.5  # this process's share of the images where both start together
 # ... where the second process imported the metrics while this one read the files (8,092 images: its
-# imports 66-75 ms beside this process's 38 ms of reading, 6 ms of handing over and 40 ms of imports).
+# imports 45-75 ms beside this process's 30-38 ms of reading, 5-6 ms of handing over and 40 ms of imports).
 # Whole commands, medians of 30 alternating pairs: against forking after the files are read, 0.46 -25 ms,
 # 0.42 -36 ms, 0.39 -37 ms; against 0.42, 0.38 -6 ms, 0.46 +0, 0.34 +4, 0.50 +20 (the machine's noise:
 # about 10 ms)
