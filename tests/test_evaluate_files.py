@@ -222,7 +222,8 @@ def test_a_small_results_file_starts_no_second_process(tmp_path: Path, monkeypat
     assert report["metrics"] == pytest.approx(score_texts(hyps, refs)["corpus"], abs=1e-12)
 
 
-def test_answers_stop_the_second_process_before_they_are_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_answers_stop_the_second_process_before_they_are_scored(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A results file of answers large enough for a second process: the process is stopped (and
     reaped) as soon as the file reads as answers, which one process scores."""
     from mmfuse import beside

@@ -40,8 +40,10 @@ def evaluate_files(workspace: Workspace, predictions: Path, references: str, spl
     data set name): captions with the caption metrics, answers with VQA accuracy.
 
     Only the images (questions) that have a prediction are scored, as coco-caption does; a prediction
-    for one that has no reference is an error. ``meanwhile``: the caller's own work, called once, while
-    a second scoring process finishes its part where there is one (:func:`scored_texts`).
+    for one that has no reference is an error. A large set of captions is scored in two processes, the
+    second started before the files are read (:mod:`mmfuse.metrics.halves`). ``meanwhile``: the
+    caller's own work, called once, while the second process finishes its part where there is one
+    (:func:`mmfuse.metrics.captions.scored_texts`).
     """
     with _cyclic_gc_paused(), _second_process(predictions) as second:
         return _evaluate_files(workspace, predictions, references, split, with_meteor, meanwhile, second)

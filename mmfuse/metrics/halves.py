@@ -73,6 +73,8 @@ def scored_in_two(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
     process alone."""
     from mmfuse.metrics.captions import scored_texts
 
+    if len(hypotheses) < TWO_PROCESSES_FROM:  # no process started for nothing
+        return scored_texts(hypotheses, references, timings, meanwhile=meanwhile)
     with start() as process:
         second = hand_over(process, hypotheses, references, EVEN)
         return scored_texts(hypotheses, references, timings, meanwhile=meanwhile, second=second)
