@@ -307,3 +307,22 @@ def test_inputs_that_cannot_be_scored_are_errors() -> None:
         captions.score_texts(["a dog", "a cat"], [["a dog"]])
     with pytest.raises(ValueError, match="no hypotheses"):
         captions.score_texts([], [])
+
+
+def test_a_set_too_small_to_split_is_scored_without_a_second_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from mmfuse import beside
+    from mmfuse.metrics import captions, halves
+    from tests.caption_corpus import caption_set
+
+    def no_fork() -> int:
+        raise AssertionError("forked")
+
+    monkeypatch.setattr(beside, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(os, "fork", no_fork)
+    hyps, refs = caption_set(halves.TWO_PROCESSES_FROM - 1, seed=7)
+    timings: dict[str, float] = {}
+    scores, _ = halves.scored_in_two(hyps, refs, timings)
+    assert "merge" not in timings
+    assert scores["corpus"] == captions.score_texts(hyps, refs)["corpus"]
