@@ -115,8 +115,7 @@ def ngram_orders(tokens: TokenIds, refs_per_image: np.ndarray, orders: Sequence[
         else:
             composite = keys * layout.slots
             composite += slot_at[:len(keys)]
-            # a unigram starts at every position: no copy through the mask (576k tokens: 4.6 MB, 1-2 ms)
-            order = _sorted_order(composite if k == 1 else composite[grams.starts(k)], layout)
+            order = _sorted_order(grams.at_starts(composite, k), layout)
             del composite
         del keys
         yield k, order
@@ -145,6 +144,11 @@ class _Grams:
     def starts(self, k: int) -> np.ndarray:
         """Whether a k-gram starts at each position that could start one (T-k+1,) bool."""
         return self.remaining[:self._positions(k)] >= k
+
+    def at_starts(self, values: np.ndarray, k: int) -> np.ndarray:
+        """``values`` (T-k+1,) at the positions where a k-gram starts (P,): all of them for unigrams,
+        which are then not copied through the mask (576k tokens: 4.6 MB, 1-2 ms)."""
+        return values if k == 1 else values[self.starts(k)]
 
     def _positions(self, k: int) -> int:
         return max(len(self.flat) - k + 1, 0)
